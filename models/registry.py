@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import torch
 import torch.nn as nn
+
+from training.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,10 +28,12 @@ class ModelSpec:
         name: registry name.
         builder: ``builder(num_classes, dropout, pretrained, weights_path) -> nn.Module``;
             the module maps float ``[N, 3, H, W]`` normalised images to logits ``[N, C]``.
+            :func:`create` validates the arguments before calling it.
         input_size: default ``(height, width)``.
         mean: per-channel mean on the 0..1 scale.
         std: per-channel std on the 0..1 scale.
         description: one line for ``--help`` and docs.
+        pretrained: whether ImageNet weights ship with the installed packages.
     """
 
     name: str
@@ -36,6 +42,7 @@ class ModelSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     description: str = ""
+    pretrained: bool = False
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -63,7 +70,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown model {name!r}; registered models: {', '.join(sorted(_REGISTRY))}"
         ) from None
 
@@ -80,11 +87,107 @@ def create(
     Args:
         name: a name from :func:`list_models`.
         num_classes: size of the classifier output.
-        dropout: dropout rate before the classifier.
+        dropout: dropout rate before the classifier, in ``[0, 1)``.
         pretrained: load the ImageNet weights that ship on disk (only models that have them).
-        weights_path: a state-dict file to load instead (torchvision models).
+        weights_path: a state-dict file to load instead, before the classifier is replaced.
+
+    Raises:
+        ConfigError: unknown name, impossible arguments, or weights that do not fit.
     """
     spec = get_spec(name)
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+    if pretrained and weights_path:
+        raise ConfigError(
+            f"both pretrained=true and weights_path={weights_path!r} were given for {name}: "
+            "choose one (weights_path replaces the shipped weights)"
+        )
+    if pretrained and not spec.pretrained:
+        shipped = [n for n in list_models() if _REGISTRY[n].pretrained]
+        raise ConfigError(
+            f"{name} has no ImageNet weights shipped with this project: set pretrained=false "
+            f"and pass weights_path=<a state dict of {name}> to start from your own weights, "
+            f"or choose a model that ships them ({', '.join(shipped) or 'none'})"
+        )
     return spec.builder(
         num_classes=num_classes, dropout=dropout, pretrained=pretrained, weights_path=weights_path
     )
+
+
+def create_classifier(
+    name: str,
+    num_classes: int = 7,
+    dropout: float = 0.2,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+) -> nn.Module:
+    """:func:`create` wrapped in ``ImageClassifier`` with the spec's normalisation.
+
+    The result maps ``uint8 [N, H, W, 3]`` RGB to logits ``[N, num_classes]``; arguments as
+    for :func:`create`.
+    """
+    from models.wrappers import ImageClassifier
+
+    spec = get_spec(name)
+    net = create(name, num_classes, dropout, pretrained, weights_path)
+    return ImageClassifier(net, spec.mean, spec.std)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a plain state dict (a dict of tensors) saved with ``torch.save``.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, or not a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"weights_path {str(path)!r} does not exist: point it at a .pth file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a bad file; all mean the same
+        raise ConfigError(
+            f"weights_path {str(path)!r} cannot be read as PyTorch weights ({err}); "
+            "save them with torch.save(model.state_dict(), path)"
+        ) from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(
+            f"weights_path {str(path)!r} is not a state dict (a dict of name -> tensor); "
+            "save one with torch.save(model.state_dict(), path)"
+        )
+    return state
+
+
+def load_strict(net: nn.Module, state: dict[str, torch.Tensor], source: str, hint: str) -> None:
+    """Load ``state`` into ``net`` by key: every key matched, none left over, shapes equal.
+
+    Args:
+        net: the network, before its classifier is replaced.
+        state: the state dict to load.
+        source: where it came from, for the message (e.g. ``weights_path '/x.pth'``).
+        hint: the sentence that tells how to fix a mismatch.
+
+    Raises:
+        ConfigError: naming up to three missing, unexpected and misshapen keys each.
+    """
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshapen = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [
+        f"{len(found)} {what} (e.g. {', '.join(found[:3])})"
+        for what, found in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("misshapen tensors", misshapen),
+        )
+        if found
+    ]
+    if problems:
+        raise ConfigError(f"{source} does not fit the network: {'; '.join(problems)}. {hint}")
+    net.load_state_dict(state, strict=True)
