@@ -10,17 +10,32 @@ import torch
 import torch.nn as nn
 
 
+def _check_input(x: torch.Tensor) -> None:
+    # A float batch would still run and silently give garbage: fail loudly in eager mode.
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[3] != 3:
+        raise ValueError(
+            f"ImageClassifier takes uint8 RGB images [N, H, W, 3], got {x.dtype} "
+            f"{list(x.shape)}: pass the data pipeline's uint8 batch, not a normalised tensor"
+        )
+
+
 class Preprocess(nn.Module):
-    """``uint8 [N, H, W, 3]`` -> normalised ``float32 [N, 3, H, W]`` (channels-last memory)."""
+    """``uint8 [N, H, W, 3]`` -> normalised ``float32 [N, 3, H, W]`` (channels-last memory).
+
+    The output of a contiguous NHWC batch is channels-last, which CPU (oneDNN) and GPU
+    convolutions prefer, so no layout copy happens anywhere between here and the network.
+    """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1))
-        self.register_buffer(
-            "shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1)
-        )
+        self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Checked only in eager mode: the exported graph stays free of Python-side branches
+        # (tracing would bake them in with a warning); Triton's config pins dtype and shape.
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing():
+            _check_input(x)
         # permute of an NHWC tensor is an NCHW view in channels-last layout: no copy.
         x = x.permute(0, 3, 1, 2).to(self.scale.dtype)
         return x * self.scale - self.shift
