@@ -1,0 +1,227 @@
+"""The one place that names the Triton model and its tensors, and the gRPC clients that use them.
+
+The exported model takes ``uint8`` RGB images ``[N, H, W, 3]`` and returns ``float32``
+probabilities ``[N, 7]`` (``training.labels.CLASSES`` order). Tensor names follow the PyTorch
+backend's ``<name>__<index>`` convention, so the same ``config.pbtxt`` works with NVIDIA's
+native backend in production and with the Python backend of the local CPU server.
+
+Every call carries a deadline and fails with one of a small set of exceptions:
+``TritonUnavailable`` (server down, unreachable or too slow), ``TritonModelNotReady`` (no such
+model or version loaded), ``TritonBadRequest`` (the input is wrong), all ``TritonError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+DEFAULT_MODEL_NAME = "skin_lesion"
+INPUT_NAME = "image__0"
+OUTPUT_NAME = "probabilities__0"
+INPUT_DATATYPE = "UINT8"
+OUTPUT_DATATYPE = "FP32"
+DEFAULT_URL = "127.0.0.1:8001"
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class TritonError(RuntimeError):
+    """A Triton call failed; the message says what happened."""
+
+
+class TritonUnavailable(TritonError):
+    """The server cannot be reached, or did not answer within the deadline."""
+
+
+class TritonModelNotReady(TritonError):
+    """The server answers but the model (or the requested version) is not loaded."""
+
+
+class TritonBadRequest(TritonError):
+    """The server rejected the input (shape, dtype, batch size)."""
+
+
+def map_error(exc: InferenceServerException, url: str, model: str) -> TritonError:
+    """Translate tritonclient's exception (a gRPC status in a string) into ours."""
+    status = str(exc.status() or "")
+    message = str(exc.message() or exc)
+    lowered = message.lower()
+    if "DEADLINE_EXCEEDED" in status:
+        return TritonUnavailable(f"Triton at {url} did not answer within the deadline: {message}")
+    if "UNAVAILABLE" in status and ("model" not in lowered or "connect" in lowered):
+        return TritonUnavailable(
+            f"Triton at {url} is unreachable ({message}); is the server running? "
+            "Start one with `python -m serving.triton`."
+        )
+    if "NOT_FOUND" in status or "UNAVAILABLE" in status or "unknown model" in lowered:
+        return TritonModelNotReady(
+            f"model {model!r} is not ready on Triton at {url}: {message}; "
+            "check `python -m serving.models list`."
+        )
+    if "INVALID_ARGUMENT" in status:
+        return TritonBadRequest(f"Triton rejected the request for {model!r}: {message}")
+    if "CANCELLED" in status:
+        return TritonUnavailable(f"call to Triton at {url} was cancelled: {message}")
+    return TritonError(f"Triton at {url} failed for {model!r}: [{status}] {message}")
+
+
+def check_batch(batch: np.ndarray) -> np.ndarray:
+    """Validate a batch before it travels: ``uint8 [N, H, W, 3]``, N >= 1."""
+    if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8:
+        kind = getattr(batch, "dtype", type(batch).__name__)
+        raise TritonBadRequest(f"expected a numpy uint8 array [N, H, W, 3], got {kind}")
+    if batch.ndim != 4 or batch.shape[3] != 3 or batch.shape[0] < 1:
+        raise TritonBadRequest(
+            f"expected RGB images [N, H, W, 3] with N >= 1, got shape {batch.shape}; "
+            "resize with training.transforms.eval_resize and stack them"
+        )
+    return np.ascontiguousarray(batch)
+
+
+def input_size(metadata: dict[str, Any]) -> tuple[int, int]:
+    """``(height, width)`` the served model expects, from Triton's model metadata (JSON form)."""
+    for tensor in metadata.get("inputs", []):
+        if tensor["name"] == INPUT_NAME:
+            *_, height, width, _channels = (int(d) for d in tensor["shape"])
+            return height, width
+    raise TritonError(f"model metadata has no input {INPUT_NAME!r}: {metadata}")
+
+
+def _request(batch: np.ndarray, module: Any) -> tuple[list[Any], list[Any]]:
+    tensor = module.InferInput(INPUT_NAME, list(batch.shape), INPUT_DATATYPE)
+    tensor.set_data_from_numpy(batch)
+    return [tensor], [module.InferRequestedOutput(OUTPUT_NAME)]
+
+
+class TritonClassifier:
+    """Blocking gRPC client for the exported classifier.
+
+    Args:
+        url: ``host:port`` of Triton's gRPC endpoint.
+        model_name: the model's name in the repository.
+        timeout_s: deadline of every call, in seconds.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        model_name: str = DEFAULT_MODEL_NAME,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
+        self._client = grpcclient.InferenceServerClient(url)
+
+    def predict(self, batch: np.ndarray, version: int | None = None) -> np.ndarray:
+        """Probabilities ``float32 [N, 7]`` for a ``uint8 [N, H, W, 3]`` batch."""
+        inputs, outputs = _request(check_batch(batch), grpcclient)
+        try:
+            result = self._client.infer(
+                self.model_name,
+                inputs,
+                model_version=str(version or ""),
+                outputs=outputs,
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise map_error(exc, self.url, self.model_name) from None
+        return result.as_numpy(OUTPUT_NAME)
+
+    def ready(self, version: int | None = None) -> bool:
+        """True when the server answers and the model (version) is loaded; never raises."""
+        try:
+            return bool(
+                self._client.is_model_ready(
+                    self.model_name, str(version or ""), client_timeout=self.timeout_s
+                )
+            )
+        except InferenceServerException:
+            return False
+
+    def model_metadata(self, version: int | None = None) -> dict[str, Any]:
+        """Triton's metadata of the model: name, loaded ``versions``, tensor names and shapes."""
+        try:
+            return self._client.get_model_metadata(
+                self.model_name, str(version or ""), as_json=True, client_timeout=self.timeout_s
+            )
+        except InferenceServerException as exc:
+            raise map_error(exc, self.url, self.model_name) from None
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> TritonClassifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTritonClassifier:
+    """The same client on ``tritonclient.grpc.aio``, for asyncio code such as the gateway.
+
+    The gRPC channel is created on first use, inside the running event loop.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        model_name: str = DEFAULT_MODEL_NAME,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
+        self._client: aioclient.InferenceServerClient | None = None
+
+    @property
+    def client(self) -> aioclient.InferenceServerClient:
+        if self._client is None:
+            self._client = aioclient.InferenceServerClient(self.url)
+        return self._client
+
+    async def predict(self, batch: np.ndarray, version: int | None = None) -> np.ndarray:
+        """Probabilities ``float32 [N, 7]`` for a ``uint8 [N, H, W, 3]`` batch."""
+        inputs, outputs = _request(check_batch(batch), aioclient)
+        try:
+            result = await self.client.infer(
+                self.model_name,
+                inputs,
+                model_version=str(version or ""),
+                outputs=outputs,
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise map_error(exc, self.url, self.model_name) from None
+        return result.as_numpy(OUTPUT_NAME)
+
+    async def ready(self, version: int | None = None) -> bool:
+        """True when the server answers and the model (version) is loaded; never raises."""
+        try:
+            return bool(
+                await self.client.is_model_ready(
+                    self.model_name, str(version or ""), client_timeout=self.timeout_s
+                )
+            )
+        except InferenceServerException:
+            return False
+
+    async def model_metadata(self, version: int | None = None) -> dict[str, Any]:
+        """Triton's metadata of the model: name, loaded ``versions``, tensor names and shapes."""
+        try:
+            return await self.client.get_model_metadata(
+                self.model_name, str(version or ""), as_json=True, client_timeout=self.timeout_s
+            )
+        except InferenceServerException as exc:
+            raise map_error(exc, self.url, self.model_name) from None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def __aenter__(self) -> AsyncTritonClassifier:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
