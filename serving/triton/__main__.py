@@ -1,0 +1,76 @@
+"""``python -m serving.triton``: serve ``model_repository/`` with the real Triton on this machine.
+
+Renders the CPU variant under ``.cache/triton/repo``, starts ``tritonserver``, waits until the
+models are ready, prints the endpoints, and stops the server cleanly on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from serving.triton.server import DEFAULT_CACHE, TritonServer, TritonServerError
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m serving.triton", description=__doc__)
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: all)")
+    p.add_argument("--grpc-port", type=int, help="default: a free port")
+    p.add_argument("--http-port", type=int, help="default: a free port")
+    p.add_argument("--metrics-port", type=int, help="default: a free port")
+    p.add_argument("--instances", type=int, default=1, help="CPU instances per model")
+    p.add_argument("--torch-threads", type=int, default=1, help="threads per instance")
+    p.add_argument("--no-dynamic-batching", action="store_true")
+    p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds")
+    return p.parse_args(argv)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.instances < 1 or args.torch_threads < 1:
+        print("error: --instances and --torch-threads must be at least 1", file=sys.stderr)
+        return 2
+    server = TritonServer(
+        args.repository,
+        cache_dir=args.cache_dir,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        instances=args.instances,
+        dynamic_batching=not args.no_dynamic_batching,
+        torch_threads=args.torch_threads,
+        startup_timeout_s=args.startup_timeout,
+    )
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        server.start()
+        print(
+            f"Triton ready: gRPC {server.grpc_url}  HTTP {server.http_url}  "
+            f"metrics {server.metrics_url}\nlog: {server.log_path}  (Ctrl-C stops it)",
+            flush=True,
+        )
+        assert server.process is not None
+        status = server.process.wait()
+        print(f"error: tritonserver exited with status {status}; log:\n{server.log_tail()}")
+        return 1
+    except TritonServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stopping Triton ...", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

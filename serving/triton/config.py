@@ -1,0 +1,119 @@
+"""Triton model configs (``config.pbtxt``) as protobuf messages: build, read, write, edit.
+
+The production config targets NVIDIA's Triton container with the native PyTorch backend; the
+local CPU server renders its own variant from it (``serving.triton.render``). Working on the
+``ModelConfig`` message from ``tritonclient.grpc.model_config_pb2`` rather than on text means
+every file we write is one Triton parses.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from serving.triton_client import INPUT_NAME, OUTPUT_NAME
+
+CONFIG_FILE = "config.pbtxt"
+LABELS_FILE = "labels.txt"
+MAX_BATCH_SIZE = 32
+# Long enough to gather a few concurrent requests, short next to a CNN's forward pass.
+QUEUE_DELAY_US = 2000
+HEADER = (
+    "# Written by `python -m training export`; the served version is changed with\n"
+    "# `python -m serving.models promote|rollback`. Tensor names: serving/triton_client.py.\n"
+)
+
+
+class ConfigFileError(ValueError):
+    """A config.pbtxt cannot be read or does not describe this project's model."""
+
+
+def production_config(
+    name: str,
+    input_size: tuple[int, int],
+    num_classes: int,
+    version: int,
+    max_batch_size: int = MAX_BATCH_SIZE,
+) -> mc.ModelConfig:
+    """The config NVIDIA's Triton container serves ``model.pt`` with, on GPU.
+
+    Args:
+        name: the model's name (= its folder in the repository).
+        input_size: ``(height, width)`` of the ``uint8`` RGB input.
+        num_classes: length of the probability vector.
+        version: the version to serve (``version_policy.specific``).
+        max_batch_size: largest batch one execution may receive.
+    """
+    height, width = input_size
+    cfg = mc.ModelConfig(name=name, backend="pytorch", max_batch_size=max_batch_size)
+    cfg.input.add(name=INPUT_NAME, data_type=mc.TYPE_UINT8, dims=[height, width, 3])
+    cfg.output.add(
+        name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[num_classes], label_filename=LABELS_FILE
+    )
+    cfg.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1)
+    set_served_version(cfg, version)
+    # No autograd bookkeeping in serving; see the pytorch_backend README's INFERENCE_MODE.
+    cfg.parameters["INFERENCE_MODE"].string_value = "true"
+    warmup = cfg.model_warmup.add(name="zeros", batch_size=1)
+    tensor = warmup.inputs[INPUT_NAME]
+    tensor.data_type = mc.TYPE_UINT8
+    tensor.dims.extend([height, width, 3])
+    tensor.zero_data = True
+    return cfg
+
+
+def set_served_version(cfg: mc.ModelConfig, version: int) -> None:
+    """Make ``version`` the only one Triton serves."""
+    cfg.version_policy.Clear()
+    cfg.version_policy.specific.versions.append(version)
+
+
+def served_versions(cfg: mc.ModelConfig) -> list[int]:
+    """Versions the policy names (empty for ``latest``/``all`` policies)."""
+    if cfg.version_policy.HasField("specific"):
+        return list(cfg.version_policy.specific.versions)
+    return []
+
+
+def input_size(cfg: mc.ModelConfig) -> tuple[int, int]:
+    """``(height, width)`` of the image input."""
+    for tensor in cfg.input:
+        if tensor.name == INPUT_NAME:
+            return int(tensor.dims[0]), int(tensor.dims[1])
+    raise ConfigFileError(f"config of {cfg.name!r} has no input named {INPUT_NAME!r}")
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """Parse a ``config.pbtxt``; a clear error when it is missing or malformed."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigFileError(f"{path} does not exist: export a model first") from None
+    try:
+        return text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ConfigFileError(f"{path} is not a valid Triton model config: {exc}") from None
+
+
+def write_config(path: Path, cfg: mc.ModelConfig, header: str = HEADER) -> None:
+    """Write atomically: readers (Triton, other commands) never see half a file."""
+    write_text_atomic(Path(path), header + text_format.MessageToString(cfg))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
