@@ -1,0 +1,173 @@
+"""Upload decoding: bytes -> oriented RGB ``uint8`` -> the served model's input, safely.
+
+Accepts JPEG and PNG by their content (magic bytes), never by the declared type. The pixel
+count is checked from the header before anything is decoded, so a decompression bomb costs
+nothing. Every mode is brought to RGB ``uint8``:
+
+- EXIF orientation is applied (phones store portrait photos rotated plus a tag).
+- Transparency (RGBA, LA, palette with transparency) is composited on WHITE: transparent
+  pixels carry no image, and the colour stored under them is arbitrary (often black or
+  leftovers of an editor), so dropping alpha would feed the model invisible content.
+- 16-bit greyscale keeps its high byte, as Pillow already does for 16-bit RGB.
+- CMYK, YCbCr, palette, bilevel and greyscale go through Pillow's conversion to RGB.
+
+The resize is ``training.transforms.eval_resize``, the one training's evaluation uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from training.transforms import eval_resize
+
+_MAGIC = {b"\xff\xd8\xff": "jpeg", b"\x89PNG\r\n\x1a\n": "png"}
+_PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG"}
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+class ImageRejected(ValueError):
+    """The upload cannot be used; ``status_code`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status_code: int = 422) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upload decoded to RGB: the pixels (oriented) and what the record keeps."""
+
+    rgb: np.ndarray
+    format: str  # "jpeg" | "png"
+    sha256: str  # of the uploaded bytes
+    width: int  # after EXIF orientation
+    height: int
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """What goes to the model, plus the statistics the record keeps for drift monitoring."""
+
+    model_input: np.ndarray  # uint8 [H, W, 3] at the model's input size
+    decoded: DecodedImage
+    brightness: float  # mean luminance (0-255) of the model input
+    contrast: float  # std of that luminance
+
+
+def sniff_format(data: bytes) -> str:
+    """``"jpeg"`` or ``"png"`` from the first bytes.
+
+    Raises:
+        ImageRejected: empty, or any other content (415).
+    """
+    if not data:
+        raise ImageRejected("the image is empty: send a JPEG or PNG file in the 'image' field")
+    for magic, name in _MAGIC.items():
+        if data.startswith(magic):
+            return name
+    raise ImageRejected(
+        "the image is neither JPEG nor PNG (checked by its content, not its declared type): "
+        "send the original photo as JPEG or PNG",
+        status_code=415,
+    )
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode from JPEG/PNG to a contiguous RGB ``uint8`` array."""
+    if img.mode in _SIXTEEN_BIT:
+        grey = (np.clip(np.asarray(img), 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode a JPEG/PNG upload to oriented RGB ``uint8`` ``[H, W, 3]``.
+
+    Args:
+        data: the uploaded bytes.
+        max_pixels: refuse images with more pixels than this, before decoding them.
+
+    Raises:
+        ImageRejected: 415 not JPEG/PNG, 413 too many pixels, 422 truncated or corrupt.
+    """
+    fmt = sniff_format(data)
+    try:
+        img = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]])
+    except Image.DecompressionBombError as e:
+        raise ImageRejected(f"the image has too many pixels ({e}); max {max_pixels}", 413) from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageRejected(f"the {fmt.upper()} file cannot be read ({e}): is it complete?") from e
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageRejected(
+            f"the image is {width}x{height} = {width * height} pixels; the limit is "
+            f"{max_pixels}: downscale it before uploading",
+            status_code=413,
+        )
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        rgb = _to_rgb(img)
+    except Image.DecompressionBombError as e:
+        raise ImageRejected(f"the image has too many pixels: {e}", 413) from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageRejected(
+            f"the {fmt.upper()} file is truncated or corrupt ({e}): upload the complete file"
+        ) from e
+    return DecodedImage(rgb, fmt, hashlib.sha256(data).hexdigest(), rgb.shape[1], rgb.shape[0])
+
+
+def luminance_stats(rgb: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of the luminance (ITU-R BT.601 weights), 0-255."""
+    y = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return round(float(y.mean()), 3), round(float(y.std()), 3)
+
+
+def prepare_image(data: bytes, size: tuple[int, int], max_pixels: int) -> PreparedImage:
+    """Decode, orient and resize an upload for a model with input ``size = (height, width)``.
+
+    CPU work: call it in a worker thread from async code.
+    """
+    decoded = decode_image(data, max_pixels)
+    model_input = eval_resize(decoded.rgb, size)
+    brightness, contrast = luminance_stats(model_input)
+    return PreparedImage(model_input, decoded, brightness, contrast)
+
+
+def store_image(data: bytes, sha256: str, fmt: str, root: Path) -> Path:
+    """Keep the original bytes content-addressed at ``root/<sha[:2]>/<sha>.<jpg|png>``.
+
+    Written to a temporary file and renamed, so a crash never leaves half an image; a
+    second upload of the same bytes finds the file and writes nothing.
+    """
+    path = root / sha256[:2] / f"{sha256}.{'jpg' if fmt == 'jpeg' else 'png'}"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
