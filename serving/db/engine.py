@@ -1,0 +1,118 @@
+"""Engines, migrations and the async-facing :class:`Database`.
+
+One choice, used everywhere: SQLAlchemy's SYNC engine, called from async code in a worker
+thread (``anyio.to_thread``). SQLite (default, WAL mode) and PostgreSQL (psycopg 3,
+``postgresql+psycopg://``) both go through it. Each call runs in one transaction that commits
+before the call returns, so an answer sent after ``await db.run(...)`` has its record.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import sessionmaker
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+T = TypeVar("T")
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached or is locked; the caller answers 503."""
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers never block the writer; NORMAL sync is durable across app crashes in WAL.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout, PostgreSQL pre-pinging."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 5})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=5)
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic config that finds the migrations inside the installed package."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if url:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """``alembic upgrade head`` on ``engine``, safe when several gateways start at once.
+
+    PostgreSQL serialises through an advisory lock (in migrations/env.py); SQLite files
+    through a file lock beside the database.
+    """
+    config = alembic_config()
+    database = engine.url.database
+    lock_path = (
+        Path(f"{database}.migrate.lock")
+        if engine.url.get_backend_name() == "sqlite" and database and database != ":memory:"
+        else None
+    )
+    with open(lock_path or "/dev/null", "a") as lock:
+        if lock_path:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+
+class Database:
+    """The gateway's handle: ``await db.run(fn, *args)`` runs ``fn(session, *args)`` in a
+    worker thread inside one committed transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            with self.sessions.begin() as session:
+                return fn(session, *args)
+        except (OperationalError, InterfaceError, PoolTimeout) as e:
+            log.warning("database unavailable: %s", e)
+            raise DatabaseUnavailable(f"the database is unavailable: {type(e).__name__}") from e
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(self._call, fn, *args)
+
+    async def ping(self) -> bool:
+        """True when a trivial query succeeds."""
+        try:
+            await self.run(lambda s: s.execute(text("SELECT 1")))
+        except DatabaseUnavailable:
+            return False
+        return True
+
+    def upgrade(self) -> None:
+        upgrade(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,67 @@
+"""API keys: stored as SHA-256 digests, compared in constant time against every digest.
+
+    python -m serving.security new-key    # prints a fresh key and the digest to configure
+    python -m serving.security hash-key   # reads a key on stdin, prints its digest
+
+Keys are random 256-bit tokens, so an unsalted SHA-256 is enough to keep them out of config
+files and logs (a password would need a slow hash; these are not passwords).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sys
+from collections.abc import Sequence
+
+
+def hash_key(key: str) -> str:
+    """The SHA-256 hex digest stored in ``SKIN_API_KEY_HASHES`` for ``key``."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh random API key (43 URL-safe characters, 256 bits)."""
+    return secrets.token_urlsafe(32)
+
+
+def match_key(key: str, digests: Sequence[str]) -> str | None:
+    """The digest that ``key`` matches, or None.
+
+    Compares against every stored digest with ``hmac.compare_digest`` and never stops early,
+    so the time taken says nothing about which digest, or how much of one, matched.
+    """
+    candidate = hash_key(key)
+    found: str | None = None
+    for digest in digests:
+        if hmac.compare_digest(candidate, digest):
+            found = digest
+    return found
+
+
+def client_id(digest: str) -> str:
+    """A short, non-secret name for a key, for records and logs (a prefix of its digest)."""
+    return digest[:12]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["new-key"]:
+        key = new_key()
+        print(f"key:    {key}\ndigest: {hash_key(key)}")
+        print("Give the key to the client; set SKIN_API_KEY_HASHES=<digest> on the gateway.")
+        return 0
+    if args == ["hash-key"]:
+        key = sys.stdin.readline().strip()
+        if not key:
+            print("error: give the key on stdin, e.g. `printf %s KEY | ...`", file=sys.stderr)
+            return 2
+        print(hash_key(key))
+        return 0
+    print("usage: python -m serving.security {new-key | hash-key < key}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

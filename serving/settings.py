@@ -1,0 +1,97 @@
+"""Gateway settings: environment variables prefixed ``SKIN_`` and an optional ``.env`` file.
+
+Read once through :func:`get_settings`; tests build ``Settings(...)`` directly and pass it to
+``create_app``. API keys are never configured in clear: ``SKIN_API_KEY_HASHES`` holds SHA-256
+hex digests (``python -m serving.security new-key`` makes a key and its digest). Without any,
+the gateway refuses to start unless ``SKIN_ALLOW_NO_AUTH=true`` says so for local work.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway; each field is the env var ``SKIN_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SKIN_", env_file=".env", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address `python -m serving` binds")
+    port: int = Field(8000, description="port `python -m serving` binds")
+    triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint host:port")
+    model_name: str = Field("skin_lesion", description="model name in Triton's repository")
+    model_repository: Path | None = Field(
+        Path("model_repository"),
+        description="folder with <model>/<version>/metadata.json; unset: Triton's metadata only",
+    )
+    triton_timeout_s: float = Field(10.0, gt=0, description="deadline of one prediction at Triton")
+    triton_retries: int = Field(2, ge=0, description="retries on UNAVAILABLE within the deadline")
+    model_info_ttl_s: float = Field(
+        30.0, ge=0, description="how long served-version info is cached"
+    )
+    retry_after_s: int = Field(5, ge=1, description="Retry-After header of 503 answers")
+    database_url: str = Field(
+        "sqlite:///.cache/serving/predictions.db",
+        description="SQLAlchemy URL: sqlite:///path (WAL) or postgresql+psycopg://...",
+    )
+    rules_path: Path = Field(Path("configs/body_location_rules.yaml"), description="rules YAML")
+    api_key_hashes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="sha256 hex digests of valid API keys, comma-separated"
+    )
+    allow_no_auth: bool = Field(False, description="run WITHOUT API keys (local development only)")
+    metrics_public: bool = Field(False, description="serve /metrics without an API key")
+    max_upload_bytes: int = Field(10 * 2**20, gt=0, description="largest accepted image file")
+    max_pixels: int = Field(40_000_000, gt=0, description="largest accepted width x height")
+    image_dir: Path = Field(Path(".cache/serving/images"), description="consented images")
+    referral_threshold: float = Field(
+        0.3, gt=0, lt=1, description="referral threshold when metadata.json has none"
+    )
+    log_level: str = Field("info", description="uvicorn and app log level")
+
+    @field_validator("api_key_hashes", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip().lower() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _hex_digests(cls, value: list[str]) -> list[str]:
+        # Say which entries, never what they hold: a key pasted here by mistake stays secret.
+        bad = [i + 1 for i, v in enumerate(value) if not _HEX64.match(v)]
+        if bad:
+            raise ValueError(
+                f"entries {bad} are not sha256 hex digests; store digests, not keys: "
+                "`python -m serving.security hash-key` prints one"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _auth_configured(self) -> Settings:
+        if not self.api_key_hashes and not self.allow_no_auth:
+            raise ValueError(
+                "no API keys configured: set SKIN_API_KEY_HASHES to sha256 digests "
+                "(`python -m serving.security new-key` makes a key and its digest), or set "
+                "SKIN_ALLOW_NO_AUTH=true for local development only"
+            )
+        return self
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The whole request body may exceed the image by the multipart framing and fields."""
+        return self.max_upload_bytes + 64 * 1024
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings of this process, read from the environment once."""
+    return Settings()
