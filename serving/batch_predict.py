@@ -1,0 +1,187 @@
+"""Offline predictions through Triton: a folder of images, or a CSV, to a CSV of probabilities.
+
+    python -m serving.batch_predict --input FOLDER_OR_CSV --output predictions.csv \
+        [--triton-url host:port] [--batch-size 32]
+
+The input is a folder (every JPEG/PNG below it, ``image_id`` = file name without extension)
+or a CSV with a ``path`` column (relative to the CSV) or HAM10000's ``image_id`` column (images
+found below the CSV's folder). Images are decoded and resized with ``eval_resize`` to the input
+size of the version Triton serves. The output has ``image_id, path``, one probability column per
+class, ``predicted`` and ``model_version``. Interrupted runs resume: ids already in the output
+are skipped, and every batch is flushed to disk before the next is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from serving.triton.server import read_state
+from serving.triton_client import (
+    DEFAULT_MODEL_NAME,
+    DEFAULT_URL,
+    TritonClassifier,
+    TritonError,
+    input_size,
+)
+from training.data import index_images, read_image
+from training.errors import DataError
+from training.labels import CLASSES
+from training.transforms import eval_resize
+
+COLUMNS = ["image_id", "path", *CLASSES, "predicted", "model_version"]
+
+
+def find_images(source: Path) -> list[tuple[str, str]]:
+    """``(image_id, path)`` pairs of a folder or a CSV, unique ids, in a stable order."""
+    if source.is_dir():
+        pairs = sorted(index_images(source).items())
+    elif source.is_file():
+        try:
+            table = pd.read_csv(source, dtype=str)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise DataError(f"{source} is not a readable CSV ({exc})") from None
+        table.columns = [c.strip().lower() for c in table.columns]
+        base = source.resolve().parent
+        if "path" in table:
+            paths = [str(base / p) for p in table["path"].dropna()]
+            ids = table["image_id"] if "image_id" in table else [Path(p).stem for p in paths]
+            pairs = list(zip(ids, paths, strict=False))
+        elif "image_id" in table:
+            index = index_images(base)
+            missing = [i for i in table["image_id"] if i not in index]
+            if missing:
+                raise DataError(
+                    f"{len(missing)} image_id(s) of {source} have no image below {base} "
+                    f"(e.g. {', '.join(missing[:3])}): add <image_id>.jpg files or a path column"
+                )
+            pairs = [(i, index[i]) for i in table["image_id"]]
+        else:
+            raise DataError(f"{source} has neither a path nor an image_id column")
+    else:
+        raise DataError(f"--input {source} does not exist: give a folder of images or a CSV")
+    unique: dict[str, str] = {}
+    for image_id, path in pairs:
+        unique.setdefault(str(image_id), str(path))  # a repeated id: its first path wins
+    return list(unique.items())
+
+
+def done_ids(output: Path) -> set[str]:
+    """Ids already written; repairs a last line cut short by an interruption."""
+    if not output.exists() or output.stat().st_size == 0:
+        return set()
+    with open(output, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+    with open(output, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != COLUMNS:
+            raise DataError(
+                f"{output} has columns {header}, expected {COLUMNS}: "
+                "write to a new --output (it is not a file this tool wrote)"
+            )
+        return {row[0] for row in reader if row}
+
+
+def batches(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_folder(
+    source: Path,
+    output: Path,
+    client: TritonClassifier,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> tuple[int, list[str]]:
+    """Classify every image of ``source`` not yet in ``output``; returns (written, failures)."""
+    metadata = client.model_metadata()
+    size = input_size(metadata)
+    version = ",".join(metadata.get("versions", []))
+    done = done_ids(output)
+    todo = [(i, p) for i, p in find_images(source) if i not in done]
+    failures: list[str] = []
+    written = 0
+
+    def load(item: tuple[str, str]) -> np.ndarray | None:
+        try:
+            return eval_resize(read_image(item[1]), size)
+        except (DataError, ValueError, OSError):
+            return None
+
+    new_file = not output.exists() or output.stat().st_size == 0
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        open(output, "a", newline="") as f,
+        ThreadPoolExecutor(2) as pool,  # decoding overlaps nothing else; 2 threads suffice
+        tqdm(total=len(todo) + len(done), initial=len(done), disable=not progress) as bar,
+    ):
+        writer = csv.writer(f)
+        if new_file:
+            writer.writerow(COLUMNS)
+        for chunk in batches(todo, batch_size):
+            images = list(pool.map(load, chunk))
+            ok = [(item, img) for item, img in zip(chunk, images, strict=True) if img is not None]
+            failures += [
+                f"{i} ({p})" for (i, p), img in zip(chunk, images, strict=True) if img is None
+            ]
+            if ok:
+                probs = client.predict(np.stack([img for _, img in ok]))
+                for ((image_id, path), _), row in zip(ok, probs, strict=True):
+                    cells = [f"{p:.6g}" for p in row]
+                    writer.writerow([image_id, path, *cells, CLASSES[int(row.argmax())], version])
+                f.flush()
+                os.fsync(f.fileno())
+                written += len(ok)
+            bar.update(len(chunk))
+    return written, failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serving.batch_predict", description=__doc__)
+    p.add_argument("--input", required=True, type=Path, help="folder of images, or a CSV")
+    p.add_argument("--output", required=True, type=Path, help="CSV to write (appended to)")
+    p.add_argument("--triton-url", help="gRPC host:port (default: the local server's)")
+    p.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--timeout", type=float, default=60.0, help="deadline of one batch, seconds")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.batch_size < 1:
+        print("error: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    url = args.triton_url or read_state().get("grpc_url") or DEFAULT_URL
+    client = TritonClassifier(url, args.model_name, timeout_s=args.timeout)
+    try:
+        written, failures = predict_folder(args.input, args.output, client, args.batch_size)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TritonError as exc:
+        print(f"error: {exc}\n(rows written so far are kept; rerun to resume)", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(f"wrote {written} predictions to {args.output}")
+    if failures:
+        print(
+            f"{len(failures)} image(s) could not be decoded and were skipped: "
+            f"{', '.join(failures[:5])}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
