@@ -1,0 +1,1 @@
+"""The REST API: schemas, dependencies and one router per resource (api/routes/)."""

@@ -1,0 +1,82 @@
+"""What routes depend on: the app's state (created once in the lifespan) and the API key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from serving.db import Database
+from serving.metrics import Metrics
+from serving.model_info import ModelCatalog
+from serving.rules import Rules
+from serving.security import client_id, match_key
+from serving.settings import Settings
+from serving.triton_client import AsyncTritonClassifier
+
+ANONYMOUS = "anonymous"
+
+
+@dataclass
+class AppState:
+    """Everything the lifespan builds once and every request shares."""
+
+    settings: Settings
+    db: Database
+    rules: Rules
+    triton: AsyncTritonClassifier
+    catalog: ModelCatalog
+    metrics: Metrics
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.gateway
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+# auto_error=False: a missing key gets our own 401 that says how to send one.
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+_bearer = HTTPBearer(auto_error=False)
+
+
+def authenticate(settings: Settings, key: str | None) -> str:
+    """The caller's client id (a prefix of its key's digest), or 401."""
+    if not settings.api_key_hashes and settings.allow_no_auth:
+        return ANONYMOUS
+    challenge = {"WWW-Authenticate": 'Bearer realm="skin-lesion"'}
+    if not key:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing API key: send it in the X-API-Key header (or Authorization: Bearer <key>)",
+            headers=challenge,
+        )
+    digest = match_key(key, settings.api_key_hashes)
+    if digest is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "invalid API key: check the key you were given; ask the operator for a new one",
+            headers=challenge,
+        )
+    return client_id(digest)
+
+
+def presented_key(
+    api_key: Annotated[str | None, Depends(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str | None:
+    return api_key or (bearer.credentials if bearer else None)
+
+
+def require_api_key(state: StateDep, key: Annotated[str | None, Depends(presented_key)]) -> str:
+    return authenticate(state.settings, key)
+
+
+def metrics_access(state: StateDep, key: Annotated[str | None, Depends(presented_key)]) -> str:
+    """/metrics: an API key like everywhere, unless SKIN_METRICS_PUBLIC opens it."""
+    return "public" if state.settings.metrics_public else authenticate(state.settings, key)
+
+
+ClientDep = Annotated[str, Depends(require_api_key)]

@@ -1,0 +1,170 @@
+"""Request and response models, in families (``XBase`` / ``XCreate`` / ``XPublic``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import UploadFile
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from training.labels import BODY_SITES, CLASSES, CONFIRMATIONS, SEXES
+
+BodySite = Literal[BODY_SITES]  # type: ignore[valid-type]
+Sex = Literal[SEXES]  # type: ignore[valid-type]
+ClassCode = Literal[CLASSES]  # type: ignore[valid-type]
+Confirmation = Literal[CONFIRMATIONS]  # type: ignore[valid-type]
+
+
+class PredictionBase(BaseModel):
+    """What the client tells about the lesion besides the photo."""
+
+    body_location: BodySite = Field(
+        description="HAM10000 localization, or 'unknown' (which excludes nothing)"
+    )
+    age: int | None = Field(None, ge=0, le=120, description="patient's age in years")
+    sex: Sex = "unknown"
+
+    @field_validator("body_location", mode="before")
+    @classmethod
+    def _normalise_site(cls, value: Any) -> Any:
+        # "Lower_Extremity" and "lower extremity" mean the same site.
+        return value.strip().lower().replace("_", " ") if isinstance(value, str) else value
+
+    @field_validator("sex", mode="before")
+    @classmethod
+    def _normalise_sex(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class PredictionCreate(PredictionBase):
+    """The multipart form of ``POST /v1/predictions``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: UploadFile = Field(description="the photo, JPEG or PNG (checked by content)")
+
+    consent_to_store_image: bool = Field(
+        False, description="keep the uploaded photo (content-addressed) with the record"
+    )
+    request_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="client request id for idempotent retries (or the Idempotency-Key header)",
+    )
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class ClassProbability(BaseModel):
+    code: ClassCode
+    name: str
+    probability: float
+    malignant: bool
+
+
+class ExcludedClass(BaseModel):
+    code: ClassCode
+    name: str
+    original_probability: float = Field(description="the model's probability before the rule")
+    malignant: bool
+    rule_id: str
+    reason: str
+
+
+class ReferralPublic(BaseModel):
+    refer: bool
+    scores: dict[str, float] = Field(description="P(malignant group) and P(mel)")
+    thresholds: dict[str, float]
+    threshold_source: str = Field(description="metadata.json of the served version, or default")
+    reason: str
+
+
+class ImageInfo(BaseModel):
+    sha256: str
+    format: Literal["jpeg", "png"]
+    width: int
+    height: int
+    brightness: float = Field(description="mean luminance of the model input, 0-255")
+    contrast: float = Field(description="std of the luminance of the model input")
+    stored: bool
+
+
+class Timings(BaseModel):
+    decode_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class PredictionPublic(PredictionBase):
+    """The answer to an upload, stored verbatim and sent again to an idempotent retry."""
+
+    id: str
+    created_at: datetime
+    request_id: str | None
+    model: ModelRef
+    top_class: ClassCode
+    ranking: list[ClassProbability] = Field(description="after the body-location rules")
+    excluded: list[ExcludedClass]
+    referral: ReferralPublic
+    image: ImageInfo
+    timings: Timings
+    disclaimer: str = (
+        "Decision support only, not a diagnosis: a clinician decides. "
+        "The ranking is over HAM10000's seven classes."
+    )
+
+
+class FeedbackBase(BaseModel):
+    diagnosis: ClassCode = Field(description="the confirmed diagnosis")
+    confirmation: Confirmation = Field(description="how it was confirmed")
+
+
+class FeedbackCreate(FeedbackBase):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FeedbackPublic(FeedbackBase):
+    prediction_id: str
+    revision: int = Field(description="1 for the first feedback, +1 for each change")
+    created_at: datetime
+    updated_at: datetime
+
+
+class FeedbackEventPublic(FeedbackBase):
+    revision: int
+    client_id: str
+    received_at: datetime
+
+
+class PredictionWithFeedback(PredictionPublic):
+    feedback: FeedbackPublic | None = None
+    feedback_history: list[FeedbackEventPublic] = Field(default_factory=list)
+
+
+class ModelVersionPublic(BaseModel):
+    version: str
+    ready: bool
+    metadata: dict[str, Any] | None
+
+
+class ModelPublic(BaseModel):
+    name: str
+    platform: str | None
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    versions: list[ModelVersionPublic]
+    served_version: str | None
+
+
+class ModelsPublic(BaseModel):
+    models: list[ModelPublic]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str]

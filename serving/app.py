@@ -1,0 +1,146 @@
+"""The FastAPI gateway: ``create_app(settings)`` wires routes, middleware, errors, lifespan.
+
+The lifespan builds everything once per process: the rules (a bad file stops the start),
+the database (migrated to head), the Triton client and the served-model catalog. Triton may
+be down at start: the gateway starts anyway and /readyz says it is not ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from serving.api.deps import AppState
+from serving.api.routes import health, models, predictions
+from serving.db import Database, DatabaseUnavailable
+from serving.images import ImageRejected
+from serving.limits import BodySizeLimit
+from serving.metrics import Metrics, MetricsMiddleware
+from serving.model_info import ModelCatalog
+from serving.rules import load_rules
+from serving.settings import Settings, get_settings
+from serving.triton_client import (
+    AsyncTritonClassifier,
+    TritonBadRequest,
+    TritonError,
+    TritonModelNotReady,
+    TritonUnavailable,
+)
+
+log = logging.getLogger("serving")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    rules = load_rules(settings.rules_path)
+    db = Database(settings.database_url)
+    await anyio.to_thread.run_sync(db.upgrade)
+    triton = AsyncTritonClassifier(
+        settings.triton_url, settings.model_name, settings.triton_timeout_s
+    )
+    catalog = ModelCatalog(
+        triton, settings.model_repository, settings.model_info_ttl_s, settings.referral_threshold
+    )
+    app.state.gateway = AppState(settings, db, rules, triton, catalog, app.state.metrics)
+    try:
+        served = await catalog.served()
+        log.info("serving %s version %s, input %s", served.name, served.version, served.input_size)
+    except TritonError as e:
+        log.warning("Triton is not ready yet (/readyz will say so): %s", e)
+    try:
+        yield
+    finally:
+        await triton.close()
+        db.dispose()
+
+
+def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    metrics: Metrics = app.state.metrics
+    retry = {"Retry-After": str(app.state.settings.retry_after_s)}
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # One readable sentence per field; never echo the input back (it may be an image).
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
+        metrics.rejected.labels("422").inc()
+        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(ImageRejected)
+    async def rejected(_: Request, exc: ImageRejected) -> JSONResponse:
+        metrics.rejected.labels(str(exc.status_code)).inc()
+        return _problem(exc.status_code, str(exc))
+
+    @app.exception_handler(TritonUnavailable)
+    async def unavailable(_: Request, exc: TritonUnavailable) -> JSONResponse:
+        metrics.triton_errors.labels("unavailable").inc()
+        log.warning("Triton unavailable: %s", exc)
+        return _problem(503, "the model server is unavailable: retry later", retry)
+
+    @app.exception_handler(TritonModelNotReady)
+    async def not_ready(request: Request, exc: TritonModelNotReady) -> JSONResponse:
+        metrics.triton_errors.labels("model_not_ready").inc()
+        request.app.state.gateway.catalog.forget()  # the cached version may be gone
+        log.warning("model not ready: %s", exc)
+        return _problem(503, "the model is not loaded (yet): retry later", retry)
+
+    @app.exception_handler(TritonError)
+    async def triton_failed(_: Request, exc: TritonError) -> JSONResponse:
+        # TritonBadRequest lands here too: the gateway built the tensor, so it is our fault.
+        kind = "bad_request" if isinstance(exc, TritonBadRequest) else "other"
+        metrics.triton_errors.labels(kind).inc()
+        log.error("Triton failed: %s", exc)
+        return _problem(502, "the model server failed on this request; the operator is told")
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def db_down(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        return _problem(503, "the database is unavailable: retry later", retry)
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, exc: Exception) -> JSONResponse:
+        error_id = uuid.uuid4().hex[:12]
+        log.error("unhandled error %s", error_id, exc_info=exc)
+        return JSONResponse(
+            {"detail": "internal error; quote this id to the operator", "error_id": error_id},
+            status_code=500,
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The gateway. Tests pass their own ``Settings``; production reads the environment."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Skin-lesion classification gateway",
+        version="1",
+        description=(
+            "Upload a dermoscopic photo with its body location; get ranked diagnoses over "
+            "HAM10000's seven classes, the classes body-location rules excluded and why, and "
+            "a referral recommendation. Decision support only, not a diagnosis. "
+            "Authenticate with the X-API-Key header (or Authorization: Bearer)."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    for router in (predictions.router, models.router, health.router):
+        app.include_router(router)
+    _install_error_handlers(app)
+    # Added last = outermost: metrics see the body limit's 413s too.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,82 @@
+"""Request-body cap enforced while the body streams, chunked uploads included.
+
+A declared ``Content-Length`` over the cap is refused before a byte is read. Otherwise the
+middleware counts the bytes of each ``http.request`` message; once the count passes the cap
+it stops reading and answers 413, whatever the application was about to say (the app sees
+the cut-off body as an error, and that answer is replaced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+
+class BodyTooLarge(Exception):
+    """Raised from ``receive`` once the body passes the cap."""
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: 413 for request bodies over ``max_bytes``."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    def _message(self) -> bytes:
+        detail = (
+            f"the request body is larger than {self.max_bytes} bytes: send a smaller image "
+            "(the limit is SKIN_MAX_UPLOAD_BYTES plus 64 KiB for the form)"
+        )
+        return json.dumps({"detail": detail}).encode()
+
+    async def _reject(self, send: Any) -> None:
+        body = self._message()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.max_bytes:
+                    await self._reject(send)
+                    return
+        received = 0
+        exceeded = False
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal received, exceeded
+            if exceeded:
+                raise BodyTooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    exceeded = True
+                    raise BodyTooLarge
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            nonlocal started
+            if exceeded:  # the app's answer to a cut-off body: ours replaces it
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        with contextlib.suppress(BodyTooLarge):
+            await self.app(scope, limited_receive, guarded_send)
+        if exceeded and not started:
+            await self._reject(send)

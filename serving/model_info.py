@@ -1,0 +1,136 @@
+"""What Triton serves right now: version, input size, referral thresholds, metadata.
+
+The input size comes from Triton's own model metadata (the shape the server will accept);
+the thresholds and the rest from the version's ``metadata.json`` in the model repository
+folder, when the gateway can read it. The answer is cached for ``ttl_s`` seconds, and every
+prediction names the version explicitly, so a version rolled forward mid-request cannot mix
+one version's input size or thresholds with another's probabilities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.triton_client import AsyncTritonClassifier, TritonModelNotReady, input_size
+
+log = logging.getLogger(__name__)
+REFERRAL_TARGETS = ("malignant", "mel")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    version: str
+    input_size: tuple[int, int]  # (height, width)
+    thresholds: dict[str, float]  # referral target -> threshold
+    threshold_source: str  # "metadata.json" or "default"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def read_metadata(repository: Path | None, model: str, version: str) -> dict[str, Any]:
+    """``<repository>/<model>/<version>/metadata.json``, or ``{}`` when absent or unreadable."""
+    if repository is None:
+        return {}
+    path = repository / model / version / "metadata.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("cannot read %s: %s", path, e)
+        return {}
+
+
+def parse_thresholds(metadata: dict[str, Any], default: float) -> tuple[dict[str, float], str]:
+    """Referral thresholds per target from ``metadata["thresholds"]``.
+
+    Entries are ``{"mel": {"threshold": 0.1, ...}}`` (training.evaluation.thresholds) or plain
+    numbers. A target without a valid threshold in (0, 1] gets ``default``.
+    """
+    found: dict[str, float] = {}
+    raw = metadata.get("thresholds")
+    for target in REFERRAL_TARGETS:
+        entry = raw.get(target) if isinstance(raw, dict) else None
+        value = entry.get("threshold") if isinstance(entry, dict) else entry
+        if isinstance(value, int | float) and 0 < value <= 1:
+            found[target] = float(value)
+    source = "metadata.json" if len(found) == len(REFERRAL_TARGETS) else "default"
+    if 0 < len(found) < len(REFERRAL_TARGETS):
+        source = "metadata.json+default"
+    return {t: found.get(t, default) for t in REFERRAL_TARGETS}, source
+
+
+class ModelCatalog:
+    """Resolves and caches the served version of one model."""
+
+    def __init__(
+        self,
+        client: AsyncTritonClassifier,
+        repository: Path | None,
+        ttl_s: float,
+        default_threshold: float,
+    ) -> None:
+        self.client, self.repository = client, repository
+        self.ttl_s, self.default_threshold = ttl_s, default_threshold
+        self._cached: tuple[float, ServedModel] | None = None
+        self._lock = asyncio.Lock()
+
+    async def served(self) -> ServedModel:
+        """The served version, from cache when fresh.
+
+        Raises:
+            TritonUnavailable, TritonModelNotReady: Triton cannot say.
+        """
+        cached = self._cached
+        if cached and time.monotonic() - cached[0] < self.ttl_s:
+            return cached[1]
+        async with self._lock:
+            cached = self._cached
+            if cached and time.monotonic() - cached[0] < self.ttl_s:
+                return cached[1]
+            served = await self._resolve()
+            self._cached = (time.monotonic(), served)
+            return served
+
+    def forget(self) -> None:
+        """Drop the cache (after Triton said the cached version is gone)."""
+        self._cached = None
+
+    async def _resolve(self) -> ServedModel:
+        meta = await self.client.model_metadata()
+        versions = [str(v) for v in meta.get("versions") or []]
+        if not versions:
+            raise TritonModelNotReady(f"Triton serves no version of {self.client.model_name!r}")
+        version = max(versions, key=int)
+        file_meta = read_metadata(self.repository, self.client.model_name, version)
+        thresholds, source = parse_thresholds(file_meta, self.default_threshold)
+        size = input_size(meta)
+        declared = file_meta.get("input_size")
+        if declared and tuple(declared) != size:
+            log.warning("metadata.json says input_size %s, Triton serves %s", declared, size)
+        return ServedModel(self.client.model_name, version, size, thresholds, source, file_meta)
+
+    async def describe(self) -> dict[str, Any]:
+        """Triton's view of the model with each loaded version's metadata.json."""
+        meta = await self.client.model_metadata()
+        versions = sorted((str(v) for v in meta.get("versions") or []), key=int)
+        return {
+            "name": meta.get("name", self.client.model_name),
+            "platform": meta.get("platform"),
+            "inputs": meta.get("inputs", []),
+            "outputs": meta.get("outputs", []),
+            "versions": [
+                {
+                    "version": v,
+                    "ready": await self.client.ready(int(v)),
+                    "metadata": read_metadata(self.repository, self.client.model_name, v) or None,
+                }
+                for v in versions
+            ],
+        }

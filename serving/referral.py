@@ -1,0 +1,58 @@
+"""The referral decision: a pure function of probabilities and thresholds.
+
+Refer when P(malignant group = akiec + bcc + mel) or P(mel) reaches its threshold. Each score
+is the larger of the model's own probability and the one after the body-location rules:
+the thresholds were chosen on the model's raw outputs (training.evaluation.thresholds), and
+the rules, which only remove benign classes unless told otherwise, can only raise the
+scores. Taking the larger keeps the validated operating point and never lets a rule
+talk a referral away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from training.labels import CLASSES, MALIGNANT, MELANOMA
+
+_LABELS = {"malignant": "P(malignant: akiec+bcc+mel)", "mel": "P(melanoma)"}
+
+
+@dataclass(frozen=True)
+class Referral:
+    refer: bool
+    scores: dict[str, float]  # target -> score
+    thresholds: dict[str, float]
+    reason: str
+
+
+def _scores(probs: Mapping[str, float]) -> dict[str, float]:
+    return {
+        "malignant": sum(probs.get(c, 0.0) for c in MALIGNANT),
+        "mel": probs.get(MELANOMA, 0.0),
+    }
+
+
+def decide(
+    raw: Sequence[float], after_rules: Mapping[str, float], thresholds: Mapping[str, float]
+) -> Referral:
+    """Refer or not, with the scores, thresholds and a sentence that says why.
+
+    Args:
+        raw: the model's probabilities in ``CLASSES`` order.
+        after_rules: class -> probability after the rules (excluded classes absent).
+        thresholds: ``{"malignant": t, "mel": t}``; refer when a score is >= its threshold.
+    """
+    before = _scores(dict(zip(CLASSES, map(float, raw), strict=True)))
+    after = _scores(after_rules)
+    scores = {t: round(max(before[t], after[t]), 6) for t in ("malignant", "mel")}
+    hits = [t for t in scores if scores[t] >= thresholds[t]]
+    if hits:
+        reason = "; ".join(
+            f"{_LABELS[t]} = {scores[t]:.3f} >= threshold {thresholds[t]:.3f}" for t in hits
+        )
+        reason = f"refer to a dermatologist: {reason}"
+    else:
+        parts = [f"{_LABELS[t]} = {scores[t]:.3f} < {thresholds[t]:.3f}" for t in scores]
+        reason = "below the referral thresholds: " + "; ".join(parts)
+    return Referral(bool(hits), scores, dict(thresholds), reason)

@@ -1,0 +1,239 @@
+"""Fixtures for the gateway: a real exported model served by the real tritonserver, a real
+PostgreSQL cluster, and the gateway itself on a free port (uvicorn in a thread)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, func, select, text
+
+from serving.app import create_app
+from serving.db.models import Prediction
+from serving.security import hash_key
+from serving.settings import Settings
+from training.data import read_image
+from training.labels import CLASS_INDEX
+from training.transforms import eval_resize
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_SIZE = (112, 150)  # (height, width), HAM10000's 3:4
+API_KEY = "test-key-" + "x" * 32
+OTHER_KEY = "other-key-" + "y" * 32
+# Referral thresholds the fixture writes into the served version's metadata.json, where the
+# evaluation would write its chosen operating points.
+THRESHOLDS = {"mel": 0.2, "malignant": 0.45}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def lesion_rows(real_lesions_dir: Path) -> list[dict[str, str]]:
+    with open(real_lesions_dir / "labels.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def model_repository(
+    tmp_path_factory: pytest.TempPathFactory, real_lesions_dir: Path, lesion_rows: list[dict]
+) -> Path:
+    """A real exported model: a small CNN fitted for two steps on the real photos, exported by
+    training.export into a fresh repository (not a useful classifier, a real one)."""
+    from training.export import export, smoke_checkpoint
+
+    root = tmp_path_factory.mktemp("model")
+    images = np.stack(
+        [
+            eval_resize(read_image(str(real_lesions_dir / f"{r['image_id']}.jpg")), MODEL_SIZE)
+            for r in lesion_rows
+        ]
+    )
+    labels = [CLASS_INDEX[r["dx"]] for r in lesion_rows]
+    ckpt = smoke_checkpoint(root / "ckpt" / "smoke.ckpt", images, labels)
+    version_dir = export(ckpt, root / "repository", parity_images=real_lesions_dir)
+    meta_path = version_dir / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["thresholds"] = {t: {"threshold": v} for t, v in THRESHOLDS.items()}
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return root / "repository"
+
+
+@pytest.fixture(scope="session")
+def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The real tritonserver binary serving the exported model (CPU, Python backend)."""
+    from serving.triton.server import run_triton
+
+    with run_triton(model_repository, cache_dir=tmp_path_factory.mktemp("triton")) as server:
+        yield server
+
+
+def _pg_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        pytest.fail("PostgreSQL is not installed: `apt-get install -y postgresql` (.ci/run does)")
+    return found[-1].parent
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free port, run by the `postgres` user when root."""
+    bindir = _pg_bin()
+    data = Path(tempfile.mkdtemp(prefix="skin-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
+    run(
+        str(bindir / "initdb"),
+        "-D",
+        str(data / "db"),
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+    )
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {data} -c fsync=off"
+    run(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data / "db"),
+        "-o",
+        options,
+        "-l",
+        str(data / "log"),
+        "-w",
+        "start",
+    )
+    try:
+        admin = create_engine(
+            f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", isolation_level="AUTOCOMMIT"
+        )
+        with admin.connect() as conn:
+            conn.execute(text("CREATE DATABASE skin"))
+        admin.dispose()
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/skin"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+class LiveGateway:
+    """The gateway under uvicorn on a free loopback port, in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.engine = create_engine(settings.database_url)
+
+    def start(self) -> LiveGateway:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.engine.dispose()
+
+    def client(self, key: str | None = API_KEY) -> httpx.Client:
+        headers = {"X-API-Key": key} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def count(self, table: type = Prediction) -> int:
+        """Rows in a table, read straight from the database (not through the API)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def gateway_settings(database_url: str, triton_url: str, tmp: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "triton_url": triton_url,
+        "database_url": database_url,
+        "model_repository": None,
+        "rules_path": ROOT / "configs" / "body_location_rules.yaml",
+        "api_key_hashes": [hash_key(API_KEY), hash_key(OTHER_KEY)],
+        "image_dir": tmp / "images",
+        "triton_timeout_s": 10.0,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@pytest.fixture(
+    scope="session",
+    params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])],
+)
+def gateway(
+    request: pytest.FixtureRequest,
+    triton: Any,
+    model_repository: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LiveGateway]:
+    """The gateway against the real Triton, on SQLite (WAL) and on PostgreSQL."""
+    tmp = tmp_path_factory.mktemp(f"gateway-{request.param}")
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp / 'predictions.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    settings = gateway_settings(url, triton.grpc_url, tmp, model_repository=model_repository)
+    live = LiveGateway(settings).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path) -> Iterator[Any]:
+    """Start extra gateways with their own settings (``make_gateway(db_url, triton_url, **kw)``);
+    all are stopped after the test."""
+    started: list[LiveGateway] = []
+
+    def make(database_url: str, triton_url: str, **overrides: Any) -> LiveGateway:
+        live = LiveGateway(gateway_settings(database_url, triton_url, tmp_path, **overrides))
+        started.append(live.start())
+        return live
+
+    yield make
+    for live in started:
+        live.stop()
+
+
+@pytest.fixture(scope="session")
+def keys() -> dict[str, str]:
+    """Two valid API keys (their digests are configured) and the thresholds in metadata.json."""
+    return {"main": API_KEY, "other": OTHER_KEY}
+
+
+@pytest.fixture(scope="session")
+def served_thresholds() -> dict[str, float]:
+    return dict(THRESHOLDS)
