@@ -292,7 +292,7 @@ def _save_cache(path: Path, cache: dict) -> None:
     os.replace(tmp, path)
 
 
-def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ConfigError(
             f"val_fraction={val_fraction} and test_fraction={test_fraction} must each be in "
@@ -319,7 +319,7 @@ def grouped_split(
     has its own random stream, so the result does not depend on row order or other classes.
     Rows keep their input order within a split; the index is reset (row position = index).
     """
-    _check_fractions(val_fraction, test_fraction)
+    check_fractions(val_fraction, test_fraction)
     # crosstab columns are sorted (= CLASSES order), so ties go to the first class: stable.
     group_class = pd.crosstab(df["group"], df["label"]).idxmax(axis=1)
     side: dict[str, str] = {}
@@ -355,7 +355,7 @@ def temporal_split(
     ``val_fraction`` of the training lesions (the tail of train by date). Without a cutoff,
     the date that leaves ``test_fraction`` of the lesions after it is used.
     """
-    _check_fractions(val_fraction, test_fraction)
+    check_fractions(val_fraction, test_fraction)
     undated = df.loc[df["date"].isna(), "image_id"].tolist()
     if undated:
         raise DataError(

@@ -76,7 +76,7 @@ IMAGES_PER_LESION = {1: 5514, 2: 1423, 3: 490, 4: 34, 5: 5, 6: 4}
 # Look of each class: blob RGB colour, radius range (px), outline irregularity, texture.
 LOOKS = {
     "akiec": ((200, 90, 90), (28, 40), 0.25, "scale"),
-    "bcc": ((225, 160, 170), (22, 34), 0.15, "vessels"),
+    "bcc": ((245, 120, 150), (22, 34), 0.15, "vessels"),
     "bkl": ((165, 120, 70), (26, 40), 0.2, "spots"),
     "df": ((150, 95, 70), (12, 18), 0.05, "ring"),
     "mel": ((55, 35, 30), (30, 46), 0.45, "veil"),
