@@ -513,5 +513,33 @@ def smoke_checkpoint(
     return Path(path)
 
 
+def smoke_repository(
+    repository: str | Path,
+    images_dir: str | Path,
+    size: tuple[int, int] = (48, 64),
+    n_images: int = 8,
+    name: str = DEFAULT_MODEL_NAME,
+) -> Path:
+    """Train a smoke checkpoint on the first ``n_images`` of ``images_dir`` and export it into
+    ``repository``: a real model for other parts' tests (a Triton to talk to) in one call.
+
+    Returns:
+        The exported version's folder.
+    """
+    import tempfile
+
+    from training.data import index_images, read_image
+
+    paths = sorted(index_images(Path(images_dir)).values())[:n_images]
+    if not paths:
+        raise DataError(f"no JPEG/PNG images under {images_dir}")
+    images = np.stack([eval_resize(read_image(p), size) for p in paths])
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = smoke_checkpoint(
+            Path(tmp) / "smoke.ckpt", images, [i % NUM_CLASSES for i in range(len(paths))]
+        )
+        return export(ckpt, repository, name, parity_images=images_dir)
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

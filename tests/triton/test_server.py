@@ -1,0 +1,116 @@
+"""The local Triton process: rendering, clear start-up errors, clean stops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from serving.triton.config import read_config
+from serving.triton.server import STATE_FILE, TritonServer, TritonServerError, run_triton
+from serving.triton_client import (
+    DEFAULT_MODEL_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    AsyncTritonClassifier,
+    TritonClassifier,
+    TritonUnavailable,
+)
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_rendering_is_a_cpu_copy_and_leaves_production_alone(triton, model_repository):
+    production = read_config(model_repository / DEFAULT_MODEL_NAME / "config.pbtxt")
+    rendered = read_config(triton.rendered / DEFAULT_MODEL_NAME / "config.pbtxt")
+    assert production.backend == "pytorch"
+    assert [g.kind for g in production.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert rendered.backend == "python"
+    assert [g.kind for g in rendered.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    for field in ("input", "output", "max_batch_size", "version_policy", "dynamic_batching"):
+        assert getattr(rendered, field) == getattr(production, field), field
+    assert [rendered.input[0].name, rendered.output[0].name] == [INPUT_NAME, OUTPUT_NAME]
+    version = triton.rendered / DEFAULT_MODEL_NAME / "1"
+    assert (version / "model.pt").resolve() == (
+        model_repository / DEFAULT_MODEL_NAME / "1" / "model.pt"
+    )
+    assert (version / "model.py").is_file()
+
+
+def test_client_of_a_stopped_server_fails_within_deadline(model_repository, tmp_path, lesions):
+    _, images = lesions
+    deadline = 2.0
+    with run_triton(model_repository, cache_dir=tmp_path) as server:
+        client = TritonClassifier(server.grpc_url, timeout_s=deadline)
+        assert client.predict(images[:2]).shape == (2, 7)
+        assert (tmp_path / STATE_FILE).is_file()
+    assert not (tmp_path / STATE_FILE).exists()
+    start = time.monotonic()
+    with pytest.raises(TritonUnavailable, match="unreachable"):
+        client.predict(images[:2])
+    assert time.monotonic() - start < deadline + 1.0
+    assert client.ready() is False
+
+    async def call() -> None:
+        async with AsyncTritonClassifier(server.grpc_url, timeout_s=deadline) as aclient:
+            assert await aclient.ready() is False
+            await aclient.predict(images[:2])
+
+    start = time.monotonic()
+    with pytest.raises(TritonUnavailable):
+        asyncio.run(call())
+    assert time.monotonic() - start < 2 * deadline + 1.0
+
+
+def test_taken_port_is_a_clear_error(model_repository, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(TritonServerError, match=f"port {port} .* is taken"):
+            TritonServer(model_repository, cache_dir=tmp_path, grpc_port=port).start()
+
+
+def test_model_that_fails_to_load_shows_the_log(model_repository, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository, repo)
+    (repo / DEFAULT_MODEL_NAME / "1" / "model.pt").write_bytes(b"not a TorchScript file")
+    with pytest.raises(TritonServerError, match="(?s)exited.*failed to load.*skin_lesion"):
+        TritonServer(repo, cache_dir=tmp_path / "cache").start()
+
+
+def test_empty_repository_is_a_clear_error(tmp_path):
+    with pytest.raises(TritonServerError, match="no model in .* export one"):
+        TritonServer(tmp_path, cache_dir=tmp_path / "cache").start()
+
+
+def test_cli_serves_until_sigterm_then_stops_the_server(model_repository, tmp_path):
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "serving.triton", "--repository", str(model_repository),
+         "--cache-dir", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        line = cli.stdout.readline()
+        assert line.startswith("Triton ready"), line + cli.stdout.read()
+        state = json.loads((tmp_path / STATE_FILE).read_text())
+        assert TritonClassifier(state["grpc_url"]).ready()
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=60) == 0
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    with pytest.raises(ProcessLookupError):
+        os.kill(state["pid"], 0)
+    assert not (tmp_path / STATE_FILE).exists()
