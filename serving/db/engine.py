@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from sqlalchemy.orm import sessionmaker
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 T = TypeVar("T")
+_MIGRATING = threading.Lock()  # Alembic's context is process-global: one migration at a time
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -67,7 +69,7 @@ def upgrade(engine: Engine) -> None:
     """``alembic upgrade head`` on ``engine``, safe when several gateways start at once.
 
     PostgreSQL serialises through an advisory lock (in migrations/env.py); SQLite files
-    through a file lock beside the database.
+    through a file lock beside the database; threads of one process through a lock.
     """
     config = alembic_config()
     database = engine.url.database
@@ -76,7 +78,7 @@ def upgrade(engine: Engine) -> None:
         if engine.url.get_backend_name() == "sqlite" and database and database != ":memory:"
         else None
     )
-    with open(lock_path or "/dev/null", "a") as lock:
+    with _MIGRATING, open(lock_path or "/dev/null", "a") as lock:
         if lock_path:
             fcntl.flock(lock, fcntl.LOCK_EX)
         with engine.begin() as connection:
