@@ -244,11 +244,11 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit or None, "dirty": dirty if commit else None}
 
 
-def _writable_model_dir(repository: Path, name: str) -> Path:
-    model_dir = Path(repository) / name
+def _writable(repository: Path) -> Path:
+    """Create the repository folder if needed and prove we can write there (even as root)."""
     try:
-        model_dir.mkdir(parents=True, exist_ok=True)
-        probe = model_dir / f".probe-{uuid.uuid4().hex}"
+        repository.mkdir(parents=True, exist_ok=True)
+        probe = repository / f".probe-{uuid.uuid4().hex}"
         probe.touch()
         probe.unlink()
     except OSError as exc:
@@ -256,7 +256,7 @@ def _writable_model_dir(repository: Path, name: str) -> Path:
             f"cannot write to the model repository {repository} ({exc.strerror or exc}): "
             "pass a writable --repository or fix its permissions"
         ) from None
-    return model_dir
+    return repository
 
 
 def _check_compatible(model_dir: Path, size: tuple[int, int]) -> bool:
@@ -305,7 +305,7 @@ def export_model(
     Raises:
         ConfigError: parity failure, unwritable repository, incompatible existing config.
     """
-    model_dir = _writable_model_dir(Path(repository), name)
+    model_dir = _writable(Path(repository)) / name
     model = ProbabilityModel(classifier, temperature).eval()
     if images.shape[1:] != (*size, 3) or images.dtype != np.uint8:
         raise DataError(f"parity images must be uint8 [N, {size[0]}, {size[1]}, 3]")
@@ -317,7 +317,8 @@ def export_model(
             f"{len(images)} real images: nothing was written. The network has operations "
             "TorchScript changes; make it scriptable or exportable deterministically"
         )
-    tmp = model_dir / f".tmp-export-{uuid.uuid4().hex}"
+    model_dir.mkdir(exist_ok=True)
+    tmp = model_dir / f".tmp-export-{uuid.uuid4().hex}"  # same filesystem: rename is atomic
     tmp.mkdir()
     try:
         scripted.save(str(tmp / "model.pt"))
@@ -406,6 +407,7 @@ def export(
     Returns:
         The new version's folder, e.g. ``model_repository/skin_lesion/3``.
     """
+    _writable(Path(repository))  # fail before the slow part
     loaded = load_checkpoint(checkpoint)
     directory = Path(parity_images) if parity_images else default_parity_dir()
     if not directory.is_dir():

@@ -1,0 +1,234 @@
+"""Export of a real LesionClassifier checkpoint into a versioned Triton model repository."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import warnings
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from models import create_classifier
+from serving.models.repository import served_version
+from serving.triton_client import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_NAME
+from training.__main__ import main as training_main
+from training.errors import ConfigError
+from training.export import PARITY_TOLERANCE, export, export_model, parity_batch
+from training.labels import CLASSES
+from training.module import LesionClassifier
+from training.transforms import RESIZE_POLICY
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load_scripted(path: Path) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path))
+
+
+def test_export_writes_a_self_describing_version(checkpoint, real_lesions_dir, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        version = export(checkpoint, tmp_path, parity_images=real_lesions_dir)
+    assert not [w for w in caught if "torch.jit" in str(w.message)], "TorchScript warnings leaked"
+    assert version == tmp_path / DEFAULT_MODEL_NAME / "1"
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    meta = json.loads((version / "metadata.json").read_text())
+    size = tuple(ckpt["hyper_parameters"]["image_size"])
+    # The TorchScript file against Lightning's own way of loading the checkpoint.
+    module = LesionClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    images = torch.from_numpy(parity_batch(real_lesions_dir, size, n=28))
+    with torch.no_grad():
+        eager = module(images).float().softmax(dim=1)
+        served = _load_scripted(version / "model.pt")(images)
+    assert served.dtype == torch.float32 and served.shape == (28, len(CLASSES))
+    assert torch.allclose(served.sum(dim=1), torch.ones(28), atol=1e-5)
+    assert (served - eager).abs().max() <= 1e-5
+
+    assert meta["classes"] == list(CLASSES)
+    assert tuple(meta["input_size"]) == size
+    assert meta["resize_policy"] == RESIZE_POLICY
+    assert meta["dataset_version"] == ckpt["dataset_version"] and meta["synthetic"] is False
+    assert meta["training_config"]["model_name"] == ckpt["hyper_parameters"]["model_name"]
+    best = next(s["best_model_score"] for k, s in ckpt["callbacks"].items() if "Checkpoint" in k)
+    assert meta["metrics"]["val/balanced_accuracy"] == pytest.approx(float(best))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert meta["git"]["commit"] == head.stdout.strip() and isinstance(meta["git"]["dirty"], bool)
+    created = datetime.fromisoformat(meta["created_at"])
+    assert timedelta(0) <= datetime.now(UTC) - created < timedelta(minutes=5)
+    assert 0 <= meta["parity"]["max_abs_diff"] <= PARITY_TOLERANCE and meta["parity"]["images"] == 8
+    assert [meta["inputs"][0]["name"], meta["outputs"][0]["name"]] == [INPUT_NAME, OUTPUT_NAME]
+    assert meta["version"] == 1 and meta["temperature"] == 1.0
+    assert served_version(version.parent) == 1  # the first export is served at once
+
+
+def test_config_pbtxt_matches_the_exported_model(checkpoint, real_lesions_dir, tmp_path):
+    version = export(checkpoint, tmp_path, parity_images=real_lesions_dir)
+    model_dir = version.parent
+    cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
+    meta = json.loads((version / "metadata.json").read_text())
+    height, width = meta["input_size"]
+
+    assert cfg.name == model_dir.name == DEFAULT_MODEL_NAME
+    assert cfg.backend == "pytorch"
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [
+        (INPUT_NAME, mc.TYPE_UINT8, [height, width, 3])
+    ]
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [
+        (OUTPUT_NAME, mc.TYPE_FP32, [len(CLASSES)])
+    ]
+    labels = model_dir / cfg.output[0].label_filename
+    assert labels.read_text().splitlines() == list(CLASSES)
+    assert cfg.max_batch_size >= 8
+    assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
+    assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 1)]
+    assert list(cfg.version_policy.specific.versions) == [1]
+    (warmup,) = cfg.model_warmup
+    tensor = warmup.inputs[INPUT_NAME]
+    assert (tensor.data_type, list(tensor.dims)) == (mc.TYPE_UINT8, [height, width, 3])
+    # The model itself takes what the config promises, at the largest batch.
+    full = torch.zeros((cfg.max_batch_size, *tensor.dims), dtype=torch.uint8)
+    with torch.no_grad():
+        out = _load_scripted(version / "model.pt")(full)
+    assert out.dtype == torch.float32 and list(out.shape) == [
+        cfg.max_batch_size,
+        *cfg.output[0].dims,
+    ]
+
+
+def test_exports_get_new_versions_and_never_overwrite(checkpoint, real_lesions_dir, tmp_path):
+    first = export(checkpoint, tmp_path, parity_images=real_lesions_dir)
+    before = {p.name: _sha(p) for p in first.iterdir()}
+    second = export(checkpoint, tmp_path, parity_images=real_lesions_dir, temperature=2.0)
+    assert second.name == "2" and {p.name: _sha(p) for p in first.iterdir()} == before
+    assert served_version(tmp_path / DEFAULT_MODEL_NAME) == 1  # a new export waits for promotion
+
+    # Two exports at once, through the command line: distinct versions, nothing half-written.
+    cmd = [sys.executable, "-m", "training", "export", "--checkpoint", str(checkpoint),
+           "--repository", str(tmp_path), "--parity-images", str(real_lesions_dir)]  # fmt: skip
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    model_dir = tmp_path / DEFAULT_MODEL_NAME
+    assert sorted(p.name for p in model_dir.iterdir() if p.is_dir()) == ["1", "2", "3", "4"]
+    for v in (3, 4):
+        assert json.loads((model_dir / str(v) / "metadata.json").read_text())["version"] == v
+    assert {p.name: _sha(p) for p in first.iterdir()} == before
+
+
+class DriftsWhenScripted(nn.Module):
+    """Logits from mean colours, plus an offset only TorchScript sees: a broken export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, len(CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(x.float().mean(dim=(1, 2)) / 255.0)
+        if torch.jit.is_scripting():
+            logits = logits + torch.arange(logits.shape[1], dtype=logits.dtype) * 1e-3
+        return logits
+
+
+def test_parity_failure_writes_nothing(real_lesions_dir, tmp_path):
+    images = parity_batch(real_lesions_dir, (48, 64))
+    with pytest.raises(ConfigError, match="differ by .* nothing was written"):
+        export_model(DriftsWhenScripted(), tmp_path, (48, 64), images)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_incompatible_input_size_is_refused(checkpoint, real_lesions_dir, tmp_path):
+    export(checkpoint, tmp_path, parity_images=real_lesions_dir)
+    other = create_classifier("compact_cnn").eval()
+    images = parity_batch(real_lesions_dir, (40, 40), n=2)
+    with pytest.raises(ConfigError, match="share its tensor shapes"):
+        export_model(other, tmp_path, (40, 40), images)
+    assert sorted(p.name for p in (tmp_path / DEFAULT_MODEL_NAME).iterdir() if p.is_dir()) == ["1"]
+
+
+def _edited(checkpoint: Path, tmp_path: Path, edit) -> Path:
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, tmp_path / "edited.ckpt")
+    return tmp_path / "edited.ckpt"
+
+
+def _shrink_first_conv(ckpt: dict) -> None:
+    key = next(k for k, v in ckpt["state_dict"].items() if v.ndim == 4 and v.shape[-1] > 1)
+    ckpt["state_dict"][key] = ckpt["state_dict"][key][:, :, :1, :1].clone()
+
+
+BAD_CHECKPOINTS = {
+    "missing": (lambda c, t: t / "nope.ckpt", "does not exist"),
+    "text": (lambda c, t: _write(t / "x.ckpt", b"hello"), "cannot be read as a PyTorch checkpoint"),
+    "plain dict": (
+        lambda c, t: _save(t / "x.ckpt", {"weights": torch.zeros(2)}),
+        "not a Lightning checkpoint",
+    ),
+    "other network": (
+        lambda c, t: _edited(c, t, lambda k: k["hyper_parameters"].update(model_name="resnet18")),
+        "does not fit the network: .*missing keys",
+    ),
+    "misshapen": (lambda c, t: _edited(c, t, _shrink_first_conv), "misshapen tensors"),
+    "unknown model": (
+        lambda c, t: _edited(c, t, lambda k: k["hyper_parameters"].update(model_name="nonet")),
+        "unknown model 'nonet'",
+    ),
+}
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _save(path: Path, obj: object) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize("case", BAD_CHECKPOINTS)
+def test_bad_checkpoint_exits_2_with_a_clear_error(
+    case, checkpoint, real_lesions_dir, tmp_path, capsys
+):
+    make, message = BAD_CHECKPOINTS[case]
+    path = make(checkpoint, tmp_path)
+    repo = tmp_path / "repo"
+    args = ["export", "--checkpoint", str(path), "--repository", str(repo)]
+    assert training_main([*args, "--parity-images", str(real_lesions_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and re.search(message, err), err
+    assert not (repo / DEFAULT_MODEL_NAME / "1").exists()
+
+
+def test_unwritable_repository_and_missing_images_exit_2(checkpoint, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    args = ["export", "--checkpoint", str(checkpoint), "--repository", str(blocker / "repo")]
+    assert training_main([*args, "--parity-images", str(tmp_path)]) == 2
+    assert "cannot write to the model repository" in capsys.readouterr().err
+
+    monkeypatch.delenv("REAL_LESIONS_DIR", raising=False)
+    monkeypatch.delenv("HAM10000_DIR", raising=False)
+    ok_repo = ["export", "--checkpoint", str(checkpoint), "--repository", str(tmp_path / "r")]
+    assert training_main(ok_repo) == 2
+    assert "no real images for the parity check" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert training_main([*ok_repo, "--parity-images", str(tmp_path / "empty")]) == 2
+    assert "no JPEG/PNG images" in capsys.readouterr().err
