@@ -1,7 +1,7 @@
 """Ensembles: several models behind one input contract, their probabilities averaged.
 
 Members are ``uint8 [N, H, W, 3] -> probabilities [N, 7]`` modules (exported ``model.pt``
-files or eager models wrapped in :class:`training.tta.Softmax`) that take the same input size.
+files or classifiers wrapped in ``training.export.ProbabilityModel``) that take the same input size.
 The ensemble is one TorchScript module with the same contract, so Triton and the gateway
 serve it like any single model.
 """

@@ -65,8 +65,8 @@ class TTA(nn.Module):
     """Average ``model``'s probabilities over augmented copies of the batch.
 
     Args:
-        model: ``uint8 [N, H, W, 3] -> probabilities [N, C]`` (an exported ``model.pt`` or an
-            eager module that applies softmax).
+        model: ``uint8 [N, H, W, 3] -> probabilities [N, C]`` (an exported ``model.pt``, or
+            ``training.export.ProbabilityModel`` around a classifier).
         ops: operations from :data:`OPS`; default :data:`SHAPE_KEEPING`.
         input_size: ``(height, width)`` the model takes, to reject rotations that change it.
     """
@@ -90,15 +90,3 @@ class TTA(nn.Module):
             probs = self.model(augment(images, op))
             total = probs if i == 0 else total + probs
         return total / len(self.ops)
-
-
-class Softmax(nn.Module):
-    """``softmax(logits / temperature)`` of a logits model: probabilities for TTA/ensembles."""
-
-    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(images).float() / self.temperature, dim=1)

@@ -6,12 +6,13 @@ import torch
 from models.registry import create_classifier
 from training.ensemble import Ensemble
 from training.errors import ConfigError
-from training.tta import TTA, Softmax
+from training.export import ProbabilityModel
+from training.tta import TTA
 
 
-def _model(seed: int) -> Softmax:
+def _model(seed: int) -> ProbabilityModel:
     torch.manual_seed(seed)
-    return Softmax(create_classifier("compact_cnn", dropout=0.0).eval(), temperature=1.3)
+    return ProbabilityModel(create_classifier("compact_cnn", dropout=0.0).eval(), temperature=1.3)
 
 
 def _roundtrip(module: torch.nn.Module) -> torch.jit.ScriptModule:

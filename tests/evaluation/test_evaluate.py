@@ -1,0 +1,158 @@
+"""The evaluation end to end on real checkpoints and real HAM10000 images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from training import data
+from training.__main__ import main as training_main
+from training.evaluate import evaluate, export, promotion_check, write
+from training.evaluation import thresholds as th
+from training.evaluation.calibration import nll
+from training.evaluation.sources import LogProbabilities, load_source, predict
+
+pytestmark = pytest.mark.slow
+LIMIT = 5
+
+
+@pytest.fixture(scope="module")
+def ev(checkpoints):
+    return evaluate(
+        checkpoints[0], limit_per_class=LIMIT, n_resamples=100, tta=True, ensemble=[checkpoints[1]]
+    )
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory, ev, real_lesions_dir):
+    repo = tmp_path_factory.mktemp("repo")
+    for which in ("cnn", "tta", "ensemble"):
+        export(ev, which, repo, parity_images=real_lesions_dir)
+    return repo / "skin_lesion"
+
+
+def test_rebuilds_the_recorded_split(ev, ham_dir, split_seed):
+    splits = data.grouped_split(data.load_ham10000(ham_dir), seed=split_seed)
+    evaluated = set(ev.cases.frame["image_id"])
+    assert evaluated <= set(splits["test"]["image_id"])
+    assert not set(ev.cases.frame["group"]) & set(splits["train"]["group"])
+    assert ev.settings["seed"] == split_seed and len(evaluated) == 7 * LIMIT
+
+
+def test_every_row_is_scored_and_thresholds_are_chosen_on_validation(ev):
+    assert {
+        "majority",
+        "demographic",
+        "cnn_raw",
+        "cnn",
+        "rules",
+        "tta",
+        "member:1",
+        "ensemble",
+    } <= set(ev.scores)
+    labels, val_labels = ev.cases.labels, ev.val_cases.labels
+    for key, variant in ev.variants.items():
+        for target in th.TARGETS:
+            point = variant.points[target]
+            sens, spec = th.rates(
+                th.scores(variant.val, target), th.positives(val_labels, target), point.threshold
+            )
+            assert sens >= 0.95 and sens == point.val_sensitivity, (key, target)
+        assert variant.test.shape == (len(labels), 7)
+        np.testing.assert_allclose(variant.test.sum(1), 1.0, atol=1e-6)
+
+
+def test_calibration_lowers_validation_nll(ev):
+    raw = ev.variants["cnn_raw"].val
+    logits = np.log(np.clip(raw, 1e-30, None))
+    labels = ev.val_cases.labels
+    assert nll(logits, labels, ev.temperature) <= nll(logits, labels, 1.0)
+    # Temperature never changes the decision.
+    assert (ev.variants["cnn"].test.argmax(1) == ev.variants["cnn_raw"].test.argmax(1)).all()
+
+
+def test_ensemble_is_the_mean_of_its_calibrated_members(ev):
+    members = (ev.variants["cnn"].test, ev.variants["member:1"].test)
+    np.testing.assert_allclose(ev.variants["ensemble"].test, np.mean(members, axis=0))
+
+
+def test_report_files_and_wandb_run(ev, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    report = write(ev, tmp_path / "reports")
+    text = report.read_text()
+    for sc in ev.scores.values():
+        assert sc.name in text
+    for png in ("confusion", "roc", "reliability", "operating_point", "confident_wrong"):
+        assert (report.parent / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({png}.png)" in text
+    metrics = json.loads((report.parent / "metrics.json").read_text())
+    assert metrics["variants"]["cnn"]["thresholds"]["mel"]["threshold"] == pytest.approx(
+        ev.variants["cnn"].points["mel"].threshold
+    )
+    saved = np.load(report.parent / "predictions.npz")
+    np.testing.assert_allclose(saved["probs_cnn"], ev.variants["cnn"].test)
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+@pytest.mark.parametrize("which, version", [("cnn", 1), ("tta", 2), ("ensemble", 3)])
+def test_exported_model_gives_the_evaluated_probabilities(ev, repository, which, version):
+    folder = repository / str(version)
+    meta = json.loads((folder / "metadata.json").read_text())
+    source = load_source(folder)
+    assert isinstance(source.logits, LogProbabilities)
+    served = predict(source.logits.model, ev.cases.frame, source.input_size)
+    np.testing.assert_allclose(served, ev.variants[which].test, atol=2e-5)
+    for target in th.TARGETS:
+        assert meta["thresholds"][target]["threshold"] == pytest.approx(
+            ev.variants[which].points[target].threshold
+        )
+        assert meta["thresholds"][target]["target_sensitivity"] == 0.95
+    if which == "cnn":
+        assert meta["temperature"] == pytest.approx(ev.temperature)
+    if which == "ensemble":
+        assert [m["path"] for m in meta["ensemble"]["members"]] == [
+            str(m.path) for m, _ in ev.members
+        ]
+
+
+def test_gate_compares_versions_on_the_same_lesions(repository, ev):
+    same = promotion_check(
+        repository / "1", repository / "1", limit_per_class=LIMIT, n_resamples=100
+    )
+    assert same.promote and all(c.difference == 0 for c in same.checks)
+    assert all(c.diff_low == c.diff_high == 0 for c in same.checks)
+    tta_vs_cnn = promotion_check(
+        repository / "2", repository / "1", limit_per_class=LIMIT, n_resamples=100
+    )
+    expected = ev.scores["tta"].balanced_accuracy.estimate - (
+        ev.scores["cnn"].balanced_accuracy.estimate
+    )
+    check = next(c for c in tta_vs_cnn.checks if c.metric == "balanced_accuracy")
+    assert check.difference == pytest.approx(expected, abs=1e-9)
+
+
+def test_cli_reports_and_refuses_bad_input(checkpoints, tmp_path, capsys):
+    status = training_main(["evaluate", "--model", str(tmp_path / "missing.ckpt")])
+    assert status == 2 and "neither a checkpoint" in capsys.readouterr().err
+    status = training_main(["evaluate", "--model", str(checkpoints[0]), "--export", "tta"])
+    assert status == 2 and "--export tta needs --tta" in capsys.readouterr().err
+    args = [
+        "evaluate",
+        "--model",
+        str(checkpoints[0]),
+        "--limit-per-class",
+        "3",
+        "--n-resamples",
+        "20",
+        "--out",
+        str(tmp_path),
+        "--no-wandb",
+        "--name",
+        "cli",
+    ]
+    assert training_main(args) == 0
+    assert "balanced accuracy" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "report.md").is_file()

@@ -1,0 +1,212 @@
+"""Score a model's probabilities on a split: the numbers of the report's tables (pure numpy).
+
+Every variant (baseline, CNN, CNN + rules, TTA, ensemble) is scored the same way: argmax
+decisions for balanced accuracy and melanoma sensitivity, the referral threshold chosen on
+the VALIDATION split for the operating point, lesion-level bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from serving.rules import Rules, apply_rules
+from training.evaluation import bootstrap as bs
+from training.evaluation import thresholds as th
+from training.evaluation.baselines import AGE_BANDS, age_band, label_indices
+from training.evaluation.calibration import expected_calibration_error
+from training.labels import CLASS_INDEX, CLASSES, MELANOMA, NUM_CLASSES
+from training.metrics import auroc_per_class
+
+MEL = CLASS_INDEX[MELANOMA]
+
+
+@dataclass(frozen=True)
+class Cases:
+    """The cases of one split: labels, lesion ids and the metadata the breakdowns use."""
+
+    frame: pd.DataFrame
+
+    @property
+    def labels(self) -> np.ndarray:
+        return label_indices(self.frame["label"])
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.frame["group"].astype(str).to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+@dataclass(frozen=True)
+class Score:
+    """One variant on one split. Intervals are lesion-level bootstrap 95% intervals."""
+
+    name: str
+    balanced_accuracy: bs.Interval
+    sensitivity_mel_argmax: bs.Interval
+    sensitivity_mel_op: bs.Interval
+    specificity_mel_op: float
+    sensitivity_malignant_op: float
+    specificity_malignant_op: float
+    auroc_macro: float
+    ece: float
+    points: dict[str, th.OperatingPoint] = field(repr=False)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat point values, e.g. for W&B, ``metrics.json`` and the promotion gate."""
+        flat = {
+            k: (v.estimate if isinstance(v, bs.Interval) else v)
+            for k, v in self.__dict__.items()
+            if k not in ("name", "points")
+        }
+        flat.update({f"threshold_{k}": p.threshold for k, p in self.points.items()})
+        return flat
+
+
+def _weighted_metrics(
+    probs: np.ndarray, labels: np.ndarray, points: dict[str, th.OperatingPoint]
+) -> dict[str, bs.WeightedMetric]:
+    pred = probs.argmax(axis=1)
+    mel = labels == MEL
+    flagged = th.scores(probs, "mel") >= points["mel"].threshold
+    return {
+        "balanced_accuracy": bs.balanced_accuracy(labels, pred),
+        "sensitivity_mel_argmax": bs.sensitivity(mel, pred == MEL),
+        "sensitivity_mel_op": bs.sensitivity(mel, flagged),
+    }
+
+
+def score(
+    name: str,
+    probs: np.ndarray,
+    cases: Cases,
+    points: dict[str, th.OperatingPoint],
+    n_resamples: int = bs.N_RESAMPLES,
+    seed: int = 0,
+) -> Score:
+    """Score ``probs [N, 7]`` on ``cases`` with operating ``points`` chosen elsewhere (val)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels, groups = cases.labels, cases.groups
+    weighted = _weighted_metrics(probs, labels, points)
+    intervals = {
+        k: bs.bootstrap_ci(m, groups, n_resamples, seed) if n_resamples else _no_ci(m, len(labels))
+        for k, m in weighted.items()
+    }
+    rates = {
+        t: th.rates(th.scores(probs, t), th.positives(labels, t), points[t].threshold)
+        for t in th.TARGETS
+    }
+    auroc = auroc_per_class(labels, probs)
+    return Score(
+        name=name,
+        **intervals,
+        specificity_mel_op=rates["mel"][1],
+        sensitivity_malignant_op=rates["malignant"][0],
+        specificity_malignant_op=rates["malignant"][1],
+        auroc_macro=float(np.nanmean(auroc)) if not np.isnan(auroc).all() else float("nan"),
+        ece=expected_calibration_error(probs, labels),
+        points=points,
+    )
+
+
+def _no_ci(metric: bs.WeightedMetric, n: int) -> bs.Interval:
+    value = bs.point(metric, n)
+    return bs.Interval(value, value, value, n_resamples=0)
+
+
+def paired_differences(
+    base: np.ndarray,
+    other: np.ndarray,
+    cases: Cases,
+    base_points: dict[str, th.OperatingPoint],
+    other_points: dict[str, th.OperatingPoint],
+    n_resamples: int = bs.N_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, bs.Interval]:
+    """``other - base`` per metric, paired over the same lesion resamples."""
+    labels, groups = cases.labels, cases.groups
+    a = _weighted_metrics(np.asarray(base, dtype=np.float64), labels, base_points)
+    b = _weighted_metrics(np.asarray(other, dtype=np.float64), labels, other_points)
+    return {k: bs.paired_bootstrap(a[k], b[k], groups, n_resamples, seed) for k in a}
+
+
+def with_rules(probs: np.ndarray, sites: list[str], rules: Rules) -> np.ndarray:
+    """Probabilities after the body-location rules (excluded classes get 0, rest renormalised)."""
+    out = np.zeros((len(probs), NUM_CLASSES))
+    for i, (p, site) in enumerate(zip(np.asarray(probs, dtype=np.float64), sites, strict=True)):
+        for cls, prob in apply_rules(p, site, rules).ranking:
+            out[i, CLASS_INDEX[cls]] = prob
+    return out
+
+
+def subgroups(
+    probs: np.ndarray, cases: Cases, points: dict[str, th.OperatingPoint], min_cases: int = 1
+) -> pd.DataFrame:
+    """Metrics by body site, age band and sex: where the model is weaker than its average.
+
+    Columns: ``by, value, n, n_mel, balanced_accuracy, sensitivity_mel_op, specificity_mel_op,
+    accuracy``; NaN where a group lacks the cases a metric needs.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = cases.labels
+    pred = probs.argmax(axis=1)
+    p_mel = th.scores(probs, "mel")
+    frame = cases.frame
+    keys = {
+        "site": frame["site"].fillna("unknown").astype(str).to_numpy(),
+        "age band": np.array([age_band(a) for a in frame["age"]]),
+        "sex": frame["sex"].fillna("unknown").astype(str).to_numpy(),
+    }
+    rows = []
+    for by, values in keys.items():
+        order = AGE_BANDS if by == "age band" else sorted(set(values))
+        for value in (v for v in order if v in set(values)):
+            m = values == value
+            if m.sum() < min_cases:
+                continue
+            mel = labels[m] == MEL
+            sens, spec = th.rates(p_mel[m], mel, points["mel"].threshold)
+            rows.append(
+                {
+                    "by": by,
+                    "value": value,
+                    "n": int(m.sum()),
+                    "n_mel": int(mel.sum()),
+                    "balanced_accuracy": bs.point(
+                        bs.balanced_accuracy(labels[m], pred[m]), int(m.sum())
+                    ),
+                    "sensitivity_mel_op": sens,
+                    "specificity_mel_op": spec,
+                    "accuracy": float((labels[m] == pred[m]).mean()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def worst_mistakes(
+    probs: np.ndarray, cases: Cases, mel_threshold: float | None = None, k: int = 16
+) -> dict[str, pd.DataFrame]:
+    """The cases to look at first.
+
+    ``confident_wrong``: wrong at argmax, highest confidence first. ``missed_melanoma``:
+    melanomas below ``mel_threshold`` (all melanomas when None), lowest P(mel) first.
+    Columns: ``row`` (position in the split), ``image_id, path, site, age, sex, label,
+    predicted, confidence, p_mel``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = cases.labels
+    pred = probs.argmax(axis=1)
+    table = cases.frame.reset_index(drop=True)[["image_id", "path", "site", "age", "sex"]].copy()
+    table.insert(0, "row", np.arange(len(table)))
+    table["label"] = [CLASSES[i] for i in labels]
+    table["predicted"] = [CLASSES[i] for i in pred]
+    table["confidence"] = probs.max(axis=1)
+    table["p_mel"] = probs[:, MEL]
+    wrong = table[pred != labels].sort_values("confidence", ascending=False, kind="stable")
+    below = probs[:, MEL] < (np.inf if mel_threshold is None else mel_threshold)
+    missed = table[(labels == MEL) & below].sort_values("p_mel", kind="stable")
+    return {"confident_wrong": wrong.head(k), "missed_melanoma": missed.head(k)}
