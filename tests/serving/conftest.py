@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import uvicorn
 from sqlalchemy import create_engine, func, select, text
@@ -26,9 +25,6 @@ from serving.app import create_app
 from serving.db.models import Prediction
 from serving.security import hash_key
 from serving.settings import Settings
-from training.data import read_image
-from training.labels import CLASS_INDEX
-from training.transforms import eval_resize
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_SIZE = (112, 150)  # (height, width), HAM10000's 3:4
@@ -52,28 +48,18 @@ def lesion_rows(real_lesions_dir: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def model_repository(
-    tmp_path_factory: pytest.TempPathFactory, real_lesions_dir: Path, lesion_rows: list[dict]
-) -> Path:
-    """A real exported model: a small CNN fitted for two steps on the real photos, exported by
-    training.export into a fresh repository (not a useful classifier, a real one)."""
-    from training.export import export, smoke_checkpoint
+def model_repository(tmp_path_factory: pytest.TempPathFactory, real_lesions_dir: Path) -> Path:
+    """A real exported model (training.export.smoke_repository: a small CNN fitted for two
+    steps on real photos, exported by the real export path). Not a useful classifier, a real
+    one. Its metadata.json gets referral thresholds, as the evaluation would write them."""
+    from training.export import smoke_repository
 
-    root = tmp_path_factory.mktemp("model")
-    images = np.stack(
-        [
-            eval_resize(read_image(str(real_lesions_dir / f"{r['image_id']}.jpg")), MODEL_SIZE)
-            for r in lesion_rows
-        ]
-    )
-    labels = [CLASS_INDEX[r["dx"]] for r in lesion_rows]
-    ckpt = smoke_checkpoint(root / "ckpt" / "smoke.ckpt", images, labels)
-    version_dir = export(ckpt, root / "repository", parity_images=real_lesions_dir)
-    meta_path = version_dir / "metadata.json"
+    repo = tmp_path_factory.mktemp("model_repository")
+    meta_path = smoke_repository(repo, real_lesions_dir, size=MODEL_SIZE) / "metadata.json"
     meta = json.loads(meta_path.read_text())
     meta["thresholds"] = {t: {"threshold": v} for t, v in THRESHOLDS.items()}
     meta_path.write_text(json.dumps(meta, indent=2))
-    return root / "repository"
+    return repo
 
 
 @pytest.fixture(scope="session")
