@@ -71,3 +71,24 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory, ham_dir: Path) -> list
     return [
         train_checkpoint(tmp_path_factory.mktemp(f"run{seed}"), ham_dir, seed) for seed in (0, 1)
     ]
+
+
+@pytest.fixture(scope="session")
+def ev(checkpoints: list[Path]):
+    """The first checkpoint evaluated with TTA and a 2-member ensemble, 5 images per class."""
+    from training.evaluate import evaluate
+
+    return evaluate(
+        checkpoints[0], limit_per_class=5, n_resamples=100, tta=True, ensemble=[checkpoints[1]]
+    )
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory, ev, real_lesions_dir: Path) -> Path:
+    """``ev``'s cnn, tta and ensemble exported as versions 1, 2 and 3; the model's folder."""
+    from training.evaluate import export
+
+    repo = tmp_path_factory.mktemp("repo")
+    for which in ("cnn", "tta", "ensemble"):
+        export(ev, which, repo, parity_images=real_lesions_dir)
+    return repo / "skin_lesion"

@@ -9,28 +9,12 @@ import pytest
 
 from training import data
 from training.__main__ import main as training_main
-from training.evaluate import evaluate, export, promotion_check, write
+from training.evaluate import promotion_check, write
 from training.evaluation import thresholds as th
 from training.evaluation.calibration import nll
 from training.evaluation.sources import LogProbabilities, load_source, predict
 
 pytestmark = pytest.mark.slow
-LIMIT = 5
-
-
-@pytest.fixture(scope="module")
-def ev(checkpoints):
-    return evaluate(
-        checkpoints[0], limit_per_class=LIMIT, n_resamples=100, tta=True, ensemble=[checkpoints[1]]
-    )
-
-
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory, ev, real_lesions_dir):
-    repo = tmp_path_factory.mktemp("repo")
-    for which in ("cnn", "tta", "ensemble"):
-        export(ev, which, repo, parity_images=real_lesions_dir)
-    return repo / "skin_lesion"
 
 
 def test_rebuilds_the_recorded_split(ev, ham_dir, split_seed):
@@ -38,7 +22,9 @@ def test_rebuilds_the_recorded_split(ev, ham_dir, split_seed):
     evaluated = set(ev.cases.frame["image_id"])
     assert evaluated <= set(splits["test"]["image_id"])
     assert not set(ev.cases.frame["group"]) & set(splits["train"]["group"])
-    assert ev.settings["seed"] == split_seed and len(evaluated) == 7 * LIMIT
+    assert (
+        ev.settings["seed"] == split_seed and len(evaluated) == 7 * ev.settings["limit_per_class"]
+    )
 
 
 def test_every_row_is_scored_and_thresholds_are_chosen_on_validation(ev):
@@ -120,12 +106,18 @@ def test_exported_model_gives_the_evaluated_probabilities(ev, repository, which,
 
 def test_gate_compares_versions_on_the_same_lesions(repository, ev):
     same = promotion_check(
-        repository / "1", repository / "1", limit_per_class=LIMIT, n_resamples=100
+        repository / "1",
+        repository / "1",
+        limit_per_class=ev.settings["limit_per_class"],
+        n_resamples=100,
     )
     assert same.promote and all(c.difference == 0 for c in same.checks)
     assert all(c.diff_low == c.diff_high == 0 for c in same.checks)
     tta_vs_cnn = promotion_check(
-        repository / "2", repository / "1", limit_per_class=LIMIT, n_resamples=100
+        repository / "2",
+        repository / "1",
+        limit_per_class=ev.settings["limit_per_class"],
+        n_resamples=100,
     )
     expected = ev.scores["tta"].balanced_accuracy.estimate - (
         ev.scores["cnn"].balanced_accuracy.estimate
