@@ -153,6 +153,7 @@ def load_checkpoint(path: str | Path) -> Loaded:
             "global_step": ckpt.get("global_step"),
         },
     }
+    _add_run_summary(path, info)
     classes = ckpt.get("classes")
     if classes is not None and list(classes) != list(CLASSES):
         raise ConfigError(
@@ -171,6 +172,30 @@ def checkpoint_metrics(ckpt: dict[str, Any]) -> dict[str, float]:
             if monitor and best is not None:
                 metrics.setdefault(monitor, float(best))
     return metrics
+
+
+def _add_run_summary(path: Path, info: dict[str, Any]) -> None:
+    """Take the W&B run id and this checkpoint's figures from the run's ``summary.json``.
+
+    ``python -m training fit`` writes ``runs/<name>/summary.json`` (training.callbacks.RunSummary)
+    beside ``runs/<name>/checkpoints/``; the W&B run folder's name ends in the run id.
+    """
+    summary_file = path.resolve().parent.parent / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    run_dir = summary.get("wandb_run_dir")
+    if run_dir and not info.get("wandb_run_id"):
+        info["wandb_run_id"] = Path(run_dir).name.rsplit("-", 1)[-1]
+    for stage in ("val", "test"):
+        entry = summary.get(stage) or {}
+        # The figures are this checkpoint's only when the summary says they came from it.
+        source = summary.get("best_checkpoint") if stage == "val" else entry.get("checkpoint")
+        if source and Path(source).resolve() == path.resolve():
+            for name, value in (entry.get("metrics") or {}).items():
+                if isinstance(value, int | float):
+                    info["metrics"].setdefault(f"{stage}/{name}", float(value))
 
 
 def _jsonable(value: Any) -> Any:

@@ -232,3 +232,28 @@ def test_unwritable_repository_and_missing_images_exit_2(checkpoint, tmp_path, c
     (tmp_path / "empty").mkdir()
     assert training_main([*ok_repo, "--parity-images", str(tmp_path / "empty")]) == 2
     assert "no JPEG/PNG images" in capsys.readouterr().err
+
+
+def test_run_summary_supplies_wandb_run_and_figures(checkpoint, real_lesions_dir, tmp_path):
+    """A checkpoint inside a run folder: export reads the summary.json that fit writes."""
+    run = tmp_path / "runs" / "demo"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "best.ckpt"
+    ckpt.write_bytes(checkpoint.read_bytes())
+    summary = {  # the structure training.callbacks.RunSummary writes
+        "val": {"epoch": 3, "metrics": {"balanced_accuracy": 0.123, "sensitivity_mel": 0.5}},
+        "test": {"checkpoint": str(run / "checkpoints" / "other.ckpt"), "metrics": {"auroc": 0.9}},
+        "best_checkpoint": str(ckpt),
+        "wandb_run_dir": "wandb/offline-run-20261128_120000-abc123",
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    repo = tmp_path / "repo"
+    meta = json.loads(
+        (export(ckpt, repo, parity_images=real_lesions_dir) / "metadata.json").read_text()
+    )
+    assert meta["wandb_run_id"] == "abc123"
+    assert meta["metrics"]["val/sensitivity_mel"] == 0.5
+    assert meta["metrics"]["val/balanced_accuracy"] != 0.123  # the checkpoint's own score wins
+    assert "test/auroc" not in meta["metrics"]  # figures of another checkpoint
+    flagged = export(ckpt, repo, parity_images=real_lesions_dir, wandb_run_id="xyz")
+    assert json.loads((flagged / "metadata.json").read_text())["wandb_run_id"] == "xyz"
