@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         assert server.process is not None
         status = server.process.wait()
-        print(f"error: tritonserver exited with status {status}; log:\n{server.log_tail()}")
+        print(
+            f"error: tritonserver exited with status {status}; log:\n{server.log_tail()}",
+            file=sys.stderr,
+        )
         return 1
     except TritonServerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -54,15 +54,19 @@ class TritonInstall:
     stub: Path
 
 
-def find_install() -> TritonInstall:
-    """Locate the server files of the ``nvidia-pytriton`` wheel without importing pytriton."""
+def find_install(python: str | None = None) -> TritonInstall:
+    """Locate the server files of the ``nvidia-pytriton`` wheel without importing pytriton.
+
+    Args:
+        python: ``"major.minor"`` whose backend stub to use; default: the running Python's.
+    """
     hint = "install it with `.venv/bin/pip install --no-deps nvidia-pytriton==0.7.0` (make install)"
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise TritonServerError(f"the nvidia-pytriton wheel is not installed: {hint}")
     package = Path(next(iter(spec.submodule_search_locations)))
     root = package / "tritonserver"
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    version = python or f"{sys.version_info.major}.{sys.version_info.minor}"
     install = TritonInstall(
         binary=root / "bin" / "tritonserver",
         libs=package.parent / "nvidia_pytriton.libs",
@@ -223,7 +227,7 @@ class TritonServer:
             if port is None:
                 self.ports[name] = free_port(self._client_host)
             else:
-                _check_port(self._client_host, port, name)
+                _check_port(self.host, port, name)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         backends = prepare_backends(install, self.cache_dir)
         models = self.render()

@@ -17,7 +17,13 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from serving.triton.config import read_config
-from serving.triton.server import STATE_FILE, TritonServer, TritonServerError, run_triton
+from serving.triton.server import (
+    STATE_FILE,
+    TritonServer,
+    TritonServerError,
+    find_install,
+    run_triton,
+)
 from serving.triton_client import (
     DEFAULT_MODEL_NAME,
     INPUT_NAME,
@@ -114,3 +120,11 @@ def test_cli_serves_until_sigterm_then_stops_the_server(model_repository, tmp_pa
     with pytest.raises(ProcessLookupError):
         os.kill(state["pid"], 0)
     assert not (tmp_path / STATE_FILE).exists()
+
+
+def test_missing_backend_stub_is_a_clear_error():
+    with pytest.raises(
+        TritonServerError, match=r"(?s)Python 2\.7.*pip install --no-deps nvidia-pytriton"
+    ):
+        find_install(python="2.7")
+    assert find_install().stub.is_file()  # the running Python's exists
