@@ -1,7 +1,8 @@
 """API keys: stored as SHA-256 digests, compared in constant time against every digest.
 
-    python -m serving.security new-key    # prints a fresh key and the digest to configure
-    python -m serving.security hash-key   # reads a key on stdin, prints its digest
+    python -m serving.security new-key         # prints a fresh key and the digest to configure
+    python -m serving.security hash-key        # reads a key on stdin, prints its digest
+    python -m serving.security ensure-dev-key  # local runs: a key in .cache, its digest in .env
 
 Keys are random 256-bit tokens, so an unsalted SHA-256 is enough to keep them out of config
 files and logs (a password would need a slow hash; these are not passwords).
@@ -11,9 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+DEV_KEY_FILE = Path(".cache/serving/dev-api-key")
 
 
 def hash_key(key: str) -> str:
@@ -45,6 +50,25 @@ def client_id(digest: str) -> str:
     return digest[:12]
 
 
+def ensure_dev_key(env_file: Path = Path(".env"), key_file: Path = DEV_KEY_FILE) -> bool:
+    """For local runs (``make``): unless ``env_file`` already sets ``SKIN_API_KEY_HASHES``,
+    make a key, keep it in ``key_file`` (mode 600) and append its digest to ``env_file``.
+
+    Idempotent: returns False and changes nothing when keys are already configured.
+    """
+    lines = env_file.read_text().splitlines() if env_file.exists() else []
+    if any(line.strip().startswith("SKIN_API_KEY_HASHES=") for line in lines):
+        return False
+    key = new_key()
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    with env_file.open("a") as f:
+        f.write(f"SKIN_API_KEY_HASHES={hash_key(key)}\n")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args == ["new-key"]:
@@ -59,7 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(hash_key(key))
         return 0
-    print("usage: python -m serving.security {new-key | hash-key < key}", file=sys.stderr)
+    if args == ["ensure-dev-key"]:
+        if ensure_dev_key():
+            print(f"local API key written to {DEV_KEY_FILE}; its digest appended to .env")
+        return 0
+    print(
+        "usage: python -m serving.security {new-key | hash-key < key | ensure-dev-key}",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving.referral import decide
-from serving.security import client_id, hash_key, main, match_key, new_key
+from serving.security import client_id, ensure_dev_key, hash_key, main, match_key, new_key
 from serving.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +72,19 @@ def test_hash_key_command(
     key = out.split("key:")[1].split()[0]
     assert f"digest: {hash_key(key)}" in out
     assert main(["bogus"]) == 2
+
+
+def test_dev_key_is_made_once_and_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env, key_file = tmp_path / ".env", tmp_path / "cache" / "dev-api-key"
+    env.write_text("SKIN_PORT=8123\n")
+    assert ensure_dev_key(env, key_file) is True
+    assert ensure_dev_key(env, key_file) is False  # idempotent
+    key = key_file.read_text().strip()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SKIN_API_KEY_HASHES", raising=False)
+    settings = Settings()  # reads .env from the working directory
+    assert settings.port == 8123 and match_key(key, settings.api_key_hashes)
 
 
 def test_referral_thresholds_are_inclusive_and_use_the_larger_score() -> None:
