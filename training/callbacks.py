@@ -1,5 +1,6 @@
-"""Callbacks around the LightningModule: the run summary (table + ``summary.json``) and the W&B
-extras (dataset version, confusion matrix, per-class table, misclassified images).
+"""Callbacks around the LightningModule: the run summary (table + ``summary.json``), the W&B
+extras (dataset version, confusion matrix, per-class table, misclassified images) and the
+prediction writer (``predictions.csv``).
 
 Both read what :class:`training.module.LesionClassifier` keeps in ``results[stage]`` after an
 evaluation epoch; they run on the global-zero process only where they write or log.
@@ -14,7 +15,9 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -302,3 +305,45 @@ def _caption(split: Any, index: int, true: int, pred: int, p: float) -> str:
     # The batch "index" is the row position in the datamodule's split frame.
     image_id = split.iloc[index]["image_id"] if split is not None else f"#{index}"
     return f"{image_id}: true {CLASSES[true]}, predicted {CLASSES[pred]} (p={p:.2f})"
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``python -m training predict`` results to ``<default_root_dir>/predictions.csv``.
+
+    One row per image of the data module's prediction split (its test split): ``image_id``,
+    ``label`` (the truth), ``predicted`` and one ``p_<class>`` column per class. Under DDP each
+    process writes its share to ``predictions-rank<N>.csv``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="epoch")
+
+    def write_on_epoch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        predictions: Any,
+        batch_indices: Any,
+    ) -> None:
+        if not predictions:
+            return
+        probs = torch.cat([p["probs"] for p in predictions]).float().cpu().numpy()
+        index = torch.cat([p["index"] for p in predictions]).cpu().numpy()
+        split = _split(trainer, "test")
+        frame = pd.DataFrame(
+            {
+                "image_id": split["image_id"].to_numpy()[index] if split is not None else index,
+                "label": split["label"].to_numpy()[index] if split is not None else None,
+                "predicted": np.asarray(CLASSES)[probs.argmax(axis=1)],
+                **{f"p_{c}": probs[:, k] for k, c in enumerate(CLASSES)},
+            }
+        )
+        name = (
+            "predictions.csv"
+            if trainer.world_size == 1
+            else f"predictions-rank{trainer.global_rank}.csv"
+        )
+        path = Path(trainer.default_root_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+        print(f"predictions: {path} ({len(frame)} images)")

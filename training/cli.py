@@ -14,6 +14,7 @@ What the CLI adds to Lightning's:
   and ``summary.json``.
 - ``fit`` ends by testing the best checkpoint (the summary table shows both); set
   ``trainer.limit_test_batches: 0`` to skip that.
+- ``predict`` writes ``<trainer.default_root_dir>/predictions.csv`` (the test split's images).
 - W&B runs offline unless ``WANDB_MODE=online`` is set, or the logger's config says
   ``dict_kwargs: {mode: online}``.
 """
@@ -30,7 +31,7 @@ import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from training.callbacks import RunSummary, WandbExtras, wandb_logger
+from training.callbacks import PredictionWriter, RunSummary, WandbExtras, wandb_logger
 from training.datamodule import LesionDataModule
 from training.module import LesionClassifier
 
@@ -108,7 +109,10 @@ def main(args: list[str] | None = None) -> LesionCLI:
             auto_configure_optimizers=False,  # the module's AdamW + warm-up/cosine schedule
             save_config_callback=RunConfigSaver,
             save_config_kwargs={"save_to_log_dir": False},
-            trainer_defaults={"default_root_dir": "runs/default", "callbacks": [RunSummary()]},
+            trainer_defaults={
+                "default_root_dir": "runs/default",
+                "callbacks": [RunSummary(), PredictionWriter()],
+            },
             parser_kwargs={"epilog": EPILOG},
         )
     finally:

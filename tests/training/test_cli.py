@@ -12,12 +12,15 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from training import data
 from training.__main__ import main as entry
 from training.cli import main as cli_main
+from training.labels import CLASSES
 from training.metrics import metrics_from_confusion
 from training.module import LesionClassifier
 
@@ -213,3 +216,32 @@ def test_environment_default_is_offline(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv("WANDB_MODE", raising=False)
     entry(_quick(tmp_path, "--model.model_name=nope"))  # fails fast, after the CLI set up
     assert os.environ["WANDB_MODE"] == "offline"
+
+
+@pytest.mark.slow
+def test_predict_writes_probabilities_per_image(
+    real_run: dict, ham_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HAM10000_DIR", str(ham_dir))
+    best = real_run["run_dir"] / "checkpoints" / "best.ckpt"
+    cli = cli_main(
+        [
+            "predict",
+            f"--config={CONFIG}",
+            f"--ckpt_path={best}",
+            "--data.num_workers=0",
+            "--data.batch_size=16",
+            "--trainer.limit_predict_batches=2",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    frame = pd.read_csv(tmp_path / "predictions.csv")
+    test = cli.datamodule.splits["test"]
+    assert len(frame) == 32
+    assert frame["image_id"].tolist() == test["image_id"].head(32).tolist()
+    assert frame["label"].tolist() == test["label"].head(32).tolist()
+    probs = frame[[f"p_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert frame["predicted"].tolist() == [CLASSES[k] for k in probs.argmax(axis=1)]
