@@ -39,7 +39,8 @@ def _data() -> str:
         f"| decode, Pillow | {res['decode_pil_per_s']} |\n"
         f"| decode + train augmentation at {res['size'][0]}x{res['size'][1]} | "
         f"{res['decode_augment_per_s']} |\n\n"
-        f"Loading and validating the {ver['images']} images' index: {ver['load_validate_s']:.1f} s. "
+        f"Loading and validating the {ver['images']} images' index: "
+        f"{ver['load_validate_s']:.1f} s. "
         f"Dataset version: cold {ver['version_cold_s']:.1f} s, warm {ver['version_warm_s']:.2f} s "
         "(per-file hashes cached by path, size and mtime)."
     )
@@ -90,7 +91,8 @@ def assemble(command: str) -> str:
     ]
     for name, (title, _) in SECTIONS.items():
         part = PARTS / f"{name}.md"
-        out += [f"## {title}", "", part.read_text().strip() if part.exists() else "Not run yet.", ""]
+        body = part.read_text().strip() if part.exists() else "Not run yet."
+        out += [f"## {title}", "", body, ""]
     return "\n".join(out)
 
 

@@ -21,7 +21,8 @@ class Stats:
     n: int
 
     def fmt(self, digits: int = 1) -> str:
-        return f"{self.median:.{digits}f} ({self.low:.{digits}f}-{self.high:.{digits}f}, n={self.n})"
+        d = digits
+        return f"{self.median:.{d}f} ({self.low:.{d}f}-{self.high:.{d}f}, n={self.n})"
 
 
 def stats(samples: list[float]) -> Stats:
@@ -57,7 +58,8 @@ def machine() -> str:
     import torch
 
     return (
-        f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, Python {platform.python_version()}, "
+        f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, "
+        f"Python {platform.python_version()}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), no GPU"
         if not torch.cuda.is_available()
         else f"{cpu}, GPU {torch.cuda.get_device_name()}"

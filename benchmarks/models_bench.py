@@ -131,7 +131,8 @@ def markdown(res: dict, data_rate: Stats | None = None) -> str:
         )
     lines += [
         "",
-        "| model | variant | img/s batch 1 | img/s batch 32 | vs eager (b32) | % of matmul FLOP/s (b32) |",
+        "| model | variant | img/s batch 1 | img/s batch 32 | vs eager (b32) "
+        "| % of matmul FLOP/s (b32) |",
         "|---|---|---|---|---|---|",
     ]
     for name, e in res["models"].items():
