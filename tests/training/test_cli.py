@@ -195,7 +195,7 @@ def test_test_subcommand_takes_the_image_size_from_the_checkpoint(
     cli = cli_main(
         [
             "test",
-            f"--config={CONFIG}",  # says 112x150; the checkpoint was trained at 48x64
+            f"--config={CONFIG}",  # says 72x96; the checkpoint was trained at 48x64
             f"--ckpt_path={best}",
             "--data.num_workers=0",
             "--trainer.limit_test_batches=2",
