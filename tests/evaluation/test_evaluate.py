@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from training import data
 from training.__main__ import main as training_main
-from training.evaluate import promotion_check, write
+from training.evaluate import evaluate, promotion_check, write
 from training.evaluation import thresholds as th
 from training.evaluation.calibration import nll
 from training.evaluation.sources import LogProbabilities, load_source, predict
@@ -80,7 +83,42 @@ def test_report_files_and_wandb_run(ev, tmp_path, monkeypatch):
     )
     saved = np.load(report.parent / "predictions.npz")
     np.testing.assert_allclose(saved["probs_cnn"], ev.variants["cnn"].test)
-    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    run = next(r["run"] for r in records if r["type"] == "run")
+    assert run["job_type"] == "evaluation"
+    logged = {k for r in records if r["type"] == "history" for k in _keys(r)}
+    assert {"evaluation/comparison", "evaluation/operating_point"} <= logged
+
+
+def _keys(record: dict) -> set[str]:
+    return {key.split(".")[0] for key in record["history"]["item"]}
+
+
+def test_evaluates_a_csv_of_its_own_with_validation_from_the_recorded_split(
+    ev, checkpoints, real_lesions_dir, tmp_path
+):
+    table = pd.read_csv(real_lesions_dir / "labels.csv")
+    table["path"] = [f"{i}.jpg" for i in table["image_id"]]  # relative to the CSV's folder
+    own = tmp_path / "cases.csv"
+    table.to_csv(own, index=False)
+    for name in table["path"]:
+        (tmp_path / name).symlink_to(real_lesions_dir / name)
+    limit = ev.settings["limit_per_class"]
+    other = evaluate(checkpoints[0], data=own, limit_per_class=limit, n_resamples=20)
+    assert set(other.cases.frame["image_id"]) == set(table["image_id"])
+    assert set(other.cases.frame["group"]) == set(table["lesion_id"])
+    assert other.split == str(own)
+    # Validation (thresholds, temperature) is the recorded split's, as for the test split.
+    assert other.variants["cnn"].points == ev.variants["cnn"].points
+    assert other.temperature == pytest.approx(ev.temperature)
 
 
 @pytest.mark.parametrize("which, version", [("cnn", 1), ("tta", 2), ("ensemble", 3)])

@@ -373,8 +373,7 @@ def log_wandb(ev: Evaluation, folder: Path) -> str | None:
                 if v is not None
             }
         )
-        for png in sorted(folder.glob("*.png")):
-            run.log({f"evaluation/{png.stem}": wandb.Image(str(png))})
+        run.log({f"evaluation/{p.stem}": wandb.Image(str(p)) for p in sorted(folder.glob("*.png"))})
         artifact = wandb.Artifact(f"evaluation-{ev.name}", type="evaluation")
         for name in ("report.md", "metrics.json"):
             artifact.add_file(str(folder / name))
