@@ -148,6 +148,109 @@ def _notes(source: ModelSource, recorded: Any, data: Any, split: str, limit: int
     return notes
 
 
+def _rows(
+    source: ModelSource,
+    predictor: _Predictor,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    cases: pd.DataFrame,
+    temperature: float,
+    raw: list[np.ndarray],
+    cal: list[np.ndarray],
+    rules_path: str | Path,
+    tta: bool,
+    ensemble: Sequence[str | Path],
+    compare: str | Path | None,
+) -> tuple[list[Variant], list[tuple[ModelSource, float]], ModelSource | None]:
+    """The comparison's rows: baselines, the model, its variants, and the compared model."""
+    majority, demographic = MajorityBaseline().fit(train["label"]), DemographicBaseline().fit(train)
+    rows = [
+        Variant("majority class", "majority", *(majority.predict_proba(f) for f in (val, cases))),
+        Variant(
+            "body site + age band + sex, no image",
+            "demographic",
+            *(demographic.predict_proba(f) for f in (val, cases)),
+        ),
+    ]
+    stored = _stored_points(source)
+    if source.kind == "version":
+        rows.append(Variant("version as exported", "cnn_raw", *raw, stored))
+    else:
+        rows.append(Variant("CNN, uncalibrated", "cnn_raw", *raw))
+    rows.append(Variant(f"CNN, temperature {temperature:.2f}", "cnn", *cal))
+    rules = load_rules(rules_path)
+    sites = [val["site"].tolist(), cases["site"].tolist()]
+    rows.append(
+        Variant(
+            "CNN + body-location rules",
+            "rules",
+            *(scoring.with_rules(p, s, rules) for p, s in zip(cal, sites, strict=True)),
+        )
+    )
+    if tta:
+        from training.export import ProbabilityModel
+        from training.tta import TTA
+
+        model_tta = TTA(ProbabilityModel(source.logits, temperature), input_size=source.input_size)
+        rows.append(Variant("CNN + TTA (flips, 180°)", "tta", *predictor.logits(source, model_tta)))
+    members: list[tuple[ModelSource, float]] = []
+    if ensemble:
+        members.append((source, temperature))
+        member_probs = [cal]
+        for path in ensemble:
+            other = load_source(path)
+            if other.input_size != source.input_size:
+                raise ConfigError(
+                    f"ensemble member {path} takes {other.input_size} images and "
+                    f"{source.path} takes {source.input_size}: members must share the input size"
+                )
+            t, _, probs = predictor.calibrated(other)
+            members.append((other, t))
+            member_probs.append(probs)
+            rows.append(Variant(f"member {other.name}", f"member:{len(members) - 1}", *probs))
+        rows.append(
+            Variant(
+                f"ensemble of {len(members)}",
+                "ensemble",
+                *(np.mean([p[i] for p in member_probs], axis=0) for i in (0, 1)),
+            )
+        )
+    compared = None
+    if compare:
+        compared = load_source(compare)
+        probs = [apply_temperature(x, 1.0) for x in predictor.logits(compared)]
+        rows.append(
+            Variant(f"compared: {compared.name}", "compare", *probs, _stored_points(compared))
+        )
+
+    return rows, members, compared
+
+
+def _gate(
+    candidate: Variant,
+    served: Variant,
+    scores: dict[str, scoring.Score],
+    cases: scoring.Cases,
+    n_resamples: int,
+    seed: int,
+    tolerances: dict[str, float],
+    force: bool,
+) -> GateDecision:
+    """The promotion gate on both models' own outputs and thresholds, paired by lesion."""
+    diffs = {}
+    if n_resamples:
+        diffs = scoring.paired_differences(
+            served.test, candidate.test, cases, served.points, candidate.points, n_resamples, seed
+        )
+    return check_promotion(
+        scores[candidate.key].metrics(),
+        scores[served.key].metrics(),
+        {k: (d.low, d.high) for k, d in diffs.items()},
+        tolerances,
+        force,
+    )
+
+
 def evaluate(
     model: str | Path,
     split: str = "test",
@@ -209,67 +312,20 @@ def evaluate(
     log.info("predicting %d validation and %d evaluated images", len(val), len(cases))
     temperature, raw, cal = predictor.calibrated(source)
 
-    train = recorded.splits["train"]
-    majority, demographic = MajorityBaseline().fit(train["label"]), DemographicBaseline().fit(train)
-    rows = [
-        Variant("majority class", "majority", *(majority.predict_proba(f) for f in (val, cases))),
-        Variant(
-            "body site + age band + sex, no image",
-            "demographic",
-            *(demographic.predict_proba(f) for f in (val, cases)),
-        ),
-    ]
-    stored = _stored_points(source)
-    if source.kind == "version":
-        rows.append(Variant("version as exported", "cnn_raw", *raw, stored))
-    else:
-        rows.append(Variant("CNN, uncalibrated", "cnn_raw", *raw))
-    rows.append(Variant(f"CNN, temperature {temperature:.2f}", "cnn", *cal))
-    rules = load_rules(rules_path)
-    sites = [val["site"].tolist(), cases["site"].tolist()]
-    rows.append(
-        Variant(
-            "CNN + body-location rules",
-            "rules",
-            *(scoring.with_rules(p, s, rules) for p, s in zip(cal, sites, strict=True)),
-        )
+    rows, members, compared = _rows(
+        source,
+        predictor,
+        recorded.splits["train"],
+        val,
+        cases,
+        temperature,
+        raw,
+        cal,
+        rules_path,
+        tta,
+        ensemble,
+        compare,
     )
-    if tta:
-        from training.export import ProbabilityModel
-        from training.tta import TTA
-
-        model_tta = TTA(ProbabilityModel(source.logits, temperature), input_size=source.input_size)
-        rows.append(Variant("CNN + TTA (flips, 180°)", "tta", *predictor.logits(source, model_tta)))
-    members: list[tuple[ModelSource, float]] = []
-    if ensemble:
-        members.append((source, temperature))
-        member_probs = [cal]
-        for path in ensemble:
-            other = load_source(path)
-            if other.input_size != source.input_size:
-                raise ConfigError(
-                    f"ensemble member {path} takes {other.input_size} images and {model} takes "
-                    f"{source.input_size}: members must share the input size"
-                )
-            t, _, probs = predictor.calibrated(other)
-            members.append((other, t))
-            member_probs.append(probs)
-            rows.append(Variant(f"member {other.name}", f"member:{len(members) - 1}", *probs))
-        rows.append(
-            Variant(
-                f"ensemble of {len(members)}",
-                "ensemble",
-                *(np.mean([p[i] for p in member_probs], axis=0) for i in (0, 1)),
-            )
-        )
-    compared = None
-    if compare:
-        compared = load_source(compare)
-        probs = [apply_temperature(x, 1.0) for x in predictor.logits(compared)]
-        rows.append(
-            Variant(f"compared: {compared.name}", "compare", *probs, _stored_points(compared))
-        )
-
     variants = {v.key: v for v in rows}
     case_set = scoring.Cases(cases)
     scores = {}
@@ -288,19 +344,14 @@ def evaluate(
     gate = None
     if compared is not None:
         # The candidate as it would ship: a checkpoint is exported calibrated, a version as is.
-        cand = variants["cnn" if source.kind == "checkpoint" else "cnn_raw"]
-        served = variants["compare"]
-        diffs = (
-            scoring.paired_differences(
-                served.test, cand.test, case_set, served.points, cand.points, n_resamples, seed
-            )
-            if n_resamples
-            else {}
-        )
-        gate = check_promotion(
-            scores[cand.key].metrics(),
-            scores["compare"].metrics(),
-            {k: (d.low, d.high) for k, d in diffs.items()},
+        candidate = variants["cnn" if source.kind == "checkpoint" else "cnn_raw"]
+        gate = _gate(
+            candidate,
+            variants["compare"],
+            scores,
+            case_set,
+            n_resamples,
+            seed,
             tolerances or DEFAULT_TOLERANCES,
             force,
         )
