@@ -55,6 +55,19 @@ class Settings(BaseSettings):
         0.3, gt=0, lt=1, description="referral threshold when metadata.json has none"
     )
     log_level: str = Field("info", description="uvicorn and app log level")
+    # Monitoring (serving.monitoring, serving.retraining): GET /v1/monitoring and its gauges.
+    drift_window: int = Field(500, ge=1, description="the last N predictions are the window")
+    drift_window_days: float | None = Field(
+        None, gt=0, description="and only those of the last D days (unset: no age limit)"
+    )
+    drift_min_window: int = Field(50, ge=1, description="fewer values: 'insufficient data'")
+    drift_psi_bound: float = Field(0.2, gt=0, description="PSI above this (and p below) = drift")
+    drift_p_value: float = Field(0.01, gt=0, le=1, description="chi-square p-value bound")
+    drift_refresh_s: float = Field(60.0, ge=0, description="gauge refresh period; 0: on request")
+    retrain_min_balanced_accuracy: float = Field(0.5, ge=0, le=1, description="live floor")
+    retrain_max_drop: float = Field(0.1, ge=0, le=1, description="live vs validation drop")
+    retrain_min_referral_sensitivity: float = Field(0.85, ge=0, le=1, description="live floor")
+    retrain_min_cases: int = Field(30, ge=1, description="confirmed cases a live bound needs")
 
     @field_validator("api_key_hashes", mode="before")
     @classmethod
