@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The gateway fixtures (Triton, PostgreSQL, live gateway) serve tests/serving and tests/reliability.
+pytest_plugins = ["tests.fixtures_serving"]
 
 
 def _data_dir(env: str, fallback: str) -> Path:

@@ -1,5 +1,6 @@
-"""Fixtures for the gateway: a real exported model served by the real tritonserver, a real
-PostgreSQL cluster, and the gateway itself on a free port (uvicorn in a thread)."""
+"""Gateway fixtures shared by tests/serving and tests/reliability (a pytest plugin registered in
+tests/conftest.py): a real exported model served by the real tritonserver, a real PostgreSQL
+cluster, and the gateway itself on a free port (uvicorn in a thread)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from serving.db.models import Prediction
 from serving.security import hash_key
 from serving.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MODEL_SIZE = (112, 150)  # (height, width), HAM10000's 3:4
 API_KEY = "test-key-" + "x" * 32
 OTHER_KEY = "other-key-" + "y" * 32
