@@ -111,7 +111,10 @@ class RunSummary(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         result = getattr(pl_module, "results", {}).get("test")
         if result is not None:
-            self._report(trainer, pl_module, "test", result, {"checkpoint": trainer.ckpt_path}, "")
+            # The checkpoint's data version is the training data's; record what was tested too.
+            data = getattr(getattr(trainer, "datamodule", None), "dataset_version", None)
+            extra = {"checkpoint": trainer.ckpt_path, "data_version": data}
+            self._report(trainer, pl_module, "test", result, extra, "")
 
     def _report(
         self,

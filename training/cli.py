@@ -15,8 +15,8 @@ What the CLI adds to Lightning's:
 - ``fit`` ends by testing the best checkpoint (the summary table shows both); set
   ``trainer.limit_test_batches: 0`` to skip that.
 - ``predict`` writes ``<trainer.default_root_dir>/predictions.csv`` (the test split's images).
-- W&B runs offline unless ``WANDB_MODE=online`` is set, or the logger's config says
-  ``dict_kwargs: {mode: online}``.
+- W&B runs offline unless ``WANDB_MODE=online`` is set or the config says
+  ``trainer.logger.init_args.mode: online`` (any ``wandb.init`` argument can be set there).
 """
 
 from __future__ import annotations
