@@ -76,7 +76,6 @@ def _worker_init(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None)
     if hasattr(transform, "set_random_seed"):
         transform.set_random_seed(info.seed % 2**32)
-    cv2.setNumThreads(1)  # the workers are the parallelism; more threads only contend
 
 
 class LesionDataModule(L.LightningDataModule):
@@ -168,6 +167,10 @@ class LesionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        # One cv2 thread in this process, before any DataLoader forks: calling setNumThreads
+        # in a worker forked after cv2's pool ran deadlocks (seen here), and these small
+        # images gain nothing from cv2 threads while the model needs the cores.
+        cv2.setNumThreads(1)
         h = self.hparams
         if h.csv_path:
             self.source, df = str(h.csv_path), data.load_csv(h.csv_path)

@@ -85,6 +85,7 @@ LOOKS = {
 }
 WIDTH, HEIGHT = 200, 150
 DEFAULT_IMAGES = 700
+GENERATOR = 1  # bump when the drawing or metadata changes: names a fresh cache folder
 
 
 def class_sizes(n_images: int, min_per_class: int = 16) -> dict[str, int]:
@@ -164,13 +165,13 @@ def metadata(n_images: int = DEFAULT_IMAGES, seed: int = 0) -> pd.DataFrame:
 def make_synthetic(
     root: str | Path | None = None, n_images: int = DEFAULT_IMAGES, seed: int = 0
 ) -> Path:
-    """Write the synthetic set to ``root`` (default ``.cache/synthetic/n<N>-s<seed>``).
+    """Write the synthetic set to ``root`` (default ``.cache/synthetic/v<GENERATOR>-n<N>-s<seed>``).
 
     Returns the folder: ``HAM10000_metadata.csv`` and ``images/<image_id>.jpg``. A complete
     folder is reused; a new one is built aside and renamed into place, so concurrent callers
     (one per DDP rank) never see half a set.
     """
-    root = Path(root or CACHE_DIR / "synthetic" / f"n{n_images}-s{seed}")
+    root = Path(root or CACHE_DIR / "synthetic" / f"v{GENERATOR}-n{n_images}-s{seed}")
     if (root / METADATA_FILE).is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
