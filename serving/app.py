@@ -7,6 +7,8 @@ be down at start: the gateway starts anyway and /readyz says it is not ready.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -17,8 +19,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from serving import web
 from serving.api.deps import AppState
-from serving.api.routes import health, models, predictions
+from serving.api.routes import health, models, monitoring, predictions
 from serving.db import Database, DatabaseUnavailable
 from serving.images import ImageRejected
 from serving.limits import BodySizeLimit
@@ -50,6 +53,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         triton, settings.model_repository, settings.model_info_ttl_s, settings.referral_threshold
     )
     app.state.gateway = AppState(settings, db, rules, triton, catalog, app.state.metrics)
+    app.state.monitor = monitoring.DriftMonitor(app.state.gateway)
+    refresher = asyncio.create_task(app.state.monitor.refresh_forever())
     try:
         served = await catalog.served()
         log.info("serving %s version %s, input %s", served.name, served.version, served.input_size)
@@ -58,6 +63,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
         await triton.close()
         db.dispose()
 
@@ -137,8 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
-    for router in (predictions.router, models.router, health.router):
+    for router in (predictions.router, models.router, health.router, monitoring.router):
         app.include_router(router)
+    web.mount(app)  # the clinician's page at / and the monitoring page
     _install_error_handlers(app)
     # Added last = outermost: metrics see the body limit's 413s too.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -1,0 +1,150 @@
+"""Drift of recent predictions against the training data's reference: pure functions.
+
+Each feature of the reference (``training.reference_stats``) is a histogram that carries its
+own bins. A window of recent values is binned the same way and compared with two figures:
+
+- the population stability index, ``PSI = sum((q - p) * ln(q / p))`` over bins, with
+  reference shares ``p`` and window shares ``q`` (both floored at ``EPS``, so an empty bin
+  costs a bounded amount instead of infinity); and
+- a two-sample chi-square test of homogeneity on the same bins (a 2 x k contingency table).
+
+A feature is flagged only when the window holds at least ``min_window`` values, its PSI
+exceeds the bound AND the test's p-value is below ``p_value``. PSI alone is biased upwards
+in small windows (about ``(k - 1) / n`` under no drift for ``k`` bins), which the test
+accounts for; the test alone flags trivial shifts in large windows, which PSI does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import chi2_contingency
+
+EPS = 1e-4
+OTHER = "(other)"
+INSUFFICIENT = "insufficient data"
+
+
+@dataclass(frozen=True)
+class DriftBounds:
+    """When a feature counts as drifted."""
+
+    psi: float = 0.2
+    p_value: float = 0.01
+    min_window: int = 50
+
+
+def histogram(values: Sequence[float] | np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """Counts of ``values`` in the bins ``[edges[i], edges[i+1])``.
+
+    Values below the first edge count in the first bin, values at or above the last edge in
+    the last one, so every finite value is counted; NaN is dropped.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    n_bins = len(edges) - 1
+    if n_bins < 1:
+        raise ValueError(f"a histogram needs at least two edges, got {list(edges)}")
+    index = np.clip(
+        np.searchsorted(np.asarray(edges, dtype=np.float64), x, "right") - 1, 0, n_bins - 1
+    )
+    return np.bincount(index, minlength=n_bins).astype(np.int64)
+
+
+def psi(reference: Sequence[float], window: Sequence[float], eps: float = EPS) -> float:
+    """Population stability index of ``window`` counts against ``reference`` counts."""
+    p, q = np.asarray(reference, dtype=np.float64), np.asarray(window, dtype=np.float64)
+    if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
+        raise ValueError(f"need two non-empty count vectors of one shape, got {p} and {q}")
+    p, q = np.maximum(p / p.sum(), eps), np.maximum(q / q.sum(), eps)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def chi_square(reference: Sequence[float], window: Sequence[float]) -> tuple[float, int, float]:
+    """Two-sample chi-square test of homogeneity: ``(statistic, dof, p_value)``.
+
+    Bins empty in both samples are left out; with fewer than two bins left both samples sit
+    in one bin, which is no evidence of a difference (statistic 0, p-value 1).
+    """
+    table = np.array([reference, window], dtype=np.float64)
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2:
+        return 0.0, 0, 1.0
+    result = chi2_contingency(table, correction=False)
+    return float(result.statistic), int(result.dof), float(result.pvalue)
+
+
+def _bin(
+    feature: dict[str, Any], values: Sequence[Any]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Bin labels, reference counts and window counts of one feature."""
+    ref = np.asarray(feature["counts"], dtype=np.int64)
+    if feature["kind"] == "categorical":
+        labels = list(feature["categories"])
+        index = {c: i for i, c in enumerate(labels)}
+        win = np.zeros(len(labels) + 1, dtype=np.int64)
+        for v in values:
+            win[index.get(v, len(labels))] += 1
+        if win[-1]:  # values the reference never saw get a bin of their own
+            return [*labels, OTHER], np.append(ref, 0), win
+        return labels, ref, win[:-1]
+    edges = feature["edges"]
+    labels = [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return labels, ref, histogram(np.asarray(values, dtype=np.float64), edges)
+
+
+def _shares(counts: np.ndarray) -> list[float]:
+    total = counts.sum()
+    return [round(float(c / total), 6) if total else 0.0 for c in counts]
+
+
+def feature_drift(feature: dict[str, Any], values: Sequence[Any], bounds: DriftBounds) -> dict:
+    """PSI, chi-square p-value and flag of one feature's window ``values``."""
+    labels, ref, win = _bin(feature, values)
+    n = int(win.sum())
+    out: dict[str, Any] = {
+        "kind": feature["kind"],
+        "n": n,
+        "psi": None,
+        "p_value": None,
+        "test": "chi-square, two-sample, on the bins",
+        "flag": False,
+        "status": INSUFFICIENT,
+        "bins": labels,
+        "reference": _shares(ref),
+        "window": _shares(win),
+    }
+    if n == 0 or ref.sum() == 0:
+        return out
+    out["psi"] = round(psi(ref, win), 6)
+    out["p_value"] = chi_square(ref, win)[2]
+    if n >= bounds.min_window:
+        out["flag"] = out["psi"] > bounds.psi and out["p_value"] < bounds.p_value
+        out["status"] = "drift" if out["flag"] else "ok"
+    return out
+
+
+def drift_report(
+    reference: dict[str, Any], window: dict[str, Sequence[Any]], bounds: DriftBounds
+) -> dict[str, Any]:
+    """Every reference feature that the window has values for, and an overall status.
+
+    Args:
+        reference: ``metadata.json``'s ``reference`` (``training.reference_stats``).
+        window: feature name -> recent values (categories or numbers).
+        bounds: PSI bound, p-value bound, minimum window size.
+
+    Returns:
+        ``{"status": "drift" | "ok" | "insufficient data", "features": {name: ...}}``.
+    """
+    features = {
+        name: feature_drift(spec, window[name], bounds)
+        for name, spec in reference["features"].items()
+        if name in window
+    }
+    statuses = {f["status"] for f in features.values()}
+    status = "drift" if "drift" in statuses else "ok" if "ok" in statuses else INSUFFICIENT
+    return {"status": status, "features": features}

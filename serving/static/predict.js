@@ -1,0 +1,79 @@
+// The clinician's page: upload a photo with its body site, show the ranked answer, the classes
+// the rules excluded and why, and the referral decision.
+"use strict";
+(() => {
+  const { api, el, pct } = Skin;
+  const form = document.getElementById("predict-form");
+  const status = document.getElementById("status");
+  const result = document.getElementById("result");
+  const image = document.getElementById("image");
+  const preview = document.getElementById("preview");
+
+  image.addEventListener("change", () => {
+    const file = image.files[0];
+    if (preview.src) URL.revokeObjectURL(preview.src);
+    preview.classList.toggle("hidden", !file);
+    if (file) preview.src = URL.createObjectURL(file);
+  });
+
+  function requestId() {
+    return window.crypto && crypto.randomUUID ? crypto.randomUUID()
+      : `${Date.now()}-${Math.random().toString(16).slice(2)}`;
+  }
+
+  function bar(p) {
+    const node = el("span", { class: "bar" });
+    node.style.width = `${(12 * p).toFixed(2)}rem`; // CSSOM, not a style attribute: CSP-safe
+    return node;
+  }
+
+  function show(answer) {
+    result.dataset.predictionId = answer.id;
+    const referral = document.getElementById("referral");
+    referral.className = answer.referral.refer ? "refer" : "no-refer";
+    referral.dataset.refer = String(answer.referral.refer);
+    referral.replaceChildren(
+      el("strong", { text: answer.referral.refer ? "Refer to a dermatologist" : "No referral needed by the thresholds" }),
+      el("div", { text: answer.referral.reason }),
+    );
+    const rows = answer.ranking.map((c, i) => el("tr", { "data-code": c.code },
+      el("td", { text: String(i + 1) }),
+      el("td", { class: c.malignant ? "malignant" : "", text: `${c.name} (${c.code})` }),
+      el("td", { class: "num", "data-probability": String(c.probability), text: pct(c.probability) }),
+      el("td", {}, bar(c.probability)),
+    ));
+    document.querySelector("#ranking tbody").replaceChildren(...rows);
+    const excluded = answer.excluded.map((e) => el("li", { "data-code": e.code },
+      el("span", { class: e.malignant ? "malignant" : "", text: `${e.name} (${e.code}, ${pct(e.original_probability)} before the rule): ` }),
+      el("span", { text: e.reason })));
+    document.getElementById("excluded").replaceChildren(
+      ...(excluded.length ? excluded : [el("li", { text: "none" })]));
+    document.getElementById("meta").textContent =
+      `Prediction ${answer.id} by ${answer.model.name} version ${answer.model.version}; ` +
+      `image ${answer.image.width}×${answer.image.height}${answer.image.stored ? ", stored" : ""}. ` +
+      answer.disclaimer;
+    result.classList.remove("hidden");
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = new FormData();
+    data.append("image", image.files[0]);
+    data.append("body_location", form.body_location.value);
+    if (form.age.value !== "") data.append("age", form.age.value);
+    data.append("sex", form.sex.value);
+    data.append("consent_to_store_image", String(form.consent_to_store_image.checked));
+    status.className = "";
+    status.textContent = "classifying…";
+    result.classList.add("hidden");
+    try {
+      show(await api("/v1/predictions", {
+        method: "POST", body: data, headers: { "Idempotency-Key": requestId() },
+      }));
+      status.textContent = "done";
+    } catch (err) {
+      status.className = "error";
+      status.textContent = err.message;
+    }
+  });
+})();
