@@ -17,6 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -175,6 +176,12 @@ class LesionClassifier(L.LightningModule):
         checkpoint["dataset_version"] = self.dataset_version
         checkpoint["synthetic"] = self.synthetic
         checkpoint["class_weights"] = self.class_weights.tolist()
+        val = self.results.get("val")  # the epoch being checkpointed (saved on validation end)
+        if val is not None:
+            finite = {k: v for k, v in val.metrics.items() if math.isfinite(v)}
+            checkpoint["metrics"] = {f"val/{k}": v for k, v in finite.items()}
+        wandb = next((lg for lg in self.loggers if isinstance(lg, WandbLogger)), None)
+        checkpoint["wandb_run_id"] = wandb.version if wandb is not None else None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.dataset_version = checkpoint.get("dataset_version")

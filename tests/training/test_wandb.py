@@ -165,3 +165,6 @@ def test_best_checkpoint_is_a_model_artifact(offline_run: dict) -> None:
     assert entry["path"] == "model.ckpt"
     md5 = base64.b64encode(hashlib.md5(best.read_bytes()).digest()).decode()
     assert entry["digest"] == md5  # the very file ModelCheckpoint kept
+    # The checkpoint names its W&B run, for export's metadata.
+    run_id = next(r["run"]["run_id"] for r in offline_run["records"] if r["type"] == "run")
+    assert torch.load(best, map_location="cpu", weights_only=False)["wandb_run_id"] == run_id
