@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from training import data
+from training.augment import AugmentOptions
 from training.datamodule import LesionDataModule
 from training.errors import ConfigError, DataError
 from training.labels import CLASS_INDEX, CLASSES
@@ -81,6 +82,27 @@ def test_synthetic_when_nothing_is_configured(monkeypatch):
     assert dm.synthetic and dm.dataset_version.startswith("synthetic-")
     assert Path(dm.source).parent.name == "synthetic"
     _check_batch(next(iter(dm.train_dataloader())), 4, dm, "train")
+
+
+def test_temporal_split_on_synthetic_dates(monkeypatch):
+    monkeypatch.delenv("HAM10000_DIR", raising=False)
+    dm = LesionDataModule(split="temporal", temporal_cutoff="2019-01-01", num_workers=0)
+    dm.setup()
+    first_seen = pd.concat(dm.splits.values()).groupby("group")["date"].min()
+    for name in ("train", "val"):
+        assert (first_seen[dm.splits[name]["group"]] < pd.Timestamp("2019-01-01")).all()
+    assert (first_seen[dm.splits["test"]["group"]] >= pd.Timestamp("2019-01-01")).all()
+    # Validation is the tail of training by date.
+    assert (
+        first_seen[dm.splits["val"]["group"]].min() >= first_seen[dm.splits["train"]["group"]].max()
+    )
+
+
+def test_hyperparameters_rebuild_the_datamodule(tmp_path):
+    dm = LesionDataModule(image_size=(64, 80), augment=AugmentOptions(hflip=0.1, hue=0))
+    torch.save(dict(dm.hparams), tmp_path / "hparams.pt")  # as in a checkpoint
+    again = LesionDataModule(**torch.load(tmp_path / "hparams.pt", weights_only=True))
+    assert again.augment == dm.augment and again.image_size == (64, 80)
 
 
 def test_each_worker_augments_differently(ham_dir, tmp_path):
