@@ -355,6 +355,15 @@ def evaluate(
             tolerances or DEFAULT_TOLERANCES,
             force,
         )
+    notes = _notes(source, recorded, data, split, limit_per_class)
+    if calibrate and scores["cnn"].ece > scores["cnn_raw"].ece:
+        # T minimises the validation NLL, not the ECE; a shifted case mix can undo it.
+        notes.append(
+            f"Temperature scaling (T={temperature:.2f}, fitted on validation) RAISED the ECE on "
+            f"{split if not data else 'these cases'} ({scores['cnn_raw'].ece:.3f} -> "
+            f"{scores['cnn'].ece:.3f}): export with --no-calibrate unless the reliability "
+            "diagram says otherwise."
+        )
     settings = {
         **recorded.settings,
         "dataset_version": recorded.dataset_version,
@@ -378,7 +387,7 @@ def evaluate(
         variants=variants,
         scores=scores,
         differences=differences,
-        notes=_notes(source, recorded, data, split, limit_per_class),
+        notes=notes,
         gate=gate,
         members=members,
     )

@@ -225,7 +225,8 @@ def _decisions(ev: Evaluation, figs: dict[str, Path]) -> list[str]:
         "",
         f"Temperature fitted on validation: **T = {ev.temperature:.3f}** (logits / T). ECE on "
         f"{ev.split}: {_f(ev.scores['cnn_raw'].ece)} before, {_f(sc.ece)} after. It does not "
-        "change the argmax; it makes the probabilities the gateway shows mean what they say.",
+        "change the argmax; the two ECEs and the diagram show whether it made the "
+        "probabilities the gateway shows mean what they say.",
         "",
         f"![reliability]({figs['reliability'].name})",
         "",
