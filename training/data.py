@@ -30,7 +30,8 @@ METADATA_FILE = "HAM10000_metadata.csv"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 SPLITS = ("train", "val", "test")
 WEIGHTINGS = ("none", "inverse", "sqrt_inverse", "effective")
-CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache"
+# The project's ignored .cache/ (never the data folder, which may be read-only).
+CACHE_DIR = Path(os.environ.get("SKIN_CACHE_DIR") or Path(__file__).resolve().parents[1] / ".cache")
 SHOW = 5  # offenders named in an error message
 
 # A clinic's CSV may use HAM10000's column names instead of ours.
@@ -43,15 +44,6 @@ FIXES = {
     "unknown label": f"labels must be one of {', '.join(CLASSES)}",
     "duplicate image_id": "each image_id must appear once; remove the repeated rows",
 }
-
-
-def load(data_dir: str | Path | None = None, csv_path: str | Path | None = None) -> pd.DataFrame:
-    """Read ``csv_path`` (generic CSV) if given, else ``data_dir`` (HAM10000 layout)."""
-    if csv_path is not None:
-        return load_csv(csv_path)
-    if data_dir is None:
-        raise ConfigError("no data: give a HAM10000-layout data_dir or a csv_path")
-    return load_ham10000(data_dir)
 
 
 def load_ham10000(root: str | Path) -> pd.DataFrame:
@@ -248,7 +240,9 @@ def validate(
         for k, v in found.items()
     )
     if strict:
-        raise DataError(f"{source}: {summary}. Or set strict=False to skip these rows")
+        raise DataError(
+            f"{source}: {summary}. Or skip these rows: strict=False (--data.strict false)"
+        )
     log.warning("%s: skipped %d of %d rows: %s", source, int(bad.sum()), len(df), summary)
     kept = df[~bad].reset_index(drop=True)
     if kept.empty:
@@ -293,6 +287,7 @@ def _save_cache(path: Path, cache: dict) -> None:
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Raise ``ConfigError`` unless both fractions are in [0, 1) and leave room for training."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ConfigError(
             f"val_fraction={val_fraction} and test_fraction={test_fraction} must each be in "
