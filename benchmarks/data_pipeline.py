@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -32,7 +33,8 @@ def measure(ham_dir: str | Path, n: int = 512, size: tuple[int, int] = SIZE) -> 
     """Images/s of decode (cv2, PIL) and decode + train augmentation at ``size``, one process.
 
     The first ``n`` images (sorted by name) are read once beforehand, so the figures are
-    decode and augment cost, not disk. Each figure is the median of 3 runs.
+    decode and augment cost, not disk. cv2 runs single-threaded, as in training (see
+    ``LesionDataModule.setup``). Each figure is the median of 3 runs.
     """
     paths = sorted(data.index_images(Path(ham_dir)).values())[:n]
     if not paths:
@@ -48,13 +50,18 @@ def measure(ham_dir: str | Path, n: int = 512, size: tuple[int, int] = SIZE) -> 
     def loop(fn) -> float:
         return repeat(lambda: rate(lambda: [fn(p) for p in paths], len(paths)), 3).median
 
-    return {
-        "images": len(paths),
-        "size": list(size),
-        "decode_cv2_per_s": round(loop(data.read_image)),
-        "decode_pil_per_s": round(loop(_read_pil)),
-        "decode_augment_per_s": round(repeat(lambda: rate(pipeline, len(paths)), 3).median),
-    }
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        return {
+            "images": len(paths),
+            "size": list(size),
+            "decode_cv2_per_s": round(loop(data.read_image)),
+            "decode_pil_per_s": round(loop(_read_pil)),
+            "decode_augment_per_s": round(repeat(lambda: rate(pipeline, len(paths)), 3).median),
+        }
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def measure_version(ham_dir: str | Path) -> dict:
