@@ -441,6 +441,20 @@ def export(
     return export_variant(ev, which, repository, name, parity_images)
 
 
+def _served(repository: Path, name: str | None) -> Path:
+    from serving.models.repository import served_version
+    from serving.triton_client import DEFAULT_MODEL_NAME
+
+    model_dir = repository / (name or DEFAULT_MODEL_NAME)
+    version = served_version(model_dir)
+    if version is None:
+        raise ConfigError(
+            f"{model_dir} serves no version yet (no config.pbtxt with a specific version): "
+            "pass --compare model_repository/<name>/<version>"
+        )
+    return model_dir / str(version)
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m training evaluate",
@@ -466,8 +480,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ensemble", nargs="+", default=(), help="more models to average with --model")
     p.add_argument(
         "--compare",
-        help="a model to compare with (e.g. the served version); gives "
-        "the promotion gate's decision",
+        help="a model to compare with, or 'served' (the version --repository serves); gives "
+        "the promotion gate's decision for --model as the candidate",
     )
     p.add_argument("--force", action="store_true", help="gate: promote even if worse")
     p.add_argument("--rules", default=str(RULES_PATH), help="body-location rules YAML")
@@ -487,6 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     if args.export == "tta" and not args.tta or args.export == "ensemble" and not args.ensemble:
         raise ConfigError(f"--export {args.export} needs --{args.export} to evaluate it first")
+    if args.compare == "served":
+        args.compare = _served(Path(args.repository), args.export_name)
     ev = evaluate(
         args.model,
         split=args.split,

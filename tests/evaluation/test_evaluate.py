@@ -186,3 +186,29 @@ def test_cli_reports_and_refuses_bad_input(checkpoints, tmp_path, capsys):
     assert training_main(args) == 0
     assert "balanced accuracy" in capsys.readouterr().out
     assert (tmp_path / "cli" / "report.md").is_file()
+
+
+def test_cli_compares_with_the_served_version(repository, ev, tmp_path, capsys):
+    gate = promotion_check(repository / "2", repository / "1", limit_per_class=5, n_resamples=50)
+    args = [
+        "evaluate",
+        "--model",
+        str(repository / "2"),
+        "--compare",
+        "served",
+        "--repository",
+        str(repository.parent),
+        "--limit-per-class",
+        "5",
+        "--n-resamples",
+        "50",
+        "--out",
+        str(tmp_path),
+        "--no-wandb",
+    ]
+    status = training_main(args)
+    out = capsys.readouterr().out
+    assert status == (0 if gate.promote else 3)
+    assert gate.summary() in out  # version 1 is the served one: the first export
+    report = (tmp_path / "skin_lesion_v2" / "report.md").read_text()
+    assert "## Promotion gate" in report and "skin_lesion_v1" in report
