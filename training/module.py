@@ -176,10 +176,6 @@ class LesionClassifier(L.LightningModule):
         checkpoint["dataset_version"] = self.dataset_version
         checkpoint["synthetic"] = self.synthetic
         checkpoint["class_weights"] = self.class_weights.tolist()
-        val = self.results.get("val")  # the epoch being checkpointed (saved on validation end)
-        if val is not None:
-            finite = {k: v for k, v in val.metrics.items() if math.isfinite(v)}
-            checkpoint["metrics"] = {f"val/{k}": v for k, v in finite.items()}
         wandb = next((lg for lg in self.loggers if isinstance(lg, WandbLogger)), None)
         checkpoint["wandb_run_id"] = wandb.version if wandb is not None else None
 
