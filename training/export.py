@@ -416,6 +416,7 @@ def _metadata(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "parity": {"max_abs_diff": diff, "tolerance": tolerance, "images": n_images},
         "torch_version": torch.__version__,
+        "reference": info.get("reference"),  # training.reference_stats, for drift monitoring
     }
 
 
@@ -426,8 +427,14 @@ def export(
     parity_images: str | Path | None = None,
     wandb_run_id: str | None = None,
     temperature: float = 1.0,
+    reference_data: str | Path | None = None,
+    reference_images: int = 1000,
 ) -> Path:
     """Export a LesionClassifier checkpoint as the next version of ``name``; see the module doc.
+
+    ``metadata.json`` gets the training data's reference statistics for drift monitoring
+    (``training.reference_stats``), from the recorded split on ``reference_data`` or the
+    recorded folder or ``HAM10000_DIR``; ``null`` with a warning when none can be read.
 
     Returns:
         The new version's folder, e.g. ``model_repository/skin_lesion/3``.
@@ -440,6 +447,11 @@ def export(
     images = parity_batch(directory, loaded.input_size)
     if wandb_run_id:
         loaded.info["wandb_run_id"] = wandb_run_id
+    from training.reference_stats import reference_for_checkpoint
+
+    loaded.info["reference"] = reference_for_checkpoint(
+        checkpoint, loaded.classifier, loaded.input_size, reference_data, reference_images
+    )
     return export_model(
         loaded.classifier,
         repository,
@@ -465,6 +477,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--wandb-run-id", help="W&B run that produced the checkpoint")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
+    p.add_argument(
+        "--reference-data",
+        type=Path,
+        help="HAM10000-layout folder for the drift reference (default: the recorded data)",
+    )
+    p.add_argument(
+        "--reference-images", type=int, default=1000, help="images read per split for it"
+    )
     args = p.parse_args(argv)
     try:
         path = export(
@@ -474,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.parity_images,
             args.wandb_run_id,
             args.temperature,
+            args.reference_data,
+            args.reference_images,
         )
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,200 @@
+"""Pure drift statistics, live metrics and the retraining rule, against answers worked by hand."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from serving.live_metrics import Outcome, by_version_and_week, iso_week, live_metrics
+from serving.monitoring import (
+    EPS,
+    INSUFFICIENT,
+    OTHER,
+    DriftBounds,
+    chi_square,
+    drift_report,
+    feature_drift,
+    histogram,
+    psi,
+)
+from serving.retraining import RetrainingBounds, recommend
+
+
+def test_psi_known_answer() -> None:
+    # shares 0.5/0.5 -> 0.7/0.3: 0.2 ln(1.4) + 0.2 ln(0.5/0.3) = 0.067294 + 0.102165
+    assert psi([50, 50], [70, 30]) == pytest.approx(0.169459, abs=1e-6)
+    assert psi([1, 2, 3], [10, 20, 30]) == pytest.approx(0.0, abs=1e-12)
+    # PSI is symmetric in its two arguments.
+    assert psi([70, 30], [50, 50]) == pytest.approx(psi([50, 50], [70, 30]))
+
+
+def test_psi_empty_bin_is_bounded_by_the_floor() -> None:
+    # Reference 1/0, window 0.5/0.5: 0.5 ln(0.5/1) + (0.5 - EPS) ln(0.5/EPS), not infinity.
+    expected = (0.5 - 1) * math.log(0.5) + (0.5 - EPS) * math.log(0.5 / EPS)
+    assert psi([10, 0], [5, 5]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_psi_rejects_mismatched_or_empty_counts() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        psi([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="non-empty"):
+        psi([0, 0], [1, 2])
+
+
+def test_chi_square_known_answer() -> None:
+    # Row totals 30 and 70, column totals 40 and 60, N = 100: expected 12, 18, 28, 42;
+    # statistic 4/12 + 4/18 + 4/28 + 4/42; with one degree of freedom p = erfc(sqrt(x / 2)).
+    statistic, dof, p = chi_square([10, 20], [30, 40])
+    assert statistic == pytest.approx(4 / 12 + 4 / 18 + 4 / 28 + 4 / 42, rel=1e-12)
+    assert dof == 1
+    assert p == pytest.approx(math.erfc(math.sqrt(statistic / 2)), rel=1e-9)
+
+
+def test_chi_square_drops_empty_bins_and_one_bin_is_no_evidence() -> None:
+    assert chi_square([10, 0, 20], [30, 0, 40])[:2] == pytest.approx((0.79365079, 1))
+    assert chi_square([10, 0], [30, 0]) == (0.0, 0, 1.0)
+
+
+def test_histogram_bins_edges_outliers_and_nan() -> None:
+    counts = histogram([-5, 0, 9.99, 10, 15, 20, 25, 1000, float("nan")], [0, 10, 20, 30])
+    # [0,10): -5 (below: first bin), 0, 9.99; [10,20): 10, 15; [20,30]: 20, 25, 1000 (above)
+    assert counts.tolist() == [3, 2, 3]
+    with pytest.raises(ValueError, match="two edges"):
+        histogram([1.0], [0])
+
+
+CATEGORICAL = {"kind": "categorical", "categories": ["a", "b", "c"], "counts": [500, 300, 200]}
+NUMERIC = {"kind": "numeric", "edges": [0, 50, 100, 150, 200, 256], "counts": [0, 100, 600, 300, 0]}
+
+
+def test_feature_drift_flags_a_large_shift_with_enough_values() -> None:
+    result = feature_drift(CATEGORICAL, ["c"] * 80 + ["a"] * 20, DriftBounds(0.2, 0.01, 50))
+    assert result["n"] == 100 and result["status"] == "drift" and result["flag"] is True
+    assert result["psi"] == pytest.approx(psi([500, 300, 200], [20, 0, 80]), abs=1e-6)
+    assert result["p_value"] < 1e-10
+    assert result["bins"] == ["a", "b", "c"]
+    assert result["reference"] == [0.5, 0.3, 0.2] and result["window"] == [0.2, 0.0, 0.8]
+
+
+def test_feature_drift_below_the_minimum_window_is_insufficient_data() -> None:
+    result = feature_drift(CATEGORICAL, ["c"] * 49, DriftBounds(0.2, 0.01, 50))
+    assert result["status"] == INSUFFICIENT and result["flag"] is False
+    assert result["psi"] > 1  # computed and shown, but not acted on
+
+
+def test_feature_drift_needs_both_psi_and_the_test() -> None:
+    same = ["a"] * 50 + ["b"] * 30 + ["c"] * 20
+    result = feature_drift(CATEGORICAL, same, DriftBounds(0.2, 0.01, 50))
+    assert result["psi"] == pytest.approx(0.0, abs=1e-9) and result["p_value"] == pytest.approx(1)
+    assert result["status"] == "ok"
+    # A clear shift (PSI about 8) that a PSI bound of 10 tolerates is not flagged, however
+    # small p is.
+    shifted = feature_drift(CATEGORICAL, ["c"] * 100, DriftBounds(10.0, 0.01, 50))
+    assert shifted["p_value"] < 1e-10 and not shifted["flag"]
+    # A p-value bound nothing reaches: not flagged either.
+    assert not feature_drift(CATEGORICAL, ["c"] * 100, DriftBounds(0.2, 1e-300, 50))["flag"]
+
+
+def test_numeric_feature_bins_the_window_with_the_reference_edges() -> None:
+    dark = list(np.linspace(20, 90, 100))  # all below 100; the reference mostly 100-200
+    result = feature_drift(NUMERIC, dark, DriftBounds())
+    assert result["bins"] == ["0-50", "50-100", "100-150", "150-200", "200-256"]
+    assert result["window"][:2] == pytest.approx([0.43, 0.57]) and result["flag"]
+
+
+def test_unknown_categories_get_a_bin_of_their_own() -> None:
+    result = feature_drift(CATEGORICAL, ["a"] * 60 + ["zzz"] * 40, DriftBounds())
+    assert result["bins"] == ["a", "b", "c", OTHER]
+    assert result["reference"][-1] == 0.0 and result["window"][-1] == 0.4
+
+
+def test_drift_report_status_and_features() -> None:
+    reference = {"features": {"site": CATEGORICAL, "brightness": NUMERIC}}
+    bounds = DriftBounds(0.2, 0.01, 50)
+    drifted = drift_report(reference, {"site": ["c"] * 60, "brightness": [120.0] * 60}, bounds)
+    assert drifted["status"] == "drift" and set(drifted["features"]) == {"site", "brightness"}
+    assert drifted["features"]["site"]["flag"]
+    few = drift_report(reference, {"site": ["a"] * 10, "brightness": []}, bounds)
+    assert few["status"] == INSUFFICIENT
+    assert few["features"]["brightness"]["psi"] is None  # nothing to compare
+    # Features the window does not provide are left out, not reported as zero.
+    assert set(drift_report(reference, {"site": ["a"] * 10}, bounds)["features"]) == {"site"}
+
+
+def test_live_metrics_known_answer() -> None:
+    rows = [
+        Outcome("mel", True, "mel"),
+        Outcome("nv", False, "mel"),  # missed melanoma, not referred
+        Outcome("nv", False, "nv"),
+        Outcome("nv", True, "nv"),
+        Outcome("bcc", True, "bcc"),
+        Outcome("nv", False, None),  # no feedback yet
+    ]
+    m = live_metrics(rows)
+    assert (m["predictions"], m["confirmed"]) == (6, 5)
+    assert m["sensitivity"]["mel"] == {"value": 0.5, "cases": 2}
+    assert m["sensitivity"]["nv"] == {"value": 1.0, "cases": 2}
+    assert m["sensitivity"]["akiec"] == {"value": None, "cases": 0}
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1.0 + 1.0) / 3, abs=1e-6)
+    assert m["accuracy"] == pytest.approx(4 / 5)
+    assert m["referral_rate"] == pytest.approx(3 / 6, abs=1e-6)
+    assert m["referral_sensitivity"] == {"value": pytest.approx(2 / 3, abs=1e-6), "cases": 3}
+    empty = live_metrics([])
+    assert empty["balanced_accuracy"] is None and empty["referral_rate"] is None
+
+
+def test_iso_weeks_and_grouping() -> None:
+    assert iso_week(datetime(2026, 1, 1)) == "2026-W01"  # a Thursday: week 1 of 2026
+    assert iso_week(datetime(2027, 1, 1)) == "2026-W53"  # a Friday: still 2026's last week
+    assert iso_week(datetime(2024, 12, 30)) == "2025-W01"  # a Monday: 2025's first week
+    rows = [
+        ("1", datetime(2026, 3, 2, tzinfo=UTC), Outcome("nv", False, "nv")),
+        ("1", datetime(2026, 3, 9, tzinfo=UTC), Outcome("nv", False, "mel")),
+        ("2", datetime(2026, 3, 9, tzinfo=UTC), Outcome("mel", True, "mel")),
+    ]
+    grouped = by_version_and_week(rows)
+    assert list(grouped["1"]["weeks"]) == ["2026-W10", "2026-W11"]
+    assert grouped["1"]["overall"]["confirmed"] == 2
+    assert grouped["1"]["weeks"]["2026-W11"]["sensitivity"]["mel"]["value"] == 0.0
+    assert grouped["2"]["overall"]["balanced_accuracy"] == 1.0
+
+
+BOUNDS = RetrainingBounds(min_balanced_accuracy=0.5, max_drop=0.1, min_referral_sensitivity=0.85,
+                          min_cases=30)  # fmt: skip
+
+
+def _live(ba: float | None, confirmed: int, ref_sens: float | None, malignant: int) -> dict:
+    return {
+        "balanced_accuracy": ba,
+        "confirmed": confirmed,
+        "referral_sensitivity": {"value": ref_sens, "cases": malignant},
+    }
+
+
+def test_retraining_on_drift_names_the_features() -> None:
+    drift = {
+        "features": {
+            "brightness": {"flag": True, "psi": 1.234, "p_value": 1e-9, "n": 80},
+            "body_site": {"flag": False, "psi": 0.01, "p_value": 0.9, "n": 80},
+        }
+    }
+    answer = recommend(drift, None, None, BOUNDS)
+    assert answer["recommended"] and len(answer["reasons"]) == 1
+    assert answer["reasons"][0].startswith("brightness drifted: PSI 1.234")
+
+
+def test_retraining_on_live_figures_needs_enough_cases() -> None:
+    assert not recommend(None, _live(0.2, 29, 0.1, 29), 0.8, BOUNDS)["recommended"]
+    answer = recommend(None, _live(0.45, 30, 0.8, 30), 0.7, BOUNDS)
+    assert answer["recommended"] and len(answer["reasons"]) == 3
+    assert "below 0.500" in answer["reasons"][0]
+    assert "more than 0.10 below the validation figure 0.700" in answer["reasons"][1]
+    assert "referral sensitivity 0.800 over 30" in answer["reasons"][2]
+
+
+def test_no_retraining_when_everything_is_within_bounds() -> None:
+    answer = recommend({"features": {}}, _live(0.65, 100, 0.9, 40), 0.7, BOUNDS)
+    assert answer == {"recommended": False, "reasons": []}
