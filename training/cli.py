@@ -94,14 +94,15 @@ class LesionCLI(LightningCLI):
         if not self.trainer.limit_test_batches:
             return
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "") or None
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
+        # verbose=False: RunSummary prints the table that matters, not 30 lines of scalars.
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
 
 
 def main(args: list[str] | None = None) -> LesionCLI:
     """Run the CLI on ``args`` (default ``sys.argv[1:]``); returns it for tests to inspect."""
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
-        return LesionCLI(
+        cli = LesionCLI(
             LesionClassifier,
             LesionDataModule,
             args=args,
@@ -115,12 +116,15 @@ def main(args: list[str] | None = None) -> LesionCLI:
             },
             parser_kwargs={"epilog": EPILOG},
         )
-    finally:
-        _finish_wandb()
+    except BaseException:
+        _finish_wandb(exit_code=1)
+        raise
+    _finish_wandb(exit_code=0)
+    return cli
 
 
-def _finish_wandb() -> None:
-    # A run left open would be reused by the next CLI in this process (tests, notebooks).
+def _finish_wandb(exit_code: int) -> None:
+    # A run left open would be reused by the next CLI in this process (tests, search trials).
     wandb: Any = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)
