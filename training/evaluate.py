@@ -433,12 +433,13 @@ def export(
     repository: str | Path = "model_repository",
     name: str | None = None,
     parity_images: str | Path | None = None,
+    reference_images: int = 1000,
 ) -> Path:
     """Export the evaluated ``which`` (cnn, tta, ensemble) as a new version, with the fitted
     temperature and the thresholds chosen on validation in its ``metadata.json``."""
     from training.evaluation.exporting import export_variant
 
-    return export_variant(ev, which, repository, name, parity_images)
+    return export_variant(ev, which, repository, name, parity_images, reference_images)
 
 
 def _served(repository: Path, name: str | None) -> Path:

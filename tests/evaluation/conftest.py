@@ -90,5 +90,5 @@ def repository(tmp_path_factory: pytest.TempPathFactory, ev, real_lesions_dir: P
 
     repo = tmp_path_factory.mktemp("repo")
     for which in ("cnn", "tta", "ensemble"):
-        export(ev, which, repo, parity_images=real_lesions_dir)
+        export(ev, which, repo, parity_images=real_lesions_dir, reference_images=50)
     return repo / "skin_lesion"

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 def test_ensemble_served_by_triton_equals_the_evaluated_ensemble(ev, tmp_path, real_lesions_dir):
     repo = tmp_path / "repo"
-    version = export(ev, "ensemble", repo, parity_images=real_lesions_dir)
+    version = export(ev, "ensemble", repo, parity_images=real_lesions_dir, reference_images=50)
     meta = json.loads((version / "metadata.json").read_text())
     assert len(meta["ensemble"]["members"]) == 2
     size = tuple(meta["input_size"])

@@ -134,6 +134,8 @@ def test_exported_model_gives_the_evaluated_probabilities(ev, repository, which,
             ev.variants[which].points[target].threshold
         )
         assert meta["thresholds"][target]["target_sensitivity"] == 0.95
+    # Drift monitoring's reference: the exported model's argmax on validation images.
+    assert sum(meta["reference"]["features"]["predicted_class"]["counts"]) > 0
     if which == "cnn":
         assert meta["temperature"] == pytest.approx(ev.temperature)
     if which == "ensemble":

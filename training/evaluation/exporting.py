@@ -53,18 +53,35 @@ def _module(ev: Evaluation, which: str) -> tuple[nn.Module, float, dict[str, Any
     raise ConfigError(f"cannot export {which!r}: choose one of cnn, tta, ensemble")
 
 
+def _reference(ev: Evaluation, module: nn.Module, max_images: int) -> dict[str, Any] | None:
+    """Drift-monitoring reference statistics (``training.reference_stats``) of the exported
+    module on the training split; None (with a warning) when the data cannot be reached."""
+    from training.reference_stats import reference_for_checkpoint
+
+    src = ev.source
+    checkpoint = src.path if src.kind == "checkpoint" else (src.info.get("checkpoint") or {})
+    if isinstance(checkpoint, dict):
+        checkpoint = checkpoint.get("path")
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return src.info.get("reference")  # a version's own, computed when it was exported
+    data_dir = ev.settings.get("data_dir")
+    return reference_for_checkpoint(checkpoint, module, src.input_size, data_dir, max_images)
+
+
 def export_variant(
     ev: Evaluation,
     which: str = "cnn",
     repository: str | Path = "model_repository",
     name: str | None = None,
     parity_images: str | Path | None = None,
+    reference_images: int = 1000,
 ) -> Path:
     """Write ``ev``'s ``which`` as the next version of ``name``; returns the version folder.
 
     ``metadata.json`` gets ``thresholds`` (chosen on validation for exactly these outputs),
     ``temperature``, and ``evaluation`` (the figures on the evaluated split), plus ``tta`` or
-    ``ensemble`` (members) when exported.
+    ``ensemble`` (members) when exported, and ``reference`` (drift monitoring, from at most
+    ``reference_images`` images per split).
     """
     from serving.triton.config import write_text_atomic
     from serving.triton_client import DEFAULT_MODEL_NAME
@@ -78,6 +95,7 @@ def export_variant(
     if which != "cnn":
         info["model_name"] = f"{which}({info.get('model_name')})"
     info["thresholds"] = th.thresholds_metadata(variant.points)
+    info["reference"] = _reference(ev, module, reference_images)
     folder = Path(parity_images) if parity_images else default_parity_dir()
     images = parity_batch(folder, ev.source.input_size)
     version = export_model(

@@ -66,7 +66,8 @@ class ModelSource:
     thresholds: dict[str, Any] = field(default_factory=dict)
 
 
-def _datamodule_hparams(ckpt_path: Path | str | None) -> dict[str, Any]:
+def datamodule_hparams(ckpt_path: Path | str | None) -> dict[str, Any]:
+    """The data module's hyperparameters recorded in a checkpoint ({} when none)."""
     if not ckpt_path or not Path(ckpt_path).is_file():
         return {}
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -93,7 +94,7 @@ def load_source(path: str | Path) -> ModelSource:
             classifier=loaded.classifier.eval(),
             input_size=loaded.input_size,
             info=loaded.info,
-            datamodule=_datamodule_hparams(path),
+            datamodule=datamodule_hparams(path),
         )
     if not (path / "model.pt").is_file() or not (path / "metadata.json").is_file():
         raise ConfigError(
@@ -113,9 +114,12 @@ def load_source(path: str | Path) -> ModelSource:
         classifier=None,
         input_size=tuple(meta["input_size"]),
         info=meta,
-        datamodule=_datamodule_hparams(checkpoint),
+        datamodule=datamodule_hparams(checkpoint),
         thresholds=dict(meta.get("thresholds") or {}),
     )
+
+
+_datamodule_hparams = datamodule_hparams  # the name training.reference_stats imports
 
 
 @dataclass
