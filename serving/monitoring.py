@@ -4,9 +4,13 @@ Each feature of the reference (``training.reference_stats``) is a histogram that
 own bins. A window of recent values is binned the same way and compared with two figures:
 
 - the population stability index, ``PSI = sum((q - p) * ln(q / p))`` over bins, with
-  reference shares ``p`` and window shares ``q`` (both floored at ``EPS``, so an empty bin
-  costs a bounded amount instead of infinity); and
-- a two-sample chi-square test of homogeneity on the same bins (a 2 x k contingency table).
+  reference shares ``p`` and window shares ``q``, each smoothed by half a count per bin
+  (``PSEUDO_COUNT``, Jeffreys' prior). Smoothing keeps an empty bin finite; half a count
+  rather than a tiny floor, because with a floor of 1e-4 every bin a window of 80 has not
+  filled yet costs ``p * ln(p / 1e-4)``, which on HAM10000 added about 0.1 of PSI to
+  windows drawn from the training distribution itself; and
+- a two-sample chi-square test of homogeneity on the same bins (a 2 x k contingency table,
+  sparse bins pooled).
 
 A feature is flagged only when the window holds at least ``min_window`` values, its PSI
 exceeds the bound AND the test's p-value is below ``p_value``. PSI alone is biased upwards
@@ -23,7 +27,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import chi2_contingency
 
-EPS = 1e-4
+PSEUDO_COUNT = 0.5
+MIN_EXPECTED = 5.0
 OTHER = "(other)"
 INSUFFICIENT = "insufficient data"
 
@@ -54,23 +59,46 @@ def histogram(values: Sequence[float] | np.ndarray, edges: Sequence[float]) -> n
     return np.bincount(index, minlength=n_bins).astype(np.int64)
 
 
-def psi(reference: Sequence[float], window: Sequence[float], eps: float = EPS) -> float:
-    """Population stability index of ``window`` counts against ``reference`` counts."""
+def psi(
+    reference: Sequence[float], window: Sequence[float], pseudo_count: float = PSEUDO_COUNT
+) -> float:
+    """Population stability index of ``window`` counts against ``reference`` counts, both
+    smoothed by ``pseudo_count`` per bin. Bins empty in both carry no information and are
+    left out (smoothing them would add a bias that grows with the number of fixed bins)."""
     p, q = np.asarray(reference, dtype=np.float64), np.asarray(window, dtype=np.float64)
     if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
         raise ValueError(f"need two non-empty count vectors of one shape, got {p} and {q}")
-    p, q = np.maximum(p / p.sum(), eps), np.maximum(q / q.sum(), eps)
+    used = (p + q) > 0
+    p, q = p[used] + pseudo_count, q[used] + pseudo_count
+    p, q = p / p.sum(), q / q.sum()
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def chi_square(reference: Sequence[float], window: Sequence[float]) -> tuple[float, int, float]:
+def chi_square(
+    reference: Sequence[float], window: Sequence[float], min_expected: float = MIN_EXPECTED
+) -> tuple[float, int, float]:
     """Two-sample chi-square test of homogeneity: ``(statistic, dof, p_value)``.
 
-    Bins empty in both samples are left out; with fewer than two bins left both samples sit
-    in one bin, which is no evidence of a difference (statistic 0, p-value 1).
+    The chi-square approximation needs about 5 expected values per cell (Cochran's rule):
+    bins where the window is expected to hold fewer are pooled into one bin (folded into the
+    smallest other bin if the pool is still too small). Without pooling, one photo from a
+    rare body site (acral: 4 of 6,331 training images) in a window of 80 gave p < 0.01 in
+    12 % of windows drawn from HAM10000's own validation split. With fewer than two bins
+    left there is nothing to test (statistic 0, p-value 1).
     """
     table = np.array([reference, window], dtype=np.float64)
     table = table[:, table.sum(axis=0) > 0]
+    n, total = table[1].sum(), table.sum()
+    small = n * table.sum(axis=0) / total < min_expected
+    if small.any() and not small.all():
+        pool = table[:, small].sum(axis=1, keepdims=True)
+        table = table[:, ~small]
+        if n * pool.sum() / total < min_expected:
+            table[:, [np.argmin(table.sum(axis=0))]] += pool
+        else:
+            table = np.hstack([table, pool])
+    elif small.all():
+        return 0.0, 0, 1.0  # fewer than min_expected values in all: nothing to test
     if table.shape[1] < 2:
         return 0.0, 0, 1.0
     result = chi2_contingency(table, correction=False)

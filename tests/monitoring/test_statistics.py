@@ -10,7 +10,6 @@ import pytest
 
 from serving.live_metrics import Outcome, by_version_and_week, iso_week, live_metrics
 from serving.monitoring import (
-    EPS,
     INSUFFICIENT,
     OTHER,
     DriftBounds,
@@ -24,17 +23,29 @@ from serving.retraining import RetrainingBounds, recommend
 
 
 def test_psi_known_answer() -> None:
-    # shares 0.5/0.5 -> 0.7/0.3: 0.2 ln(1.4) + 0.2 ln(0.5/0.3) = 0.067294 + 0.102165
-    assert psi([50, 50], [70, 30]) == pytest.approx(0.169459, abs=1e-6)
-    assert psi([1, 2, 3], [10, 20, 30]) == pytest.approx(0.0, abs=1e-12)
+    # Without smoothing, shares 0.5/0.5 -> 0.7/0.3: 0.2 ln(1.4) + 0.2 ln(0.5/0.3).
+    assert psi([50, 50], [70, 30], pseudo_count=0) == pytest.approx(0.169459, abs=1e-6)
+    # Half a count per bin: 50.5/101 each, and 70.5/101, 30.5/101.
+    q = 70.5 / 101
+    assert psi([50, 50], [70, 30]) == pytest.approx(
+        (q - 0.5) * math.log(q / 0.5) + (0.5 - q) * math.log((1 - q) / 0.5), rel=1e-12
+    )
+    assert psi([1, 2, 3], [10, 20, 30], pseudo_count=0) == pytest.approx(0.0, abs=1e-12)
     # PSI is symmetric in its two arguments.
     assert psi([70, 30], [50, 50]) == pytest.approx(psi([50, 50], [70, 30]))
 
 
-def test_psi_empty_bin_is_bounded_by_the_floor() -> None:
-    # Reference 1/0, window 0.5/0.5: 0.5 ln(0.5/1) + (0.5 - EPS) ln(0.5/EPS), not infinity.
-    expected = (0.5 - 1) * math.log(0.5) + (0.5 - EPS) * math.log(0.5 / EPS)
+def test_psi_empty_bin_is_finite_and_small_windows_are_not_punished() -> None:
+    # Reference 10/0 -> 10.5/11, 0.5/11; window 5/5 -> 0.5/0.5.
+    p, q = 10.5 / 11, 0.5
+    expected = (q - p) * math.log(q / p) + (q - (1 - p)) * math.log(q / (1 - p))
     assert psi([10, 0], [5, 5]) == pytest.approx(expected, rel=1e-9)
+    # A window of 80 that has not yet filled a 1 % bin costs little once smoothed.
+    reference = [990, 10]
+    assert psi(reference, [80, 0]) < 0.01 < psi(reference, [80, 0], pseudo_count=1e-9)
+    # Bins empty on both sides change nothing: one image size, however many fixed bins.
+    assert psi([400, 0, 0, 0, 0], [80, 0, 0, 0, 0]) == 0.0
+    assert psi([300, 100, 0, 0], [60, 20, 0, 0]) == pytest.approx(psi([300, 100], [60, 20]))
 
 
 def test_psi_rejects_mismatched_or_empty_counts() -> None:
@@ -56,6 +67,20 @@ def test_chi_square_known_answer() -> None:
 def test_chi_square_drops_empty_bins_and_one_bin_is_no_evidence() -> None:
     assert chi_square([10, 0, 20], [30, 0, 40])[:2] == pytest.approx((0.79365079, 1))
     assert chi_square([10, 0], [30, 0]) == (0.0, 0, 1.0)
+    assert chi_square([10, 20], [1, 2]) == (0.0, 0, 1.0)  # 3 values: nothing to test
+
+
+def test_chi_square_pools_sparse_bins() -> None:
+    # One value in a rare bin (expected 80 * 5/8085 = 0.05) must not decide the test alone.
+    reference, window = [4000, 4000, 5, 0], [40, 39, 1, 0]
+    statistic, dof, p = chi_square(reference, window)
+    # Rare bin pooled into the smallest other one: [[4000, 4005], [40, 40]].
+    assert statistic == pytest.approx(chi_square([4000, 4005], [40, 40], 0)[0], rel=1e-12)
+    assert dof == 1 and p > 0.9
+    assert chi_square(reference, window, min_expected=0)[2] < 1e-3  # what pooling prevents
+    # A pool large enough stays a bin of its own: values the reference never saw count.
+    statistic, dof, p = chi_square([500, 500, 3, 2], [20, 20, 30, 30])
+    assert dof == 2 and p < 1e-10
 
 
 def test_histogram_bins_edges_outliers_and_nan() -> None:
@@ -88,7 +113,7 @@ def test_feature_drift_below_the_minimum_window_is_insufficient_data() -> None:
 def test_feature_drift_needs_both_psi_and_the_test() -> None:
     same = ["a"] * 50 + ["b"] * 30 + ["c"] * 20
     result = feature_drift(CATEGORICAL, same, DriftBounds(0.2, 0.01, 50))
-    assert result["psi"] == pytest.approx(0.0, abs=1e-9) and result["p_value"] == pytest.approx(1)
+    assert result["psi"] < 1e-4 and result["p_value"] == pytest.approx(1)
     assert result["status"] == "ok"
     # A clear shift (PSI about 8) that a PSI bound of 10 tolerates is not flagged, however
     # small p is.
