@@ -17,6 +17,7 @@ EXTRA_COMMANDS = {
     "export": "training.export",
     "evaluate": "training.evaluate",
     "search": "training.search",
+    "records-dataset": "training.records_dataset",
 }
 
 
