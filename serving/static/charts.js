@@ -12,9 +12,16 @@ const Charts = (() => {
     return n;
   }
 
-  function frame(title, svg, legend) {
+  // legend: [{name, color}] shown as coloured names under the title.
+  function frame(title, svg, legend = []) {
+    const caption = Skin.el("figcaption", { text: title });
+    for (const item of legend) {
+      const key = Skin.el("span", { class: "legend", text: `■ ${item.name}` });
+      key.style.color = item.color; // CSSOM, not a style attribute: CSP-safe
+      caption.append(" ", key);
+    }
     const fig = Skin.el("figure", { "data-chart": title });
-    fig.append(svg, Skin.el("figcaption", { text: legend ? `${title} — ${legend}` : title }));
+    fig.append(svg, caption);
     return fig;
   }
 
@@ -56,7 +63,6 @@ const Charts = (() => {
           "data-series": s.name, "data-value": p.y },
         ));
       }
-      svg.append(node("text", { x: M.left + 4 + 90 * i, y: H - 6, fill: color }, s.name));
     });
     if (xs.length) {
       const fmtDate = (t) => new Date(t).toISOString().slice(0, 16).replace("T", " ");
@@ -65,11 +71,11 @@ const Charts = (() => {
     } else {
       svg.append(node("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no data yet"));
     }
-    return frame(title, svg);
+    return frame(title, svg, series.map((s, i) => ({ name: s.name, color: s.color || COLORS[i % COLORS.length] })));
   }
 
   // Reference vs window shares per bin, side by side.
-  function bars(title, labels, reference, windowShares, legend) {
+  function bars(title, labels, reference, windowShares) {
     const svg = node("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
     const top = Math.max(...reference, ...windowShares, 1e-9) * 1.1;
     const sy = (v) => M.top + (H - M.top - M.bottom) * (1 - v / top);
@@ -84,7 +90,7 @@ const Charts = (() => {
       svg.append(node("text", { x: x + step / 2, y: H - M.bottom + 10, "text-anchor": "end",
         transform: `rotate(-40 ${x + step / 2} ${H - M.bottom + 10})` }, label));
     });
-    return frame(title, svg, legend || "grey: reference, red: window");
+    return frame(title, svg, [{ name: "reference", color: COLORS[6] }, { name: "window", color: COLORS[1] }]);
   }
   return { line, bars, COLORS };
 })();

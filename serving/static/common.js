@@ -24,7 +24,7 @@ const Skin = (() => {
     return body;
   }
 
-  // Builds DOM nodes without innerHTML, so nothing from a response is ever parsed as HTML.
+  // Builds DOM nodes with textContent only, so nothing from a response is parsed as HTML.
   function el(tag, attrs = {}, ...children) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs)) {

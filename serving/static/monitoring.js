@@ -11,7 +11,7 @@
     const ref = m.reference;
     document.getElementById("overview").textContent =
       `Status: ${m.status}. Model ${m.model.name} version ${m.model.version}; ` +
-      (ref ? `reference ${ref.version} (data ${String(ref.dataset_version || "?").slice(0, 12)}); `
+      (ref ? `reference ${ref.version} (data version ${String(ref.dataset_version || "unknown").slice(0, 12)}); `
         : `${m.detail} `) +
       `window: ${m.window.size} predictions (at most ${m.window.max_predictions}` +
       `${m.window.days ? `, last ${m.window.days} days` : ""}); drift when PSI > ${m.bounds.psi} ` +
@@ -28,7 +28,7 @@
       el("td", { class: "num", text: String(f.n) }),
       el("td", { class: "num psi", text: fixed(f.psi) }),
       el("td", { class: "num", text: f.p_value === null ? "–" : Number(f.p_value).toPrecision(2) }),
-      el("td", { class: f.flag ? "flag-drift status" : "flag-ok status", text: f.status }),
+      el("td", { class: `status ${f.flag ? "flag-drift" : f.status === "ok" ? "flag-ok" : "flag-none"}`, text: f.status }),
     ));
     document.querySelector("#features tbody").replaceChildren(...rows);
     const charts = Object.entries(m.features).filter(([, f]) => f.n > 0)
