@@ -143,6 +143,9 @@ class LesionClassifier(L.LightningModule):
             raise ConfigError(
                 "set trainer.max_epochs or trainer.max_steps: the schedule needs an end"
             )
+        if not math.isfinite(self.trainer.num_training_batches):
+            # With max_steps alone Lightning has not sized the train loader yet: do it now.
+            self.trainer.fit_loop.setup_data()
         per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
         warmup = min(int(total), round(self.hparams.warmup_epochs * per_epoch))
         schedule = partial(warmup_cosine, warmup_steps=warmup, total_steps=int(total))

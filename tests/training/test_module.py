@@ -169,3 +169,19 @@ def test_bf16_mixed_precision_runs_on_cpu(tmp_path: Path) -> None:
     assert math.isfinite(float(loss))
     assert math.isfinite(float(trainer.callback_metrics["val/loss"]))
     assert next(model.parameters()).dtype == torch.float32  # master weights stay fp32
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("synthetic")
+@pytest.mark.parametrize("warmup_epochs", [0.0, 1.0])
+def test_max_steps_alone_sizes_the_warmup_from_the_loader(
+    tmp_path: Path, warmup_epochs: float
+) -> None:
+    # Lightning leaves num_training_batches infinite when only max_steps is set; the warm-up
+    # must still be a whole number of steps and the run must finish.
+    recorder = LrRecorder()
+    model = LesionClassifier(image_size=SIZE, warmup_epochs=warmup_epochs)
+    trainer = _trainer(tmp_path, max_epochs=-1, max_steps=4, callbacks=[recorder])
+    trainer.fit(model, datamodule=_datamodule())
+    assert trainer.global_step == 4
+    assert all(math.isfinite(lr) for lr in recorder.seen)
