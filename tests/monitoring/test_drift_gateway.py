@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import pandas as pd
@@ -36,8 +37,8 @@ def flagged(rep: dict) -> set[str]:
 def gauges(gateway: Any) -> dict[tuple[str, str], float]:
     with gateway.client() as c:
         text = c.get("/metrics").text
-    pattern = r'^(skin_drift_\w+)\{feature="(\w+)"\} (\S+)$'
-    return {(m[1], m[2]): float(m[3]) for m in re.finditer(pattern, text, re.M)}
+    pattern = r'^(skin_drift_\w+)(?:\{feature="(\w+)"\})? (\S+)$'
+    return {(m[1], m[2] or ""): float(m[3]) for m in re.finditer(pattern, text, re.M)}
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +189,35 @@ def test_monitoring_needs_an_api_key(monitored: Any) -> None:
     with gateway.client(key=None) as c:
         for path in ("/v1/monitoring", "/v1/monitoring/timeline", "/v1/monitoring/performance"):
             assert c.get(path).status_code == 401, path
+
+
+def test_gauges_refresh_in_the_background_on_both_databases(
+    make_gateway: Any,
+    triton: Any,
+    monitored_repository: Any,
+    fresh_database: str,
+    ham_split: dict[str, pd.DataFrame],
+) -> None:
+    """Prometheus sees the drift figures without anyone asking /v1/monitoring."""
+    gateway = make_gateway(
+        fresh_database,
+        triton.grpc_url,
+        model_repository=monitored_repository,
+        drift_refresh_s=0.5,
+        drift_min_window=10,
+    )
+    stream = ham_split["val"].sample(12, random_state=5)
+    answers = upload_stream(gateway, stream, feedback=True)
+    deadline = time.monotonic() + 30
+    while gauges(gateway).get(("skin_drift_window_size", "")) != 12:
+        assert time.monotonic() < deadline, gauges(gateway)
+        time.sleep(0.5)
+    g = gauges(gateway)
+    rep = report(gateway)
+    for name, f in rep["features"].items():
+        assert g[("skin_drift_psi", name)] == pytest.approx(f["psi"], rel=1e-6), name
+    assert rep["window"]["size"] == 12 and rep["live"]["confirmed"] == 12
+    newest = max(pd.Timestamp(a["created_at"]) for a in answers)
+    assert pd.Timestamp(rep["window"]["newest"]) == newest
+    perf = report(gateway, "/v1/monitoring/performance")
+    assert perf["versions"][0]["overall"]["confirmed"] == 12

@@ -7,8 +7,6 @@ import io
 import json
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from serving.images import decode_image
 from training import data
@@ -33,23 +29,6 @@ def records_dataset(*args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database of this test's own (a new database in the shared PostgreSQL)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'records.db'}"
-        return
-    url = make_url(request.getfixturevalue("postgres_url"))
-    name = f"records_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
-
-
 def with_alpha(jpeg: Path) -> bytes:
     """The photo as an RGBA PNG whose top-left quarter is half transparent."""
     rgba = np.asarray(Image.open(jpeg).convert("RGBA")).copy()
@@ -62,12 +41,13 @@ def with_alpha(jpeg: Path) -> bytes:
 def test_records_become_a_dataset_training_loads(
     make_gateway: Any,
     triton: Any,
-    database_url: str,
+    fresh_database: str,
     real_lesions_dir: Path,
     lesion_rows: list[dict],
     ham_dir: Path,
     tmp_path: Path,
 ) -> None:
+    database_url = fresh_database
     gateway = make_gateway(database_url, triton.grpc_url)
     image_dir = gateway.settings.image_dir
     rows = lesion_rows[::4]  # one photo of each class
