@@ -4,6 +4,7 @@ checkpoints that record a data module."""
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,17 @@ def darker(path: str, factor: float) -> bytes:
     return out.getvalue()
 
 
+def post(client: Any, url: str, **kwargs: Any) -> Any:
+    """POST as a well-behaved client: a 429 from the gateway's per-key rate limit is waited
+    out (Retry-After) and retried; a stream of hundreds of uploads outruns any burst."""
+    for _ in range(60):
+        r = client.post(url, **kwargs)
+        if r.status_code != 429:
+            return r
+        time.sleep(float(r.headers.get("Retry-After", "1")))
+    raise AssertionError(f"still rate-limited after 60 tries: {r.text}")
+
+
 def upload_stream(
     gateway: Any,
     rows: pd.DataFrame,
@@ -58,7 +70,8 @@ def upload_stream(
             fields = {"body_location": row.site, "sex": row.sex, "consent_to_store_image": consent}
             if not pd.isna(row.age):
                 fields["age"] = int(row.age)
-            r = client.post(
+            r = post(
+                client,
                 "/v1/predictions",
                 data={
                     k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()
@@ -68,7 +81,8 @@ def upload_stream(
             assert r.status_code == 201, r.text
             answers.append(r.json())
             if feedback:
-                f = client.post(
+                f = post(
+                    client,
                     f"/v1/predictions/{answers[-1]['id']}/feedback",
                     json={"diagnosis": row.label, "confirmation": row.dx_type},
                 )
