@@ -75,6 +75,9 @@ def monitored(make_gateway: Any, triton: Any, monitored_repository: Path, tmp_pa
 
     def make(**overrides: Any) -> Any:
         overrides.setdefault("drift_refresh_s", 0)
+        # Hundreds of uploads a second from one key: the rate limit (tests/reliability tests
+        # it) would only slow these tests down. 0 = no limit.
+        overrides.setdefault("rate_limit_per_s", 0)
         db = f"sqlite:///{tmp_path / f'{uuid.uuid4().hex}.db'}"
         return make_gateway(db, triton.grpc_url, model_repository=monitored_repository, **overrides)
 
