@@ -63,27 +63,23 @@ class DriftMonitor:
         own = [r for r in rows if r.model_version == served.version]
         live = live_metrics(_outcomes(own))
         validation = validation_figures(served.metadata)
-        drift = None
+        drift, detail, about = None, None, None
         if reference:
-            drift = drift_report(
-                reference, queries.window_values(rows, served.version), self.bounds()
+            values = queries.window_values(rows, served.version)
+            drift = drift_report(reference, values, self.bounds())
+            keys = ("version", "dataset_version", "created_at", "class_priors")
+            about = {**{k: reference.get(k) for k in keys}, "model_version": served.version}
+        else:
+            detail = (
+                f"metadata.json of {served.name} version {served.version} has no reference "
+                "statistics: export the version with its training data reachable "
+                "(`python -m training export --reference-data DIR`) to monitor drift"
             )
         answer = {
             "status": drift["status"] if drift else "no reference",
-            "detail": None
-            if drift
-            else f"metadata.json of {served.name} version {served.version} has no reference "
-            "statistics: export the version with its training data reachable "
-            "(`python -m training export --reference-data DIR`) to monitor drift",
+            "detail": detail,
             "model": {"name": served.name, "version": served.version},
-            "reference": reference
-            and {
-                "version": reference.get("version"),
-                "dataset_version": reference.get("dataset_version"),
-                "created_at": reference.get("created_at"),
-                "model_version": served.version,
-                "class_priors": reference.get("class_priors"),
-            },
+            "reference": about,
             "window": {
                 "size": len(rows),
                 "max_predictions": s.drift_window,
