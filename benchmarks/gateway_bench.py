@@ -119,6 +119,7 @@ def _start_gateway(tmp: Path, triton_url: str, repo: Path, key: str) -> tuple[An
         "SKIN_API_KEY_HASHES": hash_key(key),
         "SKIN_RULES_PATH": str(ROOT / "configs" / "body_location_rules.yaml"),
         "SKIN_LOG_LEVEL": "warning",
+        "SKIN_RATE_LIMIT_PER_S": "0",  # one key sends all: measure the gateway, not the limit
     }
     proc = subprocess.Popen([sys.executable, "-m", "serving"], cwd=tmp, env=env)
     url = f"http://127.0.0.1:{port}"

@@ -22,6 +22,7 @@ def main() -> int:
     import uvicorn
 
     from serving.app import create_app
+    from serving.limits import server_options
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -33,6 +34,7 @@ def main() -> int:
         log_level=settings.log_level,
         proxy_headers=True,
         timeout_graceful_shutdown=10,
+        **server_options(settings),
     )
     return 0
 

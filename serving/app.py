@@ -17,7 +17,9 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 from serving import web
 from serving.api.deps import AppState
@@ -27,7 +29,9 @@ from serving.images import ImageRejected
 from serving.limits import BodySizeLimit
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.model_info import ModelCatalog
+from serving.ratelimit import RateLimit
 from serving.rules import load_rules
+from serving.security import redact_access_log
 from serving.settings import Settings, get_settings
 from serving.triton_client import (
     AsyncTritonClassifier,
@@ -115,6 +119,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.error("Triton failed: %s", exc)
         return _problem(502, "the model server failed on this request; the operator is told")
 
+    @app.exception_handler(DataError)
+    async def unstorable(_: Request, exc: DataError) -> JSONResponse:
+        # PostgreSQL refused a value from the request (a NUL byte in a path id): the client's
+        # to fix. Neither the value nor the statement is logged or echoed (they may be personal).
+        log.warning("database refused a request value: %s", type(exc.orig).__name__)
+        detail = "a value in this request cannot be stored or looked up: remove control characters"
+        return _problem(422, detail)
+
     @app.exception_handler(DatabaseUnavailable)
     async def db_down(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
         return _problem(503, "the database is unavailable: retry later", retry)
@@ -149,7 +161,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     web.mount(app)  # the clinician's page at / and the monitoring page
     _install_error_handlers(app)
-    # Added last = outermost: metrics see the body limit's 413s too.
+    redact_access_log()
+    # Added last = outermost: metrics see the body limit's 413s and the rate limit's 429s.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.rate_limit_per_s > 0:
+        app.add_middleware(RateLimit, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    if settings.cors_allow_origins:  # closed unless origins are named: no CORS headers at all
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type", "Idempotency-Key"],
+            max_age=600,
+        )
     return app

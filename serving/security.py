@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import sys
@@ -48,6 +49,24 @@ def match_key(key: str, digests: Sequence[str]) -> str | None:
 def client_id(digest: str) -> str:
     """A short, non-secret name for a key, for records and logs (a prefix of its digest)."""
     return digest[:12]
+
+
+class RedactAccessLog(logging.Filter):
+    """uvicorn's access log names the client's address, and a query string may carry anything
+    a client put there: both are personal data. The address becomes ``-``, the query goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5:  # (client, method, path, http, status)
+            record.args = ("-", args[1], str(args[2]).split("?")[0], *args[3:])
+        return True
+
+
+def redact_access_log() -> None:
+    """Install :class:`RedactAccessLog` on uvicorn's access logger (once per process)."""
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactAccessLog) for f in logger.filters):
+        logger.addFilter(RedactAccessLog())
 
 
 def ensure_dev_key(env_file: Path = Path(".env"), key_file: Path = DEV_KEY_FILE) -> bool:

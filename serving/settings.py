@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$")
 
 
 class Settings(BaseSettings):
@@ -50,6 +51,17 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(False, description="serve /metrics without an API key")
     max_upload_bytes: int = Field(10 * 2**20, gt=0, description="largest accepted image file")
     max_pixels: int = Field(40_000_000, gt=0, description="largest accepted width x height")
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="largest request line plus headers (400 beyond)"
+    )
+    rate_limit_per_s: float = Field(
+        20.0, ge=0, description="requests/s per API key in this process (0: no limit)"
+    )
+    rate_limit_burst: int = Field(40, ge=1, description="requests a key may send at once")
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="browser origins allowed to call the API, comma-separated (none by default)",
+    )
     image_dir: Path = Field(Path(".cache/serving/images"), description="consented images")
     referral_threshold: float = Field(
         0.3, gt=0, lt=1, description="referral threshold when metadata.json has none"
@@ -74,6 +86,24 @@ class Settings(BaseSettings):
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [v.strip().lower() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        return (
+            [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        )
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not _ORIGIN.match(v)]
+        if bad:
+            raise ValueError(
+                f"{bad} are not origins: give each as scheme://host[:port] with no path, "
+                "and no '*' (list the exact origins of the web apps that call the API)"
+            )
         return value
 
     @field_validator("api_key_hashes")

@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from serving.app import create_app
 from serving.db.models import Prediction
+from serving.limits import server_options
 from serving.security import hash_key
 from serving.settings import Settings
 
@@ -133,7 +134,11 @@ class LiveGateway:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
+            create_app(settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            **server_options(settings),  # as `python -m serving` runs it
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -172,6 +177,8 @@ def gateway_settings(database_url: str, triton_url: str, tmp: Path, **overrides:
         "api_key_hashes": [hash_key(API_KEY), hash_key(OTHER_KEY)],
         "image_dir": tmp / "images",
         "triton_timeout_s": 10.0,
+        # Tests send bursts from one key; the limiter has its own tests (tests/reliability).
+        "rate_limit_per_s": 0.0,
         **overrides,
     }
     return Settings(**values)

@@ -51,6 +51,7 @@ class PredictionCreate(PredictionBase):
         None,
         min_length=1,
         max_length=200,
+        pattern=r"^[^\x00-\x1f\x7f]+$",  # no control characters: PostgreSQL cannot store NUL
         description="client request id for idempotent retries (or the Idempotency-Key header)",
     )
 

@@ -1,0 +1,114 @@
+"""The hostile-input corpus over real HTTP: the exact status per case, never a 5xx, a record
+only for a 201, no traceback or memory address in any answer, and a gateway still ready.
+
+Each run writes its table (case, expected, got) to ``.cache/reliability/corpus-<db>.md``;
+docs/reliability.md shows it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from serving.db.models import Feedback, Prediction
+from tests.fixtures_serving import API_KEY, ROOT
+from tests.reliability.hostile import CASES, OK, Case, Request
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+LEAKS = re.compile(r"Traceback|File \"|object at 0x|sqlalchemy|psycopg|site-packages", re.I)
+
+
+def send_raw(url: str, req: Request) -> tuple[int, str]:
+    """Write a request to a socket as is; the status and body of the answer (0: none)."""
+    host, port = url.removeprefix("http://").split(":")
+    assert req.raw is not None
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=15) as s:
+        # A server that refuses a request mid-way answers and closes: our send may then fail,
+        # and the answer may or may not still be readable (CLOSED when it is not).
+        with contextlib.suppress(OSError):
+            s.sendall(req.raw + f"X-API-Key: {API_KEY}\r\n\r\n".encode() + (req.content or b""))
+            s.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    match = re.match(rb"HTTP/1\.1 (\d{3})", head)
+    return (int(match.group(1)) if match else 0), body.decode(errors="replace")
+
+
+def send(client: httpx.Client, url: str, req: Request, pid: str) -> tuple[int, str]:
+    if req.raw is not None:
+        return send_raw(url, req)
+    r = client.request(
+        req.method,
+        req.path.format(pid=pid),
+        data=req.data,
+        files=req.files,
+        content=req.content,
+        headers=req.headers,
+    )
+    return r.status_code, r.text
+
+
+def check(case: Case, status: int, text: str) -> list[str]:
+    problems = []
+    if status not in (case.expect if isinstance(case.expect, tuple) else (case.expect,)):
+        problems.append(f"status {status}, expected {case.expect}: {text[:300]}")
+    if LEAKS.search(text):
+        problems.append(f"internals leak into the answer: {text[:300]}")
+    if status >= 400 and case.group != "http":  # the app's own errors are JSON with a detail
+        detail = httpx.Response(status, text=text).json().get("detail")
+        if not (isinstance(detail, str) and detail):
+            problems.append(f"no readable detail: {text[:300]}")
+    return problems
+
+
+def rows(gateway: Any) -> set[str]:
+    with gateway.engine.connect() as conn:
+        return set(conn.scalars(select(Prediction.id)))
+
+
+def test_hostile_corpus(gateway: Any, real_lesions_dir: Path, lesion_rows: list[dict]) -> None:
+    photo = (real_lesions_dir / f"{lesion_rows[0]['image_id']}.jpg").read_bytes()
+    with gateway.client() as client:
+        pid = client.post(
+            "/v1/predictions",
+            data={"body_location": "back"},
+            files={"image": ("a.jpg", photo, "image/jpeg")},
+        ).json()["id"]
+        failures: dict[str, list[str]] = {}
+        table = []
+        for case in CASES:
+            before, feedback_before = rows(gateway), gateway.count(Feedback)
+            status, text = send(client, gateway.url, case.build(photo), pid)
+            problems = check(case, status, text)
+            new = rows(gateway) - before
+            if status == OK and case.group != "feedback":
+                created = httpx.Response(status, text=text).json()["id"]
+                if new != {created}:
+                    problems.append(f"201 with id {created} but new records {new}")
+            elif new or gateway.count(Feedback) != feedback_before:
+                problems.append(f"a refused request left records: {new}")
+            if problems:
+                failures[case.name] = problems
+            table.append((case, status))
+        ready = client.get("/readyz")
+    write_table(table, gateway.settings.database_url.split(":")[0].split("+")[0])
+    assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())
+    assert len(CASES) >= 50 and ready.status_code == 200, ready.text
+
+
+def write_table(table: list[tuple[Case, int]], db: str) -> None:
+    out = ROOT / ".cache" / "reliability" / f"corpus-{db}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["| group | case | expected | got | why |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {c.group} | {c.name} | {c.expect} | {s} | {c.why} |" for c, s in table]
+    out.write_text("\n".join(lines) + "\n")
