@@ -161,7 +161,7 @@ def reference_for_checkpoint(
     raises: when the data cannot be reached (or the checkpoint records no data module and no
     ``data_dir`` is given) it warns and returns None, and export writes ``reference: null``.
     """
-    from training.evaluation.sources import ModelSource, _datamodule_hparams, rebuild_split
+    from training.evaluation.sources import ModelSource, datamodule_hparams, rebuild_split
 
     def give_up(why: str) -> None:
         message = (
@@ -174,7 +174,7 @@ def reference_for_checkpoint(
     if max_images <= 0:
         give_up("--reference-images is 0")
         return None
-    recorded = _datamodule_hparams(checkpoint)
+    recorded = datamodule_hparams(checkpoint)
     if not recorded and data_dir is None:
         give_up(f"{checkpoint} records no data module (not trained by `python -m training fit`)")
         return None
