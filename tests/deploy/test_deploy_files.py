@@ -79,7 +79,9 @@ def stages() -> dict[str, dict[str, Any]]:
             k: json.loads(v) for k, v in re.findall(r"^(ENTRYPOINT|CMD) (\[.*\])$", block, re.M)
         }
         out[name] = {
-            "env": re.findall(r"\b(SKIN_\w+)=", " ".join(re.findall(r"^ENV (.*)$", block, re.M))),
+            "env": dict(
+                re.findall(r"\b(SKIN_\w+)=(\S+)", " ".join(re.findall(r"^ENV (.*)$", block, re.M)))
+            ),
             "entrypoint": exec_form.get("ENTRYPOINT", []),
             "cmd": exec_form.get("CMD", []),
             "extras": re.findall(r"pip install '\.\[(\w+)\]'", block),
@@ -248,3 +250,26 @@ def test_the_gateway_image_command_serves_and_its_healthcheck_passes(tmp_path: P
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_the_gateway_can_write_consented_photos(compose: dict, k8s: list) -> None:
+    """Consented uploads are written under SKIN_IMAGE_DIR: with a read-only root filesystem
+    that folder must be a mounted volume, or every consented upload fails."""
+    default = stages()["gateway"]["env"]  # the image's ENV
+    service = compose["services"]["gateway"]
+    image_dir = service["environment"].get("SKIN_IMAGE_DIR", default["SKIN_IMAGE_DIR"])
+    mounts = [v.split(":")[1] if isinstance(v, str) else v["target"] for v in service["volumes"]]
+    assert any(image_dir.startswith(m) for m in mounts), (image_dir, mounts)
+
+    (container,) = _containers(_deployment(k8s, "gateway"))
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    image_dir = env.get("SKIN_IMAGE_DIR") or default["SKIN_IMAGE_DIR"]
+    if (container.get("securityContext") or {}).get("readOnlyRootFilesystem"):
+        mounts = [
+            m["mountPath"] for m in container.get("volumeMounts", []) if not m.get("readOnly")
+        ]
+        assert any(image_dir.startswith(m) for m in mounts), (
+            f"k8s gateway: SKIN_IMAGE_DIR={image_dir} is on the read-only root filesystem "
+            f"(writable mounts: {mounts}): mount a volume there (shared by all replicas, e.g. "
+            "a ReadWriteMany claim) so consented photos can be stored"
+        )
