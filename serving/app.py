@@ -13,12 +13,14 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import DataError
 
 from serving import web
@@ -72,6 +74,31 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await refresher
         await triton.close()
         db.dispose()
+
+
+class Problem(BaseModel):
+    """Every error the gateway itself answers: one sentence saying what is wrong and what to do."""
+
+    detail: str
+
+
+class InvalidField(BaseModel):
+    field: str
+    message: str
+
+
+class ValidationProblem(Problem):
+    errors: list[InvalidField]
+
+
+# What any API route may answer besides its own statuses, as the handlers here shape it.
+API_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "malformed body: not JSON, or broken multipart"},
+    401: {"model": Problem, "description": "missing or invalid API key"},
+    404: {"model": Problem, "description": "no such prediction (or path)"},
+    422: {"model": ValidationProblem, "description": "invalid field or unreadable image"},
+    429: {"model": Problem, "description": "rate limit per API key exceeded: see Retry-After"},
+}
 
 
 def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -157,8 +184,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
-    for router in (predictions.router, models.router, health.router, monitoring.router):
-        app.include_router(router)
+    app.include_router(health.router)
+    for router in (predictions.router, models.router, monitoring.router):
+        app.include_router(router, responses=API_ERRORS)
     web.mount(app)  # the clinician's page at / and the monitoring page
     _install_error_handlers(app)
     redact_access_log()

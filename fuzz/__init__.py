@@ -1,0 +1,1 @@
+"""Fuzz harnesses: ``python -m fuzz.decode`` (the upload decoding path)."""
