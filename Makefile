@@ -17,7 +17,7 @@ RUN_CONFIG ?= configs/default.yaml
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[train,serve,dev]'
 	# The Triton server binary and Python backend ship in nvidia-pytriton, whose metadata pins
 	# numpy<2 and an old tritonclient. We use only its server files: install it without deps.
 	$(PY) -m pip install -q --no-deps 'nvidia-pytriton==0.7.0'
@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Train + evaluate + export unless a model is exported already, then serve it: the real Triton
+# and the gateway on 127.0.0.1 (URLs printed; Ctrl-C stops).
 run: $(STAMP)
-	$(PY) -m training fit --config $(RUN_CONFIG)
+	$(PY) -m serving.stack --config $(RUN_CONFIG)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,0 +1,176 @@
+"""``make run``: the whole main job on one machine.
+
+1. Train (``python -m training fit``) unless the repository already holds a model; then
+   evaluate on the held-out split and export the calibrated model with its operating point
+   (``python -m training evaluate --export cnn``).
+2. Start the real Triton on a CPU copy of the repository and the gateway, and print the URLs.
+3. Serve until Ctrl-C or SIGTERM (``--check`` instead sends one real photo and exits).
+
+Data: ``HAM10000_DIR`` when set, else the synthetic set (labelled synthetic everywhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from serving.security import DEV_KEY_FILE, ensure_dev_key
+from serving.triton_client import DEFAULT_MODEL_NAME
+
+
+def _versions(repository: Path, name: str) -> list[int]:
+    folder = repository / name
+    return sorted(int(p.name) for p in folder.glob("[0-9]*") if (p / "model.pt").is_file())
+
+
+def _run(args: list[str]) -> None:
+    print("+ " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, *args], check=True)
+
+
+def train_and_export(config: Path, repository: Path, name: str) -> None:
+    """Fit the configured run, evaluate its best checkpoint, export the calibrated model."""
+    root = yaml.safe_load(config.read_text())["trainer"]["default_root_dir"]
+    _run(["-m", "training", "fit", "--config", str(config)])
+    checkpoint = Path(root) / "checkpoints" / "best.ckpt"
+    parity = []
+    if not (os.environ.get("REAL_LESIONS_DIR") or os.environ.get("HAM10000_DIR")):
+        from training.synthetic import make_synthetic  # the set the model was trained on
+
+        parity = ["--parity-images", str(make_synthetic() / "images")]
+    _run(
+        [
+            "-m",
+            "training",
+            "evaluate",
+            "--model",
+            str(checkpoint),
+            "--export",
+            "cnn",
+            "--repository",
+            str(repository),
+            "--export-name",
+            name,
+            *parity,
+        ]
+    )
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited with status {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the gateway was not ready within {timeout_s:.0f} s")
+
+
+def check(url: str, key: str, photo: Path) -> dict:
+    """One real prediction through the running stack."""
+    with photo.open("rb") as f:
+        r = httpx.post(
+            f"{url}/v1/predictions",
+            headers={"X-API-Key": key},
+            files={"image": (photo.name, f, "image/jpeg")},
+            data={"body_location": "back"},
+            timeout=30,
+        )
+    r.raise_for_status()
+    return r.json()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m serving.stack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--name", default=DEFAULT_MODEL_NAME)
+    p.add_argument("--port", type=int, default=int(os.environ.get("SKIN_PORT", 8000)))
+    p.add_argument(
+        "--check",
+        type=Path,
+        metavar="PHOTO",
+        help="send this photo through the stack, print the answer and stop",
+    )
+    args = p.parse_args(argv)
+
+    if _versions(args.repository, args.name):
+        print(
+            f"{args.repository}/{args.name} already holds a model: not training "
+            f"(remove it, or `python -m training fit` and `export` by hand)",
+            flush=True,
+        )
+    else:
+        train_and_export(args.config, args.repository, args.name)
+
+    ensure_dev_key()
+    key = DEV_KEY_FILE.read_text().strip() if DEV_KEY_FILE.exists() else None
+    # SIGTERM ends the stack like Ctrl-C: both children are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    from serving.triton.server import run_triton
+
+    with run_triton(args.repository) as triton:
+        env = {
+            **os.environ,
+            "SKIN_TRITON_URL": triton.grpc_url,
+            "SKIN_PORT": str(args.port),
+            "SKIN_MODEL_NAME": args.name,
+            "SKIN_MODEL_REPOSITORY": str(args.repository),
+        }
+        gateway = subprocess.Popen([sys.executable, "-m", "serving"], env=env)
+        url = f"http://127.0.0.1:{args.port}"
+        try:
+            _wait_ready(url, gateway)
+            print(
+                "\nThe stack is up:\n"
+                f"  clinician page   {url}/\n"
+                f"  monitoring page  {url}/monitoring\n"
+                f"  REST API docs    {url}/docs\n"
+                f"  Triton gRPC      {triton.grpc_url} (model {args.name})\n"
+                f"  API key          {DEV_KEY_FILE} "
+                f"({'dev key' if key else 'SKIN_API_KEY_HASHES from your .env; key not on disk'})\n"
+                f"  Triton log       {triton.cache_dir / 'tritonserver.log'}\n"
+                "Ctrl-C stops it.",
+                flush=True,
+            )
+            if args.check:
+                if key is None:
+                    raise SystemExit("--check needs the dev key in " + str(DEV_KEY_FILE))
+                answer = check(url, key, args.check)
+                top = answer["ranking"][0]
+                print(
+                    f"check: {args.check.name} -> {top['code']} ({top['probability']:.3f}), "
+                    f"model version {answer['model']['version']}, prediction {answer['id']}"
+                )
+                return 0
+            gateway.wait()
+            return gateway.returncode
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            gateway.terminate()
+            try:
+                gateway.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
