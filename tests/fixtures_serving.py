@@ -4,6 +4,7 @@ cluster, and the gateway itself on a free port (uvicorn in a thread)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -80,50 +81,55 @@ def _pg_bin() -> Path:
     return found[-1].parent
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on a free port, run by the `postgres` user when root."""
-    bindir = _pg_bin()
-    data = Path(tempfile.mkdtemp(prefix="skin-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(data, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
-    run(
-        str(bindir / "initdb"),
-        "-D",
-        str(data / "db"),
-        "-U",
-        "postgres",
-        "--auth=trust",
-        "-E",
-        "UTF8",
-    )
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {data} -c fsync=off"
-    run(
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(data / "db"),
-        "-o",
-        options,
-        "-l",
-        str(data / "log"),
-        "-w",
-        "start",
-    )
-    try:
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster on a free port (run by the `postgres` user when root),
+    with a database ``skin``; :meth:`stop` and :meth:`start` again for outage tests."""
+
+    def __init__(self) -> None:
+        self.bindir = _pg_bin()
+        self.data = Path(tempfile.mkdtemp(prefix="skin-pg-"))
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            shutil.chown(self.data, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/skin"
+        self._run(
+            "initdb", "-D", str(self.data / "db"), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+        )
+        self.start()
         admin = create_engine(
-            f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", isolation_level="AUTOCOMMIT"
+            f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres",
+            isolation_level="AUTOCOMMIT",
         )
         with admin.connect() as conn:
             conn.execute(text("CREATE DATABASE skin"))
         admin.dispose()
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/skin"
-    finally:
-        run(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop")
-        shutil.rmtree(data, ignore_errors=True)
+
+    def _run(self, tool: str, *args: str) -> None:
+        cmd = [*self.as_user, str(self.bindir / tool), *args]
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c fsync=off"
+        db, log = str(self.data / "db"), str(self.data / "log")
+        self._run("pg_ctl", "-D", db, "-o", options, "-l", log, "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data / "db"), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The URL of a throwaway PostgreSQL cluster's database ``skin``."""
+    cluster = PostgresCluster()
+    yield cluster.url
+    cluster.remove()
 
 
 class LiveGateway:

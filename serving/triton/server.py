@@ -107,6 +107,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _check_port(host: str, port: int, what: str) -> None:
     with socket.socket() as s:
+        # Taken means a listener: connections of a server just stopped linger in TIME_WAIT for
+        # a minute, and tritonserver itself binds with SO_REUSEADDR, so a restart may reuse it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -28,6 +28,7 @@ from serving.images import ImageRejected, PreparedImage, prepare_image, store_im
 from serving.inference import predict_with_retries
 from serving.referral import decide
 from serving.rules import apply_rules
+from serving.triton_client import TritonModelNotReady
 from training.labels import CLASS_NAMES, CLASSES, MALIGNANT
 
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
@@ -176,13 +177,21 @@ async def create_prediction(
         prepare_image, data, model.input_size, settings.max_pixels
     )
     t1 = time.perf_counter()
-    probs = await predict_with_retries(
-        state.triton,
-        prepared.model_input[None],
-        int(model.version),
-        settings.triton_timeout_s,
-        settings.triton_retries,
-    )
+    try:
+        probs = await _predict(state, prepared, model)
+    except TritonModelNotReady:
+        # A promotion or rollback unloaded the version resolved for this request: resolve the
+        # served one again and predict once more (its input size may differ).
+        state.catalog.forget()
+        fresh = await state.catalog.served()
+        if fresh.version == model.version:
+            raise
+        if fresh.input_size != model.input_size:
+            prepared = await anyio.to_thread.run_sync(
+                prepare_image, data, fresh.input_size, settings.max_pixels
+            )
+        model = fresh
+        probs = await _predict(state, prepared, model)
     t2 = time.perf_counter()
     timings = {
         "decode_ms": round((t1 - t0) * 1000, 2),
@@ -235,6 +244,16 @@ async def create_prediction(
         metrics.exclusions.labels(e["rule_id"], e["code"]).inc()
     response.headers["Location"] = f"{router.prefix}/{answer['id']}"
     return answer
+
+
+async def _predict(state: AppState, prepared: PreparedImage, model: Any) -> np.ndarray:
+    return await predict_with_retries(
+        state.triton,
+        prepared.model_input[None],
+        int(model.version),
+        state.settings.triton_timeout_s,
+        state.settings.triton_retries,
+    )
 
 
 def _not_found(prediction_id: str) -> HTTPException:
