@@ -8,6 +8,7 @@ is ``benchmarks.load_soak.LoadLoop`` (real photos, real HTTP, concurrent workers
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import shutil
 import signal
 import sqlite3
@@ -81,6 +82,18 @@ def probe(live: Any, photo: bytes, ids: list[str]) -> dict | None:
     return r.json()
 
 
+def kill_hard(server: TritonServer) -> None:
+    """SIGKILL to the server's process group, as when its container dies: the Python-backend
+    stubs die with it. Its shared-memory regions, which it can no longer remove, are removed."""
+    assert server.process is not None
+    regions = set(Path("/dev/shm").glob(f"skin{os.getpid()}_{server.ports['grpc']}_*"))
+    os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+    server.process = None
+    for region in regions:
+        region.unlink(missing_ok=True)
+
+
 def test_triton_killed_during_load(
     own_triton: TritonServer, make_gateway: Any, photos: list[bytes], tmp_path: Path
 ) -> None:
@@ -88,13 +101,10 @@ def test_triton_killed_during_load(
     live = make_gateway(url, own_triton.grpc_url, triton_timeout_s=DEADLINE_S)
     loop = LoadLoop(live.url, API_KEY, photos, concurrency=8, timeout_s=30).start()
     wait_until(lambda: loop.result.statuses[201] >= 20, 60, "20 predictions before the fault")
-    assert own_triton.process is not None
-    own_triton.process.send_signal(signal.SIGKILL)
-    own_triton.process.wait()
+    kill_hard(own_triton)
     wait_until(lambda: loop.result.statuses[503] >= 10, 30, "503 answers while Triton is down")
     with live.client() as c:
         assert c.get("/readyz").status_code == 503
-    own_triton.process = None
     own_triton.start()  # the same ports: the gateway is not told anything
     probes: list[str] = []
     recovery = wait_until(lambda: probe(live, photos[0], probes), 120, "recovery after restart")
