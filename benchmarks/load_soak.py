@@ -221,7 +221,6 @@ def soak(requests: int, concurrency: int, images: Path | None = None) -> dict[st
             finally:
                 gateway.terminate()
                 gateway.wait(30)
-    warm = next(m for n, m in rss if n >= min(1000, requests // 10))
     ms = np.asarray(res.latencies) * 1000
     return {
         "machine": machine(),
@@ -235,13 +234,27 @@ def soak(requests: int, concurrency: int, images: Path | None = None) -> dict[st
         "rps": round(res.sent / res.elapsed_s, 1),
         "p50_ms": round(float(np.percentile(ms, 50)), 1),
         "p99_ms": round(float(np.percentile(ms, 99)), 1),
-        "rss_start_mib": round(rss[0][1], 1),
-        "rss_after_warmup_mib": round(warm, 1),
-        "rss_end_mib": round(rss[-1][1], 1),
-        "rss_peak_mib": round(max(m for _, m in rss), 1),
-        "rss_growth_after_warmup_mib": round(rss[-1][1] - warm, 1),
-        "rss_samples": [(n, round(m, 1)) for n, m in rss],
+        **memory_figures(rss),
         "records_missing": lost,
+    }
+
+
+def memory_figures(rss: list[tuple[int, float]]) -> dict[str, Any]:
+    """RSS at start, after warm-up (10% of the requests), at the end of the load and after it,
+    and the trend under load: a least-squares slope in MiB per 1,000 requests from warm-up on
+    (a leak shows as a steady positive slope; the allocator's ups and downs do not)."""
+    total = rss[-1][0]
+    loaded = [(n, m) for n, m in rss[:-1] if n >= total // 10] or rss
+    n, m = np.array(loaded, dtype=float).T
+    slope = float(np.polyfit(n, m, 1)[0] * 1000) if len(n) > 2 else 0.0
+    return {
+        "rss_start_mib": round(rss[0][1], 1),
+        "rss_after_warmup_mib": round(loaded[0][1], 1),
+        "rss_end_of_load_mib": round(loaded[-1][1], 1),
+        "rss_after_load_mib": round(rss[-1][1], 1),
+        "rss_peak_mib": round(max(m for _, m in rss), 1),
+        "rss_slope_mib_per_1k": round(slope, 2),
+        "rss_samples": [(k, round(v, 1)) for k, v in rss],
     }
 
 
@@ -251,12 +264,12 @@ def markdown(r: dict[str, Any]) -> str:
             f"{r['requests']} uploads at concurrency {r['concurrency']} ({r['photos']}) in "
             f"{r['duration_s']} s; {r['machine']}.",
             "",
-            "| requests | errors | req/s | p50 / p99 ms | RSS start / after warm-up / end / peak "
-            "MiB | growth after warm-up | records missing |",
+            "| requests | errors | req/s | p50 / p99 ms | RSS MiB: start / after warm-up / "
+            "end of load / peak | trend under load | records missing |",
             "|---|---|---|---|---|---|---|",
             f"| {r['requests']} | {r['errors']} | {r['rps']} | {r['p50_ms']} / {r['p99_ms']} | "
-            f"{r['rss_start_mib']} / {r['rss_after_warmup_mib']} / {r['rss_end_mib']} / "
-            f"{r['rss_peak_mib']} | {r['rss_growth_after_warmup_mib']:+} MiB | "
+            f"{r['rss_start_mib']} / {r['rss_after_warmup_mib']} / {r['rss_end_of_load_mib']} / "
+            f"{r['rss_peak_mib']} | {r['rss_slope_mib_per_1k']:+} MiB per 1,000 requests | "
             f"{r['records_missing']} |",
         ]
     )
