@@ -140,6 +140,7 @@ def test_postgres_stopped_and_started_during_load(
         result = loop.stop()
         assert set(result.statuses) <= {201, 503}, (result.statuses, result.failures[:5])
         assert_nothing_lost(result, cluster.url, [])
+        print(f"postgres stop/start: {dict(result.statuses)}")
     finally:
         cluster.remove()
 
@@ -161,6 +162,7 @@ def test_sqlite_locked_during_load(
     result = loop.stop()
     assert set(result.statuses) <= {201, 503}, (result.statuses, result.failures[:5])
     assert_nothing_lost(result, f"sqlite:///{path}", [])
+    print(f"sqlite locked: {dict(result.statuses)}, slowest {max(result.latencies):.1f} s")
 
 
 def test_feedback_sent_again_and_again_makes_one_record(gateway: Any, photos: list) -> None:
