@@ -8,6 +8,7 @@ docs/reliability.md (``SCHEMATHESIS_MAX_EXAMPLES=300``).
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -150,11 +151,11 @@ def sendable(case: schemathesis.Case) -> bool:
 
 
 def valid_on_the_wire(case: schemathesis.Case) -> bool:
-    """Whether a "negative" multipart case is in fact valid once sent. A number or boolean in a
-    text field is text (``request_id=1.5``); an empty optional field counts as absent (the HTML
-    form convention FastAPI follows); a list is sent as repeated parts, of which FastAPI reads
-    the last; and schemathesis sometimes turns a null into a string that the field's other
-    branch accepts. Such cases test nothing and are skipped."""
+    """Whether a "negative" multipart case is in fact valid once sent. A number or an object in
+    a text field travels as text (``request_id=1.5``, ``request_id={}``); an empty optional
+    field counts as absent (the HTML form convention FastAPI follows); a list is sent as
+    repeated parts, of which FastAPI reads the last; and schemathesis sometimes turns a null
+    into a string that the field's other branch accepts. Such cases test nothing: skipped."""
     if not (isinstance(case.body, dict) and case.media_type == "multipart/form-data"):
         return False
     sent = {}
@@ -163,8 +164,8 @@ def valid_on_the_wire(case: schemathesis.Case) -> bool:
             value = value[-1] if value else None
         if value is None or (name in OPTIONAL and value == ""):
             continue
-        if name == "request_id" and isinstance(value, int | float | bool):
-            value = str(value)
+        if name == "request_id" and not isinstance(value, str):
+            value = json.dumps(value)  # how it travels: a number or an object as text
         sent[name] = "<image bytes>" if name == "image" else value
     return FORM.is_valid(sent)
 
