@@ -208,14 +208,20 @@ def test_gauges_refresh_in_the_background_on_both_databases(
     )
     stream = ham_split["val"].sample(12, random_state=5)
     answers = upload_stream(gateway, stream, feedback=True)
+    rep = report(gateway)  # computed now, after every upload and feedback has landed
+
+    def matches(g: dict) -> bool:
+        return g.get(("skin_drift_window_size", "")) == 12 and all(
+            g.get(("skin_drift_psi", name)) == pytest.approx(f["psi"], rel=1e-6)
+            for name, f in rep["features"].items()
+        )
+
+    # A refresh that started before the last feedback landed shows the older diagnosis mix:
+    # wait for the next background refresh (every 0.5 s) rather than race it.
     deadline = time.monotonic() + 30
-    while gauges(gateway).get(("skin_drift_window_size", "")) != 12:
-        assert time.monotonic() < deadline, gauges(gateway)
+    while not matches(g := gauges(gateway)):
+        assert time.monotonic() < deadline, (g, rep["features"])
         time.sleep(0.5)
-    g = gauges(gateway)
-    rep = report(gateway)
-    for name, f in rep["features"].items():
-        assert g[("skin_drift_psi", name)] == pytest.approx(f["psi"], rel=1e-6), name
     assert rep["window"]["size"] == 12 and rep["live"]["confirmed"] == 12
     newest = max(pd.Timestamp(a["created_at"]) for a in answers)
     assert pd.Timestamp(rep["window"]["newest"]) == newest
