@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests.wandb_records import wandb_records
 from training import data
 from training.__main__ import main as training_main
 from training.evaluate import evaluate, promotion_check, write
@@ -70,6 +69,9 @@ def test_ensemble_is_the_mean_of_its_calibrated_members(ev):
 def test_report_files_and_wandb_run(ev, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    import wandb
+
+    wandb.teardown()  # an earlier run in this process fixed wandb's settings (its dir) for good
     report = write(ev, tmp_path / "reports")
     text = report.read_text()
     for sc in ev.scores.values():
@@ -84,14 +86,7 @@ def test_report_files_and_wandb_run(ev, tmp_path, monkeypatch):
     saved = np.load(report.parent / "predictions.npz")
     np.testing.assert_allclose(saved["probs_cnn"], ev.variants["cnn"].test)
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
-    out = subprocess.run(
-        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    records = wandb_records(run_dir)
     run = next(r["run"] for r in records if r["type"] == "run")
     assert run["job_type"] == "evaluation"
     logged = {k for r in records if r["type"] == "history" for k in _keys(r)}

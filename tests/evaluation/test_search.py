@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -12,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from tests.wandb_records import wandb_run
 from training.cli import main as cli_main
 from training.errors import ConfigError
 from training.search import SearchConfig, run_search
@@ -40,18 +38,7 @@ def tiny_base(tmp_path: Path, ham_dir: Path) -> Path:
 
 
 def _runs(tmp_path: Path) -> list[dict]:
-    runs = []
-    for run_dir in sorted((tmp_path / "wandb").glob("offline-run-*")):
-        out = subprocess.run(
-            [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        ).stdout
-        records = [json.loads(line) for line in out.splitlines() if line.strip()]
-        runs.append(next(r["run"] for r in records if r["type"] == "run"))
-    return runs
+    return [wandb_run(d) for d in sorted((tmp_path / "wandb").glob("offline-run-*"))]
 
 
 def test_two_trial_search_writes_a_fit_config(tmp_path, tiny_base, monkeypatch):

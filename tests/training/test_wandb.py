@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,22 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.wandb_records import wandb_records
 from training.cli import main as cli_main
 from training.labels import CLASSES
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "default.yaml"
-
-
-def _records(run_dir: Path) -> list[dict]:
-    out = subprocess.run(
-        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +55,7 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         torch.use_deterministic_algorithms(flags)
     (run_dir,) = (tmp / "wandb").glob("offline-run-*")
     summary = json.loads((tmp / "run" / "summary.json").read_text())
-    yield {"cli": cli, "run_dir": run_dir, "records": _records(run_dir), "summary": summary}
+    yield {"cli": cli, "run_dir": run_dir, "records": wandb_records(run_dir), "summary": summary}
 
 
 def _merged(records: list[dict], kind: str) -> dict:
