@@ -4,7 +4,8 @@
     python -m benchmarks --only triton   # some sections; the others keep their last text
 
 Each section's markdown is kept in docs/benchmarks/<section>.md and the page is assembled
-from them, so running one section does not erase the others' figures.
+from them, so running one section does not erase the others' figures. Hand-written parts
+(docs/benchmarks/notes-*.md: profiles, before-and-after records) are appended as they are.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def _models() -> str:
     return models_bench.markdown(models_bench.run(), data_rate)
 
 
+def _image() -> str:
+    from benchmarks import image_path
+
+    return image_path.markdown(image_path.run())
+
+
 def _triton() -> str:
     from benchmarks import triton_bench
 
@@ -73,8 +80,12 @@ def _gateway() -> str:
 SECTIONS: dict[str, tuple[str, Callable[[], str]]] = {
     "data": ("Data pipeline (decode + augment, no model)", _data),
     "models": ("Models: training steps and inference variants", _models),
-    "triton": ("Triton on this CPU: dynamic batching on and off", _triton),
-    "gateway": ("Gateway with Triton against Triton called directly", _gateway),
+    "image": ("The image path: decode and resize of a full-size JPEG against the model", _image),
+    "triton": ("Triton on this CPU: dynamic batching on and off, one and two instances", _triton),
+    "gateway": (
+        "Serving end to end: gateway + Triton, the eager FastAPI baseline, Triton direct",
+        _gateway,
+    ),
 }
 
 
@@ -93,6 +104,8 @@ def assemble(command: str) -> str:
         part = PARTS / f"{name}.md"
         body = part.read_text().strip() if part.exists() else "Not run yet."
         out += [f"## {title}", "", body, ""]
+    for part in sorted(PARTS.glob("notes-*.md")):  # hand-written: profiles, before and after
+        out += [part.read_text().strip(), ""]
     return "\n".join(out)
 
 

@@ -1,16 +1,22 @@
-"""The gateway's own cost: requests/s and p50/p99 latency at concurrency 1, 8 and 32 with real
-full-size photos, beside Triton called directly in the same run.
+"""Serving end to end with real full-size photos, four ways, at concurrency 1, 8 and 32:
 
-Through the gateway a request is the whole path: multipart upload of a 600x450 JPEG, API key,
-decode, resize, gRPC to Triton, rules, referral, a committed SQLite (WAL) record, JSON answer.
-Directly, Triton gets the already-resized ``uint8`` tensor over gRPC. The ratio of the two is
-what the gateway costs. The model is ``compact_cnn`` (untrained: speed is the same) exported by
-``training.export`` into a temporary repository, served by the real tritonserver (one CPU
-instance, dynamic batching as in production). The gateway runs as ``python -m serving`` (one
-uvicorn worker) and the load generator in a separate process, all on 127.0.0.1; every level
-sends a bounded number of requests after a short warm-up.
+- **gateway**: ``python -m serving`` (one uvicorn worker) with the real Triton behind it. A
+  request is the whole path: multipart upload of a 600x450 JPEG, API key, decode, resize,
+  gRPC to Triton, rules, referral, a committed SQLite (WAL) record, the JSON answer.
+- **eager baseline**: what most tutorials build, ``benchmarks.eager_app``: one FastAPI process
+  running the eager PyTorch model in its handler per request (same decode and resize).
+- **Triton direct, client decodes**: the load generator decodes and resizes the same JPEG with
+  the gateway's own ``prepare_image`` and calls Triton over gRPC: the same necessary work
+  without the gateway, so ``gateway / this`` is the gateway's own overhead.
+- **Triton direct, tensor**: the already-resized ``uint8`` tensor over gRPC: Triton alone.
 
-    python -m benchmarks.gateway_bench [--requests 200] [--concurrency 1 8 32]
+The model is the production one, ``efficientnet_lite0`` (untrained weights: speed is the same),
+exported by ``training.export`` into a temporary repository and served by the real
+tritonserver (dynamic batching as in production). Everything runs on 127.0.0.1 on this
+machine, the load generator in its own process; each level sends a bounded number of requests
+after a warm-up, and is repeated: figures are medians with the spread (min-max) over repeats.
+
+    python -m benchmarks.gateway_bench [--requests 200] [--repeats 3] [--concurrency 1 8 32]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,8 +38,14 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = "compact_cnn"
+MODEL = "efficientnet_lite0"
 SITES = ("back", "face", "lower extremity", "trunk", "unknown")
+TARGETS = {
+    "gateway": "gateway + Triton",
+    "eager": "eager FastAPI baseline",
+    "direct_decode": "Triton direct, client decodes",
+    "direct_tensor": "Triton direct, tensor",
+}
 
 
 def _summary(latencies: list[float], elapsed: float, errors: int) -> dict[str, float]:
@@ -67,42 +80,75 @@ async def _drive(send: Any, concurrency: int, n: int, warmup: int) -> dict[str, 
     return _summary(latencies, time.perf_counter() - start, errors)
 
 
-def load_gateway(url: str, key: str, photos: list[bytes], concurrency: int, n: int) -> dict:
-    """Load generator for the gateway (runs in its own process)."""
+def load_http(
+    url: str, path: str, key: str | None, photos: list[bytes], concurrency: int, n: int
+) -> dict:
+    """Load generator for an HTTP upload endpoint (runs in its own process)."""
+    expected = 201 if path == "/v1/predictions" else 200
 
     async def main() -> dict[str, float]:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        headers = {"X-API-Key": key} if key else {}
         async with httpx.AsyncClient(
-            base_url=url, headers={"X-API-Key": key}, limits=limits, timeout=120
+            base_url=url, headers=headers, limits=limits, timeout=120
         ) as client:
 
             async def send(i: int) -> bool:
                 r = await client.post(
-                    "/v1/predictions",
+                    path,
                     data={"body_location": SITES[i % len(SITES)]},
                     files={"image": ("lesion.jpg", photos[i % len(photos)], "image/jpeg")},
                 )
-                return r.status_code == 201
+                return r.status_code == expected
 
             return await _drive(send, concurrency, n, warmup=2 * concurrency)
 
     return asyncio.run(main())
 
 
-def load_triton(url: str, images: np.ndarray, concurrency: int, n: int) -> dict:
-    """Load generator for Triton directly, same shape of load (runs in its own process)."""
+def load_triton(
+    url: str, payload: list[bytes] | np.ndarray, size: list[int], concurrency: int, n: int
+) -> dict:
+    """Load generator for Triton directly (own process): tensors, or JPEGs it decodes itself
+    with the gateway's ``prepare_image`` in a worker thread, as the gateway does."""
+    import anyio.to_thread
+
+    from serving.images import prepare_image
     from serving.triton_client import AsyncTritonClassifier
+
+    decode = isinstance(payload, list)
 
     async def main() -> dict[str, float]:
         async with AsyncTritonClassifier(url, timeout_s=120) as client:
 
             async def send(i: int) -> bool:
-                out = await client.predict(images[i % len(images)][None])
+                item = payload[i % len(payload)]
+                if decode:
+                    prepared = await anyio.to_thread.run_sync(
+                        prepare_image, item, tuple(size), 50_000_000
+                    )
+                    item = prepared.model_input
+                out = await client.predict(item[None])
                 return out.shape == (1, 7)
 
             return await _drive(send, concurrency, n, warmup=2 * concurrency)
 
     return asyncio.run(main())
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, what: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the {what} exited with status {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError(f"the {what} did not become ready within 120 s")
 
 
 def _start_gateway(tmp: Path, triton_url: str, repo: Path, key: str) -> tuple[Any, str]:
@@ -123,26 +169,41 @@ def _start_gateway(tmp: Path, triton_url: str, repo: Path, key: str) -> tuple[An
     }
     proc = subprocess.Popen([sys.executable, "-m", "serving"], cwd=tmp, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the gateway exited with status {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("the gateway did not become ready within 120 s")
+    _wait_ready(proc, url, "gateway")
+    return proc, url
+
+
+def _start_eager(model: str) -> tuple[Any, str]:
+    from serving.triton.server import free_port
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "benchmarks.eager_app:app", "--port", str(port)]
+    env = {**os.environ, "EAGER_MODEL": model}
+    proc = subprocess.Popen([*cmd, "--log-level", "warning"], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(proc, url, "eager baseline")
+    return proc, url
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"runs": runs, "errors": sum(r["errors"] for r in runs)}
+    for k in ("rps", "p50_ms", "p99_ms"):
+        vals = [r[k] for r in runs]
+        out[k] = statistics.median(vals)
+        out[f"{k}_range"] = [min(vals), max(vals)]
+    return out
 
 
 def run(
     concurrencies: tuple[int, ...] = (1, 8, 32),
     requests: int = 200,
+    repeats: int = 3,
     images_dir: Path | None = None,
+    model: str = MODEL,
+    instances: int = 1,
+    torch_threads: int = 2,
 ) -> dict[str, Any]:
-    """Start Triton and the gateway, load both at each concurrency; all figures as a dict."""
+    """Start Triton, the gateway and the eager baseline; load each at each concurrency."""
     import models
     from benchmarks.common import machine
     from serving.triton.server import run_triton
@@ -150,17 +211,19 @@ def run(
     from training.export import default_parity_dir, export_model, parity_batch
     from training.transforms import eval_resize
 
-    size = models.get_spec(MODEL).input_size
+    size = models.get_spec(model).input_size
     folder = Path(images_dir or default_parity_dir())
     paths = sorted(folder.glob("*.jpg"))
     photos = [p.read_bytes() for p in paths]
     kib = np.mean([len(p) for p in photos]) / 1024
     resized = np.stack([eval_resize(read_image(str(p)), size) for p in paths])
     out: dict[str, Any] = {
-        "model": MODEL,
+        "model": model,
         "input_size": list(size),
         "photos": f"{len(photos)} JPEGs from {folder.name} ({kib:.0f} KiB mean)",
         "requests_per_level": requests,
+        "repeats": repeats,
+        "triton": f"{instances} CPU instance(s) x {torch_threads} torch thread(s)",
         "machine": machine(),
         "levels": [],
     }
@@ -169,44 +232,73 @@ def run(
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         repo = tmp / "repo"
-        export_model(models.create_classifier(MODEL).eval(), repo, size, parity_batch(folder, size))
-        with run_triton(repo, cache_dir=tmp / "triton") as server:
+        export_model(models.create_classifier(model).eval(), repo, size, parity_batch(folder, size))
+        with run_triton(
+            repo, cache_dir=tmp / "triton", instances=instances, torch_threads=torch_threads
+        ) as server:
             gateway, url = _start_gateway(tmp, server.grpc_url, repo, key)
+            eager, eager_url = _start_eager(model)
+            grpc = server.grpc_url
+            jobs = {
+                "gateway": lambda c: (load_http, (url, "/v1/predictions", key, photos, c)),
+                "eager": lambda c: (load_http, (eager_url, "/predict", None, photos, c)),
+                "direct_decode": lambda c: (load_triton, (grpc, photos, list(size), c)),
+                "direct_tensor": lambda c: (load_triton, (grpc, resized, list(size), c)),
+            }
             try:
                 with spawn.Pool(1) as pool:
                     for c in concurrencies:
-                        via = pool.apply(load_gateway, (url, key, photos, c, requests))
-                        direct = pool.apply(load_triton, (server.grpc_url, resized, c, requests))
-                        out["levels"].append(
-                            {
-                                "concurrency": c,
-                                "gateway": via,
-                                "triton": direct,
-                                "rps_ratio": via["rps"] / direct["rps"],
-                                "p50_overhead_ms": via["p50_ms"] - direct["p50_ms"],
-                            }
+                        level: dict[str, Any] = {"concurrency": c}
+                        runs: dict[str, list] = {t: [] for t in jobs}
+                        for _ in range(repeats):  # interleaved: drift hits every target alike
+                            for target, job in jobs.items():
+                                fn, args = job(c)
+                                runs[target].append(pool.apply(fn, (*args, requests)))
+                        for target in jobs:
+                            level[target] = _median(runs[target])
+                        level["gateway_vs_direct_decode"] = (
+                            level["gateway"]["rps"] / level["direct_decode"]["rps"]
                         )
+                        level["gateway_vs_direct_tensor"] = (
+                            level["gateway"]["rps"] / level["direct_tensor"]["rps"]
+                        )
+                        level["gateway_vs_eager"] = level["gateway"]["rps"] / level["eager"]["rps"]
+                        out["levels"].append(level)
             finally:
-                gateway.terminate()
-                gateway.wait(timeout=30)
+                for proc in (gateway, eager):
+                    proc.terminate()
+                    proc.wait(timeout=30)
     return out
 
 
 def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"{res['model']} at {res['input_size'][0]}x{res['input_size'][1]}, {res['photos']}, "
-        f"{res['requests_per_level']} requests per level; {res['machine']}.",
+        f"{res['requests_per_level']} requests per level and target, {res['repeats']} "
+        f"interleaved repeats (median, min-max); Triton: {res['triton']}; {res['machine']}.",
         "",
-        "| concurrency | gateway req/s | p50 / p99 ms | Triton direct req/s | p50 / p99 ms "
-        "| gateway/Triton req/s | p50 overhead ms |",
-        "|---|---|---|---|---|---|---|",
+        "| concurrency | target | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
     ]
     for lv in res["levels"]:
-        g, t = lv["gateway"], lv["triton"]
+        for target, label in TARGETS.items():
+            r = lv[target]
+            lo, hi = r["rps_range"]
+            lines.append(
+                f"| {lv['concurrency']} | {label} | {r['rps']:.1f} ({lo:.1f}-{hi:.1f}) | "
+                f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |"
+            )
+    lines += [
+        "",
+        "| concurrency | gateway / eager req/s | p99 gateway vs eager ms "
+        "| gateway / direct (client decodes) | gateway / direct (tensor) |",
+        "|---|---|---|---|---|",
+    ]
+    for lv in res["levels"]:
         lines.append(
-            f"| {lv['concurrency']} | {g['rps']:.1f} | {g['p50_ms']:.1f} / {g['p99_ms']:.1f} | "
-            f"{t['rps']:.1f} | {t['p50_ms']:.1f} / {t['p99_ms']:.1f} | {lv['rps_ratio']:.2f} | "
-            f"{lv['p50_overhead_ms']:.1f} |"
+            f"| {lv['concurrency']} | {lv['gateway_vs_eager']:.2f}x | "
+            f"{lv['gateway']['p99_ms']:.0f} vs {lv['eager']['p99_ms']:.0f} | "
+            f"{lv['gateway_vs_direct_decode']:.2f} | {lv['gateway_vs_direct_tensor']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -214,11 +306,23 @@ def markdown(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gateway_bench", description=__doc__)
     p.add_argument("--requests", type=int, default=200, help="timed requests per level")
+    p.add_argument("--repeats", type=int, default=3, help="repeats per level and target")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--model", default=MODEL, help="registered model to serve")
+    p.add_argument("--instances", type=int, default=1, help="Triton CPU instances")
+    p.add_argument("--torch-threads", type=int, default=2, help="threads per Triton instance")
     p.add_argument("--images", type=Path, help="folder of JPEGs (default: REAL_LESIONS_DIR)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
-    res = run(tuple(args.concurrency), args.requests, args.images)
+    res = run(
+        tuple(args.concurrency),
+        args.requests,
+        args.repeats,
+        args.images,
+        args.model,
+        args.instances,
+        args.torch_threads,
+    )
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     print(markdown(res))

@@ -1,10 +1,12 @@
 """The real Triton on this machine: batch-1 latency and throughput under concurrent clients,
-with dynamic batching on and off, side by side in one run.
+side by side in one run.
 
-The model is ``compact_cnn`` at its default input size inside the exported wrapper (uint8 in,
+Dynamic batching on and off, with one model instance of two torch threads and with two
+instances of one thread each (this machine has two cores). The model is the production
+``efficientnet_lite0`` at its default input size inside the exported wrapper (uint8 in,
 probabilities out), exported by ``training.export`` into a temporary repository; the weights
-are untrained, which changes nothing about speed. Each mode gets its own server (one CPU
-instance, ``torch_threads`` threads), started and stopped in turn so they never compete.
+are untrained, which changes nothing about speed. Each mode gets its own server, started and
+stopped in turn so they never compete.
 
     python -m benchmarks.triton_bench
 """
@@ -26,7 +28,7 @@ from serving.triton.server import run_triton
 from serving.triton_client import DEFAULT_MODEL_NAME, TritonClassifier
 from training.export import default_parity_dir, export_model, parity_batch
 
-MODEL = "compact_cnn"
+MODEL = "efficientnet_lite0"  # the production model
 
 
 def _percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -93,57 +95,95 @@ def throughput(url: str, images: np.ndarray, clients: int, per_client: int) -> d
     }
 
 
+MODES = (
+    # (label, dynamic batching, instances, torch threads per instance)
+    ("dynamic batching, 1 instance x 2 threads", True, 1, 2),
+    ("no batching, 1 instance x 2 threads", False, 1, 2),
+    ("dynamic batching, 2 instances x 1 thread", True, 2, 1),
+    ("no batching, 2 instances x 1 thread", False, 2, 1),
+)
+
+
 def run(
     clients: int = 8,
     per_client: int = 40,
     latency_requests: int = 60,
-    torch_threads: int = 1,
+    repeats: int = 3,
+    model: str = MODEL,
     images_dir: Path | None = None,
 ) -> dict:
-    """All figures as a dict: ``{"dynamic_batching": {...}, "no_batching": {...}, ...}``."""
-    spec = models.get_spec(MODEL)
+    """All figures as a dict: ``{"modes": [{"label", "latency_batch1", "concurrent"}, ...]}``.
+
+    Each mode gets its own server, started and stopped in turn so they never compete; the
+    concurrent load is repeated ``repeats`` times (median and min-max reported).
+    """
+    spec = models.get_spec(model)
     size = spec.input_size
     images = parity_batch(images_dir or default_parity_dir(), size, n=16)
     out: dict = {
-        "model": MODEL,
+        "model": model,
         "input_size": list(size),
         "clients": clients,
         "requests": clients * per_client,
-        "torch_threads": torch_threads,
+        "repeats": repeats,
         "machine": machine(),
+        "modes": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
-        export_model(models.create_classifier(MODEL).eval(), repo, size, images[:8])
-        for mode, dynamic in (("dynamic_batching", True), ("no_batching", False)):
-            cache = Path(tmp) / mode
+        export_model(models.create_classifier(model).eval(), repo, size, images[:8])
+        for k, (label, dynamic, instances, threads) in enumerate(MODES):
             with run_triton(
-                repo, cache_dir=cache, dynamic_batching=dynamic, torch_threads=torch_threads
+                repo,
+                cache_dir=Path(tmp) / f"mode{k}",
+                dynamic_batching=dynamic,
+                instances=instances,
+                torch_threads=threads,
             ) as server:
-                out[mode] = {
-                    "latency_batch1": latency(server.grpc_url, images, latency_requests),
-                    "concurrent": throughput(server.grpc_url, images, clients, per_client),
-                }
+                runs = [
+                    throughput(server.grpc_url, images, clients, per_client) for _ in range(repeats)
+                ]
+                rates = [r["images_per_s"] for r in runs]
+                out["modes"].append(
+                    {
+                        "label": label,
+                        "latency_batch1": latency(server.grpc_url, images, latency_requests),
+                        "concurrent": {
+                            "images_per_s": statistics.median(rates),
+                            "range": [min(rates), max(rates)],
+                            "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+                            "p95_ms": statistics.median(r["p95_ms"] for r in runs),
+                            "mean_batch": statistics.median(r["mean_batch"] for r in runs),
+                        },
+                    }
+                )
     return out
 
 
 def markdown(res: dict) -> str:
     lines = [
-        f"Triton 2.51 (Python backend, 1 CPU instance, {res['torch_threads']} torch thread(s)), "
-        f"{res['model']} at {res['input_size'][0]}x{res['input_size'][1]}, gRPC on 127.0.0.1; "
-        f"{res['machine']}.",
+        f"Triton 2.51 (Python backend on CPU), {res['model']} at "
+        f"{res['input_size'][0]}x{res['input_size'][1]}, gRPC on 127.0.0.1, "
+        f"{res['clients']} clients x {res['requests'] // res['clients']} single-image requests, "
+        f"{res['repeats']} repeats (median, min-max); {res['machine']}.",
         "",
         f"| mode | batch-1 p50 / p95 ms | {res['clients']} clients: img/s | p50 / p95 ms "
         "| mean batch |",
         "|---|---|---|---|---|",
     ]
-    for mode in ("dynamic_batching", "no_batching"):
-        lat, con = res[mode]["latency_batch1"], res[mode]["concurrent"]
+    for m in res["modes"]:
+        lat, con = m["latency_batch1"], m["concurrent"]
+        lo, hi = con["range"]
         lines.append(
-            f"| {mode.replace('_', ' ')} | {lat['p50_ms']:.1f} / {lat['p95_ms']:.1f} | "
-            f"{con['images_per_s']:.0f} | {con['p50_ms']:.1f} / {con['p95_ms']:.1f} | "
-            f"{con['mean_batch']:.1f} |"
+            f"| {m['label']} | {lat['p50_ms']:.1f} / {lat['p95_ms']:.1f} | "
+            f"{con['images_per_s']:.0f} ({lo:.0f}-{hi:.0f}) | "
+            f"{con['p50_ms']:.1f} / {con['p95_ms']:.1f} | {con['mean_batch']:.1f} |"
         )
+    base = res["modes"][0]["concurrent"]["images_per_s"]
+    ratios = ", ".join(
+        f"{m['label']}: {m['concurrent']['images_per_s'] / base:.2f}x" for m in res["modes"][1:]
+    )
+    lines += ["", f"Throughput against {res['modes'][0]['label']}: {ratios}."]
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from serving.images import ImageRejected, decode_image, prepare_image, sniff_format, store_image
 from training.augment import eval_transform
@@ -95,6 +95,31 @@ def test_exif_orientation_is_applied(lesions: list[tuple[Path, str]], tag: int, 
     jpeg = decode_image(buf.getvalue(), MAX).rgb
     assert jpeg.shape == upright.shape
     assert np.abs(jpeg.astype(int) - upright).mean() < 3  # lossy, but upright
+
+
+@pytest.mark.parametrize("tag", range(1, 9))
+def test_jpeg_fast_path_gives_pillows_pixels_for_every_orientation(
+    lesions: list[tuple[Path, str]], tag: int
+) -> None:
+    """Camera JPEGs skip Pillow's decode: pixels and orientation must be exactly Pillow's."""
+    stored = Image.open(lesions[1][0])
+    exif = Image.Exif()
+    exif[0x0112] = tag
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=90, exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))))
+    got = decode_image(buf.getvalue(), MAX)
+    assert got.rgb.flags.c_contiguous
+    assert np.array_equal(got.rgb, expected)
+    assert (got.width, got.height) == (expected.shape[1], expected.shape[0])
+
+
+def test_greyscale_jpeg_fast_path_matches_pillow() -> None:
+    grey = (np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) % 251).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(grey, "L").save(buf, "JPEG", quality=90)
+    expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert np.array_equal(decode_image(buf.getvalue(), MAX).rgb, expected)
 
 
 def test_palette_with_and_without_transparency() -> None:

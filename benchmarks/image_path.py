@@ -1,0 +1,168 @@
+"""The image path: decode and resize of a full-size JPEG, several ways, against the model's time.
+
+Every way ends at the served model's input (``eval_resize`` to 112x150) from the real 600x450
+photos in REAL_LESIONS_DIR. ``same pixels`` says whether the result is identical to Pillow's
+(the training and serving reference); the reduced-scale decodes are faster but not identical,
+so the gateway does not use them (their mean difference is shown). The model time is the
+production ``efficientnet_lite0`` as the frozen channels-last TorchScript (the fastest CPU
+path in the models section), per image at batch 1 and at batch 32.
+
+    python -m benchmarks.image_path
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import simplejpeg
+from PIL import Image, ImageOps
+
+from benchmarks.common import Stats, machine, stats
+from training.transforms import eval_resize
+
+MODEL = "efficientnet_lite0"
+
+
+def _pillow(data: bytes) -> np.ndarray:
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    return np.asarray(img.convert("RGB"))
+
+
+def _gateway_before(data: bytes) -> np.ndarray:
+    """What the gateway did before: Pillow's decode plus a second, strict simplejpeg pass."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    simplejpeg.decode_jpeg(data, min_factor=8, strict=True)
+    return np.asarray(ImageOps.exif_transpose(img).convert("RGB")).copy()
+
+
+def _opencv(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+
+
+def _simplejpeg(data: bytes) -> np.ndarray:
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+
+
+def ways(size: tuple[int, int], max_pixels: int = 50_000_000) -> dict[str, Callable]:
+    """Name -> ``bytes -> uint8 [*size, 3]``."""
+    from serving.images import prepare_image
+
+    h, w = size
+
+    def pil_draft(data: bytes) -> np.ndarray:
+        img = Image.open(io.BytesIO(data))
+        img.draft("RGB", (w, h))  # libjpeg's DCT scaling to the smallest size >= (w, h)
+        return np.asarray(img.convert("RGB"))
+
+    def simplejpeg_scaled(data: bytes) -> np.ndarray:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=h, min_width=w)
+
+    return {
+        "Pillow": lambda d: eval_resize(_pillow(d), size),
+        "OpenCV": lambda d: eval_resize(_opencv(d), size),
+        "simplejpeg (libjpeg-turbo, strict)": lambda d: eval_resize(_simplejpeg(d), size),
+        "Pillow + strict check (gateway before)": lambda d: eval_resize(_gateway_before(d), size),
+        "gateway prepare_image now (simplejpeg + checks + stats)": lambda d: (
+            prepare_image(d, size, max_pixels).model_input
+        ),
+        "Pillow draft, DCT-scaled": lambda d: eval_resize(pil_draft(d), size),
+        "simplejpeg, DCT-scaled": lambda d: eval_resize(simplejpeg_scaled(d), size),
+    }
+
+
+def _per_image_ms(fn: Callable[[bytes], np.ndarray], photos: list[bytes], repeats: int) -> Stats:
+    fn(photos[0])
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for d in photos:
+            fn(d)
+        samples.append((time.perf_counter() - start) * 1000 / len(photos))
+    return stats(samples)
+
+
+def _model_ms(size: tuple[int, int], repeats: int) -> dict[int, Stats]:
+    import torch
+
+    from benchmarks.models_bench import SIZE, inference_variants
+
+    assert tuple(size) == SIZE, (size, SIZE)
+    net = inference_variants(MODEL)["TorchScript frozen channels-last"]
+    out = {}
+    for batch in (1, 32):
+        x = torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8)
+        with torch.inference_mode():
+            for _ in range(3):
+                net(x)
+            samples = []
+            for _ in range(repeats):
+                n = max(1, 64 // batch)
+                start = time.perf_counter()
+                for _ in range(n):
+                    net(x)
+                samples.append((time.perf_counter() - start) * 1000 / (n * batch))
+        out[batch] = stats(samples)
+    return out
+
+
+def run(images_dir: Path | None = None, repeats: int = 5) -> dict:
+    import models
+    from training.export import default_parity_dir
+
+    folder = Path(images_dir or default_parity_dir())
+    photos = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))]
+    size = models.get_spec(MODEL).input_size
+    first = _pillow(photos[0])
+    reference = [eval_resize(_pillow(d), size) for d in photos]
+    rows = []
+    for name, fn in ways(size).items():
+        pairs = list(zip([fn(d) for d in photos], reference, strict=True))
+        diff = np.mean([np.abs(a.astype(int) - b).mean() for a, b in pairs])
+        same = all(np.array_equal(a, b) for a, b in pairs)
+        rows.append(
+            {"way": name, "ms": _per_image_ms(fn, photos, repeats), "same": same, "diff": diff}
+        )
+    return {
+        "photos": f"{len(photos)} JPEGs {first.shape[1]}x{first.shape[0]} from {folder.name}",
+        "size": list(size),
+        "rows": rows,
+        "model_ms": _model_ms(size, repeats),
+        "machine": machine(),
+    }
+
+
+def markdown(res: dict) -> str:
+    base = res["rows"][0]["ms"].median
+    gateway = next(r["ms"].median for r in res["rows"] if r["way"].startswith("gateway prep"))
+    model = res["model_ms"]
+    lines = [
+        f"{res['photos']}, each decoded and resized to {res['size'][0]}x{res['size'][1]}; "
+        f"ms per image, median (min-max) of repeated passes, one thread; {res['machine']}.",
+        "",
+        "| way | ms / image | speed vs Pillow | same pixels as Pillow | mean abs diff |",
+        "|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        lines.append(
+            f"| {r['way']} | {r['ms'].fmt(2)} | {base / r['ms'].median:.2f}x | "
+            f"{'yes' if r['same'] else 'no'} | {r['diff']:.2f} |"
+        )
+    lines += [
+        "",
+        f"The model ({MODEL}, frozen channels-last TorchScript, 2 threads): "
+        f"{model[1].fmt(2)} ms per image at batch 1, {model[32].fmt(2)} ms per image at "
+        f"batch 32. The gateway's decode is "
+        f"{gateway / model[32].median:.2f}x a batched inference of one image, "
+        f"{gateway / model[1].median:.2f}x a batch-1 inference.",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown(run()))

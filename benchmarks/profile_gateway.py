@@ -1,0 +1,147 @@
+"""Where the gateway's CPU goes: py-spy samples the running gateway under load.
+
+Starts the real Triton and ``python -m serving`` as ``gateway_bench`` does, warms up, then
+records the gateway process with ``py-spy record`` (on-CPU samples only, native frames off,
+no line numbers) while the load generator sends ``--requests`` uploads of the real 600x450
+photos at ``--concurrency``. Prints the functions with the largest inclusive and own share
+of the gateway's samples, as markdown, and keeps the raw collapsed stacks (``--raw``) for a
+flame graph (``flamegraph.pl`` or speedscope.app read them).
+
+    python -m benchmarks.profile_gateway [--requests 600] [--concurrency 8] [--raw FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.gateway_bench import MODEL, _start_gateway, load_http
+
+_LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
+
+
+def _py_spy() -> str:
+    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(found).exists():
+        raise RuntimeError("py-spy is not installed: pip install py-spy (in the dev extra)")
+    return found
+
+
+def parse(raw: str) -> dict[str, Any]:
+    """Collapsed stacks -> total samples, inclusive and own samples per function."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.splitlines():
+        m = _LINE.match(line.strip())
+        if not m:
+            continue
+        count = int(m["count"])
+        frames = [f for f in m["stack"].split(";") if "(" in f]  # drop process/thread names
+        if not frames:
+            continue
+        total += count
+        for f in set(frames):
+            inclusive[f] += count
+        own[frames[-1]] += count
+    return {"total": total, "inclusive": inclusive, "own": own}
+
+
+def run(
+    requests: int = 600, concurrency: int = 8, model: str = MODEL, raw_path: Path | None = None
+) -> dict[str, Any]:
+    import models
+    from serving.triton.server import run_triton
+    from training.export import default_parity_dir, export_model, parity_batch
+
+    size = models.get_spec(model).input_size
+    folder = default_parity_dir()
+    photos = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))]
+    key = "bench-" + os.urandom(16).hex()
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        repo = tmp / "repo"
+        export_model(models.create_classifier(model).eval(), repo, size, parity_batch(folder, size))
+        with run_triton(repo, cache_dir=tmp / "triton", torch_threads=2) as server:
+            gateway, url = _start_gateway(tmp, server.grpc_url, repo, key)
+            raw = tmp / "stacks.txt"
+            try:
+                with spawn.Pool(1) as pool:
+                    pool.apply(load_http, (url, "/v1/predictions", key, photos, concurrency, 64))
+                    spy = subprocess.Popen(
+                        [_py_spy(), "record", "--pid", str(gateway.pid), "--format", "raw"]
+                        + ["--rate", "250", "--nolineno", "--output", str(raw)],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                    )
+                    time.sleep(1.0)  # py-spy attaches
+                    load = pool.apply(
+                        load_http, (url, "/v1/predictions", key, photos, concurrency, requests)
+                    )
+                    spy.send_signal(signal.SIGINT)
+                    _, err = spy.communicate(timeout=60)
+            finally:
+                gateway.terminate()
+                gateway.wait(timeout=30)
+            if not raw.exists():
+                raise RuntimeError(f"py-spy wrote no profile: {err.decode(errors='replace')}")
+            text = raw.read_text()
+            if raw_path:
+                raw_path.write_text(text)
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "model": model,
+        "load": load,
+        **parse(text),
+    }
+
+
+def markdown(res: dict[str, Any], top: int = 20) -> str:
+    total = res["total"]
+    load = res["load"]
+    lines = [
+        f"py-spy on the gateway process (250 Hz, on-CPU samples), {res['requests']} uploads at "
+        f"concurrency {res['concurrency']} ({load['rps']:.1f} req/s while sampled, "
+        f"p50 {load['p50_ms']:.0f} ms), {res['model']}; {total} samples.",
+        "",
+        "| function | inclusive % | own % |",
+        "|---|---|---|",
+    ]
+    for name, n in res["inclusive"].most_common(top):
+        lines.append(
+            f"| `{name}` | {100 * n / total:.1f} | {100 * res['own'].get(name, 0) / total:.1f} |"
+        )
+    lines += ["", "Largest own time:", "", "| function | own % |", "|---|---|"]
+    for name, n in res["own"].most_common(top // 2):
+        lines.append(f"| `{name}` | {100 * n / total:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile_gateway", description=__doc__)
+    p.add_argument("--requests", type=int, default=600)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--model", default=MODEL)
+    p.add_argument("--top", type=int, default=20, help="functions to list")
+    p.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
+    args = p.parse_args(argv)
+    res = run(args.requests, args.concurrency, args.model, args.raw)
+    print(markdown(res, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
