@@ -12,7 +12,8 @@
 
 The model is the production one, ``efficientnet_lite0`` (untrained weights: speed is the same),
 exported by ``training.export`` into a temporary repository and served by the real
-tritonserver (dynamic batching as in production). Everything runs on 127.0.0.1 on this
+tritonserver (dynamic batching as in production; two CPU instances of one thread, the fastest
+mode in the Triton section). Everything runs on 127.0.0.1 on this
 machine, the load generator in its own process; each level sends a bounded number of requests
 after a warm-up, and is repeated: figures are medians with the spread (min-max) over repeats.
 
@@ -23,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -48,9 +51,17 @@ TARGETS = {
 }
 
 
-def _summary(latencies: list[float], elapsed: float, errors: int) -> dict[str, float]:
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _summary(
+    latencies: list[float], elapsed: float, errors: int, cpu_s: float = 0.0
+) -> dict[str, float]:
     ms = np.asarray(latencies) * 1000
     return {
+        "cpu_s": cpu_s,  # the load generator's own CPU time over the timed requests
         "requests": len(latencies),
         "errors": errors,
         "rps": len(latencies) / elapsed,
@@ -75,9 +86,9 @@ async def _drive(send: Any, concurrency: int, n: int, warmup: int) -> dict[str, 
             latencies.append(time.perf_counter() - start)
             errors += not ok
 
-    start = time.perf_counter()
+    cpu0, start = _cpu_s(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return _summary(latencies, time.perf_counter() - start, errors)
+    return _summary(latencies, time.perf_counter() - start, errors, _cpu_s() - cpu0)
 
 
 def load_http(
@@ -137,7 +148,7 @@ def load_triton(
 
 
 def _wait_ready(proc: subprocess.Popen, url: str, what: str) -> None:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the {what} exited with status {proc.returncode}")
@@ -147,8 +158,8 @@ def _wait_ready(proc: subprocess.Popen, url: str, what: str) -> None:
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError(f"the {what} did not become ready within 120 s")
+    _stop(proc)
+    raise RuntimeError(f"the {what} did not become ready within 300 s")
 
 
 def _start_gateway(tmp: Path, triton_url: str, repo: Path, key: str) -> tuple[Any, str]:
@@ -185,8 +196,66 @@ def _start_eager(model: str) -> tuple[Any, str]:
     return proc, url
 
 
-def _median(runs: list[dict[str, float]]) -> dict[str, Any]:
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _level(pool: Any, jobs: dict[str, Any], c: int, requests: int, repeats: int) -> dict:
+    """Every target at concurrency ``c``, repeats interleaved so drift hits all alike."""
+    level: dict[str, Any] = {"concurrency": c}
+    runs: dict[str, list] = {t: [] for t in jobs}
+    for _ in range(repeats):
+        for target, (fn, args, pids) in jobs.items():
+            before = {k: tree_cpu_s(pid) for k, pid in pids.items()}
+            res = pool.apply(fn, (*args, c, requests))
+            res["server_cpu_ms"] = {
+                k: 1000 * (tree_cpu_s(pid) - before[k]) / requests for k, pid in pids.items()
+            }
+            runs[target].append(res)
+    for target in jobs:
+        level[target] = _median(runs[target])
+    for other in ("direct_decode", "direct_tensor", "eager"):
+        level[f"gateway_vs_{other}"] = level["gateway"]["rps"] / level[other]["rps"]
+    return level
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (Triton's Python backend
+    runs each model instance in a child stub process)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    tree = {pid}
+    grew = True
+    while grew:
+        grew = False
+        for child, (parent, _) in stats.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    return sum(stats.get(member, (0, 0.0))[1] for member in tree)
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": runs, "errors": sum(r["errors"] for r in runs)}
+    out["cpu_ms"] = {
+        k: statistics.median(r["server_cpu_ms"][k] for r in runs) for k in runs[0]["server_cpu_ms"]
+    }
+    out["cpu_ms"]["load generator"] = statistics.median(
+        1000 * r["cpu_s"] / r["requests"] for r in runs
+    )
     for k in ("rps", "p50_ms", "p99_ms"):
         vals = [r[k] for r in runs]
         out[k] = statistics.median(vals)
@@ -200,8 +269,8 @@ def run(
     repeats: int = 3,
     images_dir: Path | None = None,
     model: str = MODEL,
-    instances: int = 1,
-    torch_threads: int = 2,
+    instances: int = 2,
+    torch_threads: int = 1,
 ) -> dict[str, Any]:
     """Start Triton, the gateway and the eager baseline; load each at each concurrency."""
     import models
@@ -233,41 +302,39 @@ def run(
         tmp = Path(tmp_name)
         repo = tmp / "repo"
         export_model(models.create_classifier(model).eval(), repo, size, parity_batch(folder, size))
-        with run_triton(
-            repo, cache_dir=tmp / "triton", instances=instances, torch_threads=torch_threads
-        ) as server:
+        with (
+            run_triton(
+                repo, cache_dir=tmp / "triton", instances=instances, torch_threads=torch_threads
+            ) as server,
+            contextlib.ExitStack() as procs,
+        ):
             gateway, url = _start_gateway(tmp, server.grpc_url, repo, key)
+            procs.callback(_stop, gateway)
             eager, eager_url = _start_eager(model)
+            procs.callback(_stop, eager)
             grpc = server.grpc_url
-            jobs = {
-                "gateway": lambda c: (load_http, (url, "/v1/predictions", key, photos, c)),
-                "eager": lambda c: (load_http, (eager_url, "/predict", None, photos, c)),
-                "direct_decode": lambda c: (load_triton, (grpc, photos, list(size), c)),
-                "direct_tensor": lambda c: (load_triton, (grpc, resized, list(size), c)),
+            triton_pid = server.process.pid
+            jobs = {  # target -> (load function, its arguments, the server processes it loads)
+                "gateway": (
+                    load_http,
+                    (url, "/v1/predictions", key, photos),
+                    {"gateway": gateway.pid, "Triton": triton_pid},
+                ),
+                "eager": (load_http, (eager_url, "/predict", None, photos), {"eager": eager.pid}),
+                "direct_decode": (
+                    load_triton,
+                    (grpc, photos, list(size)),
+                    {"Triton": triton_pid},
+                ),
+                "direct_tensor": (
+                    load_triton,
+                    (grpc, resized, list(size)),
+                    {"Triton": triton_pid},
+                ),
             }
-            try:
-                with spawn.Pool(1) as pool:
-                    for c in concurrencies:
-                        level: dict[str, Any] = {"concurrency": c}
-                        runs: dict[str, list] = {t: [] for t in jobs}
-                        for _ in range(repeats):  # interleaved: drift hits every target alike
-                            for target, job in jobs.items():
-                                fn, args = job(c)
-                                runs[target].append(pool.apply(fn, (*args, requests)))
-                        for target in jobs:
-                            level[target] = _median(runs[target])
-                        level["gateway_vs_direct_decode"] = (
-                            level["gateway"]["rps"] / level["direct_decode"]["rps"]
-                        )
-                        level["gateway_vs_direct_tensor"] = (
-                            level["gateway"]["rps"] / level["direct_tensor"]["rps"]
-                        )
-                        level["gateway_vs_eager"] = level["gateway"]["rps"] / level["eager"]["rps"]
-                        out["levels"].append(level)
-            finally:
-                for proc in (gateway, eager):
-                    proc.terminate()
-                    proc.wait(timeout=30)
+            with spawn.Pool(1) as pool:
+                for c in concurrencies:
+                    out["levels"].append(_level(pool, jobs, c, requests, repeats))
     return out
 
 
@@ -277,16 +344,17 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['requests_per_level']} requests per level and target, {res['repeats']} "
         f"interleaved repeats (median, min-max); Triton: {res['triton']}; {res['machine']}.",
         "",
-        "| concurrency | target | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|",
+        "| concurrency | target | req/s | p50 ms | p99 ms | errors | CPU ms per request |",
+        "|---|---|---|---|---|---|---|",
     ]
     for lv in res["levels"]:
         for target, label in TARGETS.items():
             r = lv[target]
             lo, hi = r["rps_range"]
+            cpu = ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms"].items())
             lines.append(
                 f"| {lv['concurrency']} | {label} | {r['rps']:.1f} ({lo:.1f}-{hi:.1f}) | "
-                f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |"
+                f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {cpu} |"
             )
     lines += [
         "",
@@ -309,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="repeats per level and target")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--model", default=MODEL, help="registered model to serve")
-    p.add_argument("--instances", type=int, default=1, help="Triton CPU instances")
-    p.add_argument("--torch-threads", type=int, default=2, help="threads per Triton instance")
+    p.add_argument("--instances", type=int, default=2, help="Triton CPU instances")
+    p.add_argument("--torch-threads", type=int, default=1, help="threads per Triton instance")
     p.add_argument("--images", type=Path, help="folder of JPEGs (default: REAL_LESIONS_DIR)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)

@@ -26,9 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gateway_bench import MODEL, _start_gateway, load_http
+from benchmarks.gateway_bench import MODEL, _start_gateway, load_http, tree_cpu_s
 
 _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
+# Leaves where a thread only waits (py-spy on this kernel counts some of them as active).
+_IDLE = ("Condition.wait (", "Event.wait (", "Queue.get (", "select (", "poll (")
 
 
 def _py_spy() -> str:
@@ -49,7 +51,7 @@ def parse(raw: str) -> dict[str, Any]:
             continue
         count = int(m["count"])
         frames = [f for f in m["stack"].split(";") if "(" in f]  # drop process/thread names
-        if not frames:
+        if not frames or frames[-1].startswith(_IDLE):
             continue
         total += count
         for f in set(frames):
@@ -59,7 +61,12 @@ def parse(raw: str) -> dict[str, Any]:
 
 
 def run(
-    requests: int = 600, concurrency: int = 8, model: str = MODEL, raw_path: Path | None = None
+    requests: int = 600,
+    concurrency: int = 8,
+    model: str = MODEL,
+    raw_path: Path | None = None,
+    instances: int = 2,
+    torch_threads: int = 1,
 ) -> dict[str, Any]:
     import models
     from serving.triton.server import run_triton
@@ -74,7 +81,9 @@ def run(
         tmp = Path(tmp_name)
         repo = tmp / "repo"
         export_model(models.create_classifier(model).eval(), repo, size, parity_batch(folder, size))
-        with run_triton(repo, cache_dir=tmp / "triton", torch_threads=2) as server:
+        with run_triton(
+            repo, cache_dir=tmp / "triton", instances=instances, torch_threads=torch_threads
+        ) as server:
             gateway, url = _start_gateway(tmp, server.grpc_url, repo, key)
             raw = tmp / "stacks.txt"
             try:
@@ -87,9 +96,12 @@ def run(
                         stderr=subprocess.PIPE,
                     )
                     time.sleep(1.0)  # py-spy attaches
+                    procs = {"gateway": gateway.pid, "Triton": server.process.pid}
+                    before = {k: tree_cpu_s(v) for k, v in procs.items()}
                     load = pool.apply(
                         load_http, (url, "/v1/predictions", key, photos, concurrency, requests)
                     )
+                    cpu = {k: tree_cpu_s(v) - before[k] for k, v in procs.items()}
                     spy.send_signal(signal.SIGINT)
                     _, err = spy.communicate(timeout=60)
             finally:
@@ -104,23 +116,37 @@ def run(
         "requests": requests,
         "concurrency": concurrency,
         "model": model,
+        "triton": f"{instances} instance(s) x {torch_threads} thread(s)",
         "load": load,
+        "cpu_ms_per_request": {
+            **{k: 1000 * v / requests for k, v in cpu.items()},
+            "load generator": 1000 * load["cpu_s"] / requests,
+        },
         **parse(text),
     }
+
+
+def _ours(frame: str) -> bool:
+    """A function of this project's request path (not the entry point)."""
+    return ("(serving/" in frame or "(training/" in frame) and "__main__" not in frame
 
 
 def markdown(res: dict[str, Any], top: int = 20) -> str:
     total = res["total"]
     load = res["load"]
     lines = [
-        f"py-spy on the gateway process (250 Hz, on-CPU samples), {res['requests']} uploads at "
-        f"concurrency {res['concurrency']} ({load['rps']:.1f} req/s while sampled, "
-        f"p50 {load['p50_ms']:.0f} ms), {res['model']}; {total} samples.",
+        f"py-spy on the gateway process (250 Hz; samples where a thread only waits dropped), "
+        f"{res['requests']} uploads at concurrency {res['concurrency']} ({load['rps']:.1f} "
+        f"req/s while sampled, p50 {load['p50_ms']:.0f} ms), {res['model']}; {total} samples. "
+        "CPU time per request (user + system, from /proc, py-spy's own cost excluded): "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in res["cpu_ms_per_request"].items())
+        + ". Shares of the gateway's busy samples; the project's own functions:",
         "",
         "| function | inclusive % | own % |",
         "|---|---|---|",
     ]
-    for name, n in res["inclusive"].most_common(top):
+    ours = [(f, n) for f, n in res["inclusive"].most_common() if _ours(f)][:top]
+    for name, n in ours:
         lines.append(
             f"| `{name}` | {100 * n / total:.1f} | {100 * res['own'].get(name, 0) / total:.1f} |"
         )
@@ -137,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=MODEL)
     p.add_argument("--top", type=int, default=20, help="functions to list")
     p.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
+    p.add_argument("--instances", type=int, default=2, help="Triton CPU instances")
+    p.add_argument("--torch-threads", type=int, default=1, help="threads per Triton instance")
     args = p.parse_args(argv)
-    res = run(args.requests, args.concurrency, args.model, args.raw)
+    res = run(
+        args.requests, args.concurrency, args.model, args.raw, args.instances, args.torch_threads
+    )
     print(markdown(res, args.top))
     return 0
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -58,7 +60,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     catalog = ModelCatalog(
         triton, settings.model_repository, settings.model_info_ttl_s, settings.referral_threshold
     )
-    app.state.gateway = AppState(settings, db, rules, triton, catalog, app.state.metrics)
+    decoders = settings.decode_threads or os.cpu_count() or 1
+    app.state.gateway = AppState(
+        settings, db, rules, triton, catalog, app.state.metrics, anyio.CapacityLimiter(decoders)
+    )
     app.state.monitor = monitoring.DriftMonitor(app.state.gateway)
     refresher = asyncio.create_task(app.state.monitor.refresh_forever())
     try:

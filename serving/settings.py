@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(False, description="serve /metrics without an API key")
     max_upload_bytes: int = Field(10 * 2**20, gt=0, description="largest accepted image file")
     max_pixels: int = Field(40_000_000, gt=0, description="largest accepted width x height")
+    decode_threads: int = Field(
+        0,
+        ge=0,
+        description="photos decoded at once (0: one per CPU core); more only adds thread "
+        "switching, fewer leaves cores idle",
+    )
     max_header_bytes: int = Field(
         32 * 1024, ge=1024, description="largest request line plus headers (400 beyond)"
     )

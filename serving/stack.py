@@ -124,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM ends the stack like Ctrl-C: both children are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
+    from serving.triton.__main__ import CPU_INSTANCES
     from serving.triton.server import run_triton
 
-    with run_triton(args.repository) as triton:
+    with run_triton(args.repository, instances=CPU_INSTANCES) as triton:
         env = {
             **os.environ,
             "SKIN_TRITON_URL": triton.grpc_url,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -29,6 +30,7 @@ class AppState:
     triton: AsyncTritonClassifier
     catalog: ModelCatalog
     metrics: Metrics
+    decode_limiter: anyio.CapacityLimiter  # CPU-bound decoding: as many at once as cores
 
 
 def get_state(request: Request) -> AppState:

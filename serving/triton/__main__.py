@@ -7,11 +7,14 @@ models are ready, prints the endpoints, and stops the server cleanly on Ctrl-C o
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
 
 from serving.triton.server import DEFAULT_CACHE, TritonServer, TritonServerError
+
+CPU_INSTANCES = max(1, min(2, os.cpu_count() or 1))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -22,7 +25,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--grpc-port", type=int, help="default: a free port")
     p.add_argument("--http-port", type=int, help="default: a free port")
     p.add_argument("--metrics-port", type=int, help="default: a free port")
-    p.add_argument("--instances", type=int, default=1, help="CPU instances per model")
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=CPU_INSTANCES,
+        help="CPU instances per model (2 instances x 1 thread: 1.29x the throughput of "
+        "1 x 2 on a 2-core host, docs/benchmarks.md)",
+    )
     p.add_argument("--torch-threads", type=int, default=1, help="threads per instance")
     p.add_argument("--no-dynamic-batching", action="store_true")
     p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds")

@@ -174,7 +174,7 @@ async def create_prediction(
     model = await state.catalog.served()
     t0 = time.perf_counter()
     prepared = await anyio.to_thread.run_sync(
-        prepare_image, data, model.input_size, settings.max_pixels
+        prepare_image, data, model.input_size, settings.max_pixels, limiter=state.decode_limiter
     )
     t1 = time.perf_counter()
     try:
@@ -188,7 +188,11 @@ async def create_prediction(
             raise
         if fresh.input_size != model.input_size:
             prepared = await anyio.to_thread.run_sync(
-                prepare_image, data, fresh.input_size, settings.max_pixels
+                prepare_image,
+                data,
+                fresh.input_size,
+                settings.max_pixels,
+                limiter=state.decode_limiter,
             )
         model = fresh
         probs = await _predict(state, prepared, model)
