@@ -148,18 +148,13 @@ def load_triton(
 
 
 def _wait_ready(proc: subprocess.Popen, url: str, what: str) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the {what} exited with status {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    _stop(proc)
-    raise RuntimeError(f"the {what} did not become ready within 300 s")
+    from serving.stack import wait_ready
+
+    try:
+        wait_ready(url, proc, timeout_s=300, what=what)
+    except RuntimeError:
+        _stop(proc)
+        raise
 
 
 def _start_gateway(tmp: Path, triton_url: str, repo: Path, key: str) -> tuple[Any, str]:

@@ -64,18 +64,21 @@ def train_and_export(config: Path, repository: Path, name: str) -> None:
     )
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+def wait_ready(
+    url: str, proc: subprocess.Popen, timeout_s: float = 120.0, what: str = "gateway"
+) -> None:
+    """Poll ``url``/readyz until 200; raise if ``proc`` exits or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the gateway exited with status {proc.returncode}")
+            raise RuntimeError(f"the {what} exited with status {proc.returncode}")
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"the gateway was not ready within {timeout_s:.0f} s")
+    raise RuntimeError(f"the {what} was not ready within {timeout_s:.0f} s")
 
 
 def check(url: str, key: str, photo: Path) -> dict:
@@ -124,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM ends the stack like Ctrl-C: both children are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
-    from serving.triton.__main__ import CPU_INSTANCES
-    from serving.triton.server import run_triton
+    from serving.triton.server import CPU_INSTANCES, run_triton
 
     with run_triton(args.repository, instances=CPU_INSTANCES) as triton:
         env = {
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         gateway = subprocess.Popen([sys.executable, "-m", "serving"], env=env)
         url = f"http://127.0.0.1:{args.port}"
         try:
-            _wait_ready(url, gateway)
+            wait_ready(url, gateway)
             print(
                 "\nThe stack is up:\n"
                 f"  clinician page   {url}/\n"

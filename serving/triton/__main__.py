@@ -7,14 +7,11 @@ models are ready, prints the endpoints, and stops the server cleanly on Ctrl-C o
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
 
-from serving.triton.server import DEFAULT_CACHE, TritonServer, TritonServerError
-
-CPU_INSTANCES = max(1, min(2, os.cpu_count() or 1))
+from serving.triton.server import CPU_INSTANCES, DEFAULT_CACHE, TritonServer, TritonServerError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -125,6 +125,11 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+# CPU instances of the local copy: 2 instances x 1 torch thread was the fastest mode on a
+# 2-core host (Triton section of docs/benchmarks.md); never more instances than cores.
+CPU_INSTANCES = max(1, min(2, os.cpu_count() or 1))
+
+
 class TritonServer:
     """One ``tritonserver`` process serving the CPU rendering of a model repository.
 
