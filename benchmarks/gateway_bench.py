@@ -56,9 +56,7 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _summary(
-    latencies: list[float], elapsed: float, errors: int, cpu_s: float = 0.0
-) -> dict[str, float]:
+def _summary(latencies: list[float], elapsed: float, errors: int, cpu_s: float) -> dict[str, float]:
     ms = np.asarray(latencies) * 1000
     return {
         "cpu_s": cpu_s,  # the load generator's own CPU time over the timed requests
@@ -125,9 +123,11 @@ def load_triton(
     import anyio.to_thread
 
     from serving.images import prepare_image
+    from serving.settings import Settings
     from serving.triton_client import AsyncTritonClassifier
 
     decode = isinstance(payload, list)
+    max_pixels = Settings.model_fields["max_pixels"].default
 
     async def main() -> dict[str, float]:
         async with AsyncTritonClassifier(url, timeout_s=120) as client:
@@ -136,7 +136,7 @@ def load_triton(
                 item = payload[i % len(payload)]
                 if decode:
                     prepared = await anyio.to_thread.run_sync(
-                        prepare_image, item, tuple(size), 50_000_000
+                        prepare_image, item, tuple(size), max_pixels
                     )
                     item = prepared.model_input
                 out = await client.predict(item[None])

@@ -35,9 +35,11 @@ def _pillow(data: bytes) -> np.ndarray:
 
 def _gateway_before(data: bytes) -> np.ndarray:
     """What the gateway did before: Pillow's decode plus a second, strict simplejpeg pass."""
+    from serving.images import _check_jpeg_data
+
     img = Image.open(io.BytesIO(data))
     img.load()
-    simplejpeg.decode_jpeg(data, min_factor=8, strict=True)
+    _check_jpeg_data(data)
     return np.asarray(ImageOps.exif_transpose(img).convert("RGB")).copy()
 
 
@@ -49,9 +51,12 @@ def _simplejpeg(data: bytes) -> np.ndarray:
     return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
 
 
-def ways(size: tuple[int, int], max_pixels: int = 50_000_000) -> dict[str, Callable]:
+def ways(size: tuple[int, int]) -> dict[str, Callable]:
     """Name -> ``bytes -> uint8 [*size, 3]``."""
     from serving.images import prepare_image
+    from serving.settings import Settings
+
+    max_pixels = Settings.model_fields["max_pixels"].default
 
     h, w = size
 

@@ -1,11 +1,12 @@
 """Where the gateway's CPU goes: py-spy samples the running gateway under load.
 
 Starts the real Triton and ``python -m serving`` as ``gateway_bench`` does, warms up, then
-records the gateway process with ``py-spy record`` (on-CPU samples only, native frames off,
-no line numbers) while the load generator sends ``--requests`` uploads of the real 600x450
-photos at ``--concurrency``. Prints the functions with the largest inclusive and own share
-of the gateway's samples, as markdown, and keeps the raw collapsed stacks (``--raw``) for a
-flame graph (``flamegraph.pl`` or speedscope.app read them).
+records the gateway process with ``py-spy record`` (native frames off, no line numbers; samples
+of threads that only wait are dropped when parsed) while the load generator sends
+``--requests`` uploads of the real 600x450 photos at ``--concurrency``. Prints the CPU time
+per request of each process and the functions with the largest inclusive and own share of the
+gateway's samples, as markdown, and keeps the raw collapsed stacks (``--raw``) for a flame
+graph (``flamegraph.pl`` or speedscope.app read them).
 
     python -m benchmarks.profile_gateway [--requests 600] [--concurrency 8] [--raw FILE]
 """

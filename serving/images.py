@@ -146,12 +146,13 @@ def _decode_jpeg(data: bytes, img: Image.Image) -> np.ndarray:
     return _orient(rgb, orientation if isinstance(orientation, int) else 1)
 
 
-def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes, max_pixels: int, sha256: str | None = None) -> DecodedImage:
     """Decode a JPEG/PNG upload to oriented RGB ``uint8`` ``[H, W, 3]``.
 
     Args:
         data: the uploaded bytes.
         max_pixels: refuse images with more pixels than this, before decoding them.
+        sha256: the hex digest of ``data`` when the caller has it already (else computed).
 
     Raises:
         ImageRejected: 415 not JPEG/PNG, 413 too many pixels, 422 truncated or corrupt.
@@ -190,7 +191,8 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         raise ImageRejected(
             f"the {fmt.upper()} file is truncated or corrupt ({e}): upload the complete file"
         ) from e
-    return DecodedImage(rgb, fmt, hashlib.sha256(data).hexdigest(), rgb.shape[1], rgb.shape[0])
+    digest = sha256 or hashlib.sha256(data).hexdigest()
+    return DecodedImage(rgb, fmt, digest, rgb.shape[1], rgb.shape[0])
 
 
 def luminance_stats(rgb: np.ndarray) -> tuple[float, float]:
@@ -199,12 +201,14 @@ def luminance_stats(rgb: np.ndarray) -> tuple[float, float]:
     return round(float(y.mean()), 3), round(float(y.std()), 3)
 
 
-def prepare_image(data: bytes, size: tuple[int, int], max_pixels: int) -> PreparedImage:
+def prepare_image(
+    data: bytes, size: tuple[int, int], max_pixels: int, sha256: str | None = None
+) -> PreparedImage:
     """Decode, orient and resize an upload for a model with input ``size = (height, width)``.
 
     CPU work: call it in a worker thread from async code.
     """
-    decoded = decode_image(data, max_pixels)
+    decoded = decode_image(data, max_pixels, sha256)
     model_input = eval_resize(decoded.rgb, size)
     brightness, contrast = luminance_stats(model_input)
     return PreparedImage(model_input, decoded, brightness, contrast)

@@ -165,7 +165,8 @@ async def create_prediction(
             "send a smaller file",
             status_code=413,
         )
-    fp = fingerprint(form, hashlib.sha256(data).hexdigest())
+    digest = hashlib.sha256(data).hexdigest()
+    fp = fingerprint(form, digest)
     if request_id is not None:
         stored = await state.db.run(crud.find_request, client, request_id)
         if stored is not None:
@@ -174,7 +175,12 @@ async def create_prediction(
     model = await state.catalog.served()
     t0 = time.perf_counter()
     prepared = await anyio.to_thread.run_sync(
-        prepare_image, data, model.input_size, settings.max_pixels, limiter=state.decode_limiter
+        prepare_image,
+        data,
+        model.input_size,
+        settings.max_pixels,
+        digest,
+        limiter=state.decode_limiter,
     )
     t1 = time.perf_counter()
     try:
@@ -192,6 +198,7 @@ async def create_prediction(
                 data,
                 fresh.input_size,
                 settings.max_pixels,
+                digest,
                 limiter=state.decode_limiter,
             )
         model = fresh
