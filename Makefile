@@ -28,7 +28,7 @@ install: $(STAMP)
 # Train + evaluate + export unless a model is exported already, then serve it: the real Triton
 # and the gateway on 127.0.0.1 (URLs printed; Ctrl-C stops).
 run: $(STAMP)
-	$(PY) -m serving.stack --config $(RUN_CONFIG)
+	$(PY) -m tools.stack --config $(RUN_CONFIG)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

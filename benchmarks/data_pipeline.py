@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import rate, repeat
+from contracts.images import index_images, read_image
 from training import data
 from training.augment import train_transform
 
@@ -36,7 +37,7 @@ def measure(ham_dir: str | Path, n: int = 512, size: tuple[int, int] = SIZE) -> 
     decode and augment cost, not disk. cv2 runs single-threaded, as in training (see
     ``LesionDataModule.setup``). Each figure is the median of 3 runs.
     """
-    paths = sorted(data.index_images(Path(ham_dir)).values())[:n]
+    paths = sorted(index_images(Path(ham_dir)).values())[:n]
     if not paths:
         raise FileNotFoundError(f"no images under {ham_dir}")
     for p in paths:
@@ -45,7 +46,7 @@ def measure(ham_dir: str | Path, n: int = 512, size: tuple[int, int] = SIZE) -> 
 
     def pipeline() -> None:
         for p in paths:
-            transform(image=data.read_image(p))
+            transform(image=read_image(p))
 
     def loop(fn) -> float:
         return repeat(lambda: rate(lambda: [fn(p) for p in paths], len(paths)), 3).median
@@ -56,7 +57,7 @@ def measure(ham_dir: str | Path, n: int = 512, size: tuple[int, int] = SIZE) -> 
         return {
             "images": len(paths),
             "size": list(size),
-            "decode_cv2_per_s": round(loop(data.read_image)),
+            "decode_cv2_per_s": round(loop(read_image)),
             "decode_pil_per_s": round(loop(_read_pil)),
             "decode_augment_per_s": round(repeat(lambda: rate(pipeline, len(paths)), 3).median),
         }

@@ -20,8 +20,8 @@ from fastapi import FastAPI, File, HTTPException, UploadFile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 import models
-from training.labels import CLASSES
-from training.transforms import eval_resize
+from contracts.images import eval_resize
+from contracts.labels import CLASSES
 
 MODEL = os.environ.get("EAGER_MODEL", "efficientnet_lite0")
 SIZE = models.get_spec(MODEL).input_size

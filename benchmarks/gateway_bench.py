@@ -122,9 +122,9 @@ def load_triton(
     with the gateway's ``prepare_image`` in a worker thread, as the gateway does."""
     import anyio.to_thread
 
-    from serving.images import prepare_image
+    from contracts.images import prepare_image
     from serving.settings import Settings
-    from serving.triton_client import AsyncTritonClassifier
+    from serving.triton.client import AsyncTritonClassifier
 
     decode = isinstance(payload, list)
     max_pixels = Settings.model_fields["max_pixels"].default
@@ -148,7 +148,7 @@ def load_triton(
 
 
 def _wait_ready(proc: subprocess.Popen, url: str, what: str) -> None:
-    from serving.stack import wait_ready
+    from tools.stack import wait_ready
 
     try:
         wait_ready(url, proc, timeout_s=300, what=what)
@@ -270,10 +270,9 @@ def run(
     """Start Triton, the gateway and the eager baseline; load each at each concurrency."""
     import models
     from benchmarks.common import machine
+    from contracts.images import eval_resize, read_image
     from serving.triton.server import run_triton
-    from training.data import read_image
     from training.export import default_parity_dir, export_model, parity_batch
-    from training.transforms import eval_resize
 
     size = models.get_spec(model).input_size
     folder = Path(images_dir or default_parity_dir())

@@ -23,7 +23,7 @@ import simplejpeg
 from PIL import Image, ImageOps
 
 from benchmarks.common import Stats, machine, stats
-from training.transforms import eval_resize
+from contracts.images import eval_resize
 
 MODEL = "efficientnet_lite0"
 
@@ -35,7 +35,7 @@ def _pillow(data: bytes) -> np.ndarray:
 
 def _gateway_before(data: bytes) -> np.ndarray:
     """What the gateway did before: Pillow's decode plus a second, strict simplejpeg pass."""
-    from serving.images import _check_jpeg_data
+    from contracts.images import _check_jpeg_data
 
     img = Image.open(io.BytesIO(data))
     img.load()
@@ -53,7 +53,7 @@ def _simplejpeg(data: bytes) -> np.ndarray:
 
 def ways(size: tuple[int, int]) -> dict[str, Callable]:
     """Name -> ``bytes -> uint8 [*size, 3]``."""
-    from serving.images import prepare_image
+    from contracts.images import prepare_image
     from serving.settings import Settings
 
     max_pixels = Settings.model_fields["max_pixels"].default

@@ -24,8 +24,9 @@ import tritonclient.grpc as grpcclient
 
 import models
 from benchmarks.common import machine
+from contracts.tensors import DEFAULT_MODEL_NAME
+from serving.triton.client import TritonClassifier
 from serving.triton.server import run_triton
-from serving.triton_client import DEFAULT_MODEL_NAME, TritonClassifier
 from training.export import default_parity_dir, export_model, parity_batch
 
 MODEL = "efficientnet_lite0"  # the production model

@@ -1,4 +1,4 @@
-"""Fuzz the upload decoding path: mutated JPEG and PNG bytes into ``serving.images.
+"""Fuzz the upload decoding path: mutated JPEG and PNG bytes into ``contracts.images.
 prepare_image``; the one exception allowed out is ``ImageRejected`` (a clear 4xx).
 
     python -m fuzz.decode --seconds 600          # the long run (counts in docs/reliability.md)
@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from serving.images import ImageRejected, prepare_image
+from contracts.images import ImageRejected, prepare_image
 
 ALLOWED = (ImageRejected,)
 SIZE = (112, 150)

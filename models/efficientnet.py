@@ -12,8 +12,8 @@ import timm
 import torch
 import torch.nn as nn
 
+from contracts.errors import ConfigError
 from models.registry import ModelSpec, read_state_dict, register
-from training.errors import ConfigError
 
 # The weights were trained (in TensorFlow) with BatchNorm eps 1e-3, not PyTorch's 1e-5.
 BN_EPS = 1e-3

@@ -25,19 +25,19 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DataError
 
+from contracts.images import ImageRejected
+from contracts.rules import load_rules
 from serving import web
 from serving.api.deps import AppState
-from serving.api.routes import health, models, monitoring, predictions
+from serving.api.routes import health, model_versions, monitoring, predictions
 from serving.db import Database, DatabaseUnavailable
-from serving.images import ImageRejected
 from serving.limits import BodySizeLimit
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.model_info import ModelCatalog
 from serving.ratelimit import RateLimit
-from serving.rules import load_rules
 from serving.security import redact_access_log
 from serving.settings import Settings, get_settings
-from serving.triton_client import (
+from serving.triton.client import (
     AsyncTritonClassifier,
     TritonBadRequest,
     TritonError,
@@ -190,7 +190,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.include_router(health.router)
-    for router in (predictions.router, models.router, monitoring.router):
+    for router in (predictions.router, model_versions.router, monitoring.router):
         app.include_router(router, responses=API_ERRORS)
     web.mount(app)  # the clinician's page at / and the monitoring page
     _install_error_handlers(app)

@@ -25,18 +25,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from contracts.errors import DataError
+from contracts.images import eval_resize, index_images, read_image
+from contracts.labels import CLASSES
+from contracts.tensors import DEFAULT_MODEL_NAME
+from serving.triton.client import DEFAULT_URL, TritonClassifier, TritonError, input_size
 from serving.triton.server import read_state
-from serving.triton_client import (
-    DEFAULT_MODEL_NAME,
-    DEFAULT_URL,
-    TritonClassifier,
-    TritonError,
-    input_size,
-)
-from training.data import index_images, read_image
-from training.errors import DataError
-from training.labels import CLASSES
-from training.transforms import eval_resize
 
 COLUMNS = ["image_id", "path", *CLASSES, "predicted", "model_version"]
 

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from serving.triton_client import AsyncTritonClassifier, TritonUnavailable
+from serving.triton.client import AsyncTritonClassifier, TritonUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from training.labels import CLASSES, MALIGNANT
+from contracts.labels import CLASSES, MALIGNANT
 
 
 class Outcome(NamedTuple):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.triton_client import AsyncTritonClassifier, TritonModelNotReady, input_size
+from serving.triton.client import AsyncTritonClassifier, TritonModelNotReady, input_size
 
 log = logging.getLogger(__name__)
 REFERRAL_TARGETS = ("malignant", "mel")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from training.labels import CLASSES, MALIGNANT, MELANOMA
+from contracts.labels import CLASSES, MALIGNANT, MELANOMA
 
 _LABELS = {"malignant": "P(malignant: akiec+bcc+mel)", "mel": "P(melanoma)"}
 

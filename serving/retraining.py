@@ -1,6 +1,6 @@
 """Whether to retrain: a pure function of the drift report and the live metrics.
 
-Retraining is recommended when a feature drifted (``serving.monitoring``), or when enough
+Retraining is recommended when a feature drifted (``contracts.drift``), or when enough
 confirmed cases show the live figures below their bounds: balanced accuracy under an
 absolute floor or more than ``max_drop`` under the version's validation figure, or the
 referral sensitivity (confirmed malignant cases that were referred) under its floor.
@@ -29,7 +29,7 @@ def recommend(
     """``{"recommended": bool, "reasons": [sentences]}``.
 
     Args:
-        drift: ``serving.monitoring.drift_report``'s answer, or None without a reference.
+        drift: ``contracts.drift.drift_report``'s answer, or None without a reference.
         live: ``serving.live_metrics.live_metrics`` over the same window, or None.
         validation_balanced_accuracy: the served version's ``val/balanced_accuracy``.
         bounds: the configured floors and the number of confirmed cases they need.

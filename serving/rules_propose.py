@@ -7,7 +7,7 @@ A class is proposed for exclusion at a site only when it is benign, was seen few
 ``--min-count`` times there, and the site has enough images that independence of class and
 site would have predicted at least ``--min-expected`` of it. A zero in a sample is evidence,
 not proof: every proposal says so with its counts, and malignant classes are never proposed.
-The output is in the rules file's format and loads with :func:`serving.rules.load_rules`.
+The output is in the rules file's format and loads with :func:`contracts.rules.load_rules`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from serving.rules import Rule, validate_rules
-from training.labels import BODY_SITES, CLASSES, MALIGNANT, UNKNOWN_SITE
+from contracts.labels import BODY_SITES, CLASSES, MALIGNANT, UNKNOWN_SITE
+from contracts.rules import Rule, validate_rules
 
 # Column names: HAM10000's own, then the project's DataFrame names (training/data.py).
 _CLASS_COLUMNS = ("dx", "label")

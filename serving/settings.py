@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         0.3, gt=0, lt=1, description="referral threshold when metadata.json has none"
     )
     log_level: str = Field("info", description="uvicorn and app log level")
-    # Monitoring (serving.monitoring, serving.retraining): GET /v1/monitoring and its gauges.
+    # Monitoring (contracts.drift, serving.retraining): GET /v1/monitoring and its gauges.
     drift_window: int = Field(500, ge=1, description="the last N predictions are the window")
     drift_window_days: float | None = Field(
         None, gt=0, description="and only those of the last D days (unset: no age limit)"

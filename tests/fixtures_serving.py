@@ -24,7 +24,7 @@ import uvicorn
 from sqlalchemy import create_engine, func, select, text
 
 from serving.app import create_app
-from serving.db.models import Prediction
+from serving.db.tables import Prediction
 from serving.limits import server_options
 from serving.security import hash_key
 from serving.settings import Settings
@@ -55,7 +55,7 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory, real_lesions_dir:
     """A real exported model (training.export.smoke_repository: a small CNN fitted for two
     steps on real photos, exported by the real export path). Not a useful classifier, a real
     one. Its metadata.json gets referral thresholds, as the evaluation would write them."""
-    from training.export import smoke_repository
+    from tests.factories import smoke_repository
 
     repo = tmp_path_factory.mktemp("model_repository")
     meta_path = smoke_repository(repo, real_lesions_dir, size=MODEL_SIZE) / "metadata.json"

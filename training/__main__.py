@@ -10,14 +10,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-from training.errors import ConfigError, DataError
+from contracts.errors import ConfigError, DataError
 
 # command -> module with main(argv) -> int
 EXTRA_COMMANDS = {
     "export": "training.export",
     "evaluate": "training.evaluate",
     "search": "training.search",
-    "records-dataset": "training.records_dataset",
 }
 
 

@@ -1,7 +1,7 @@
 """albumentations pipelines: ``uint8 [H, W, 3]`` RGB in, ``uint8 [height, width, 3]`` RGB out.
 
 No normalisation here: it lives inside the model (``models.wrappers.ImageClassifier``).
-The evaluation pipeline is exactly ``training.transforms.eval_resize``, the resize the gateway
+The evaluation pipeline is exactly ``contracts.images.eval_resize``, the resize the gateway
 calls. The training pipeline resizes with it first, then augments at the output size: the
 geometry matches evaluation and the augmentations work on the smaller image.
 """
@@ -16,7 +16,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from training.transforms import eval_resize
+from contracts.images import eval_resize
 
 
 @dataclass

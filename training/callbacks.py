@@ -21,8 +21,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from training.labels import CLASSES, MELANOMA
-from training.metrics import per_class_rows
+from contracts.labels import CLASSES, MELANOMA
+from contracts.metrics import per_class_rows
 from training.module import StageResult
 
 

@@ -19,10 +19,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
+from contracts.errors import ConfigError
+from contracts.images import read_image
+from contracts.labels import CLASS_INDEX, CLASSES, NUM_CLASSES
 from training import data
 from training.augment import AugmentOptions, eval_transform, train_transform
-from training.errors import ConfigError
-from training.labels import CLASS_INDEX, CLASSES, NUM_CLASSES
 from training.synthetic import make_synthetic
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class LesionDataset(Dataset):
         if self.cache is not None and self.cached[i]:
             image = self.cache[i]
         else:
-            image = self.transform(image=data.read_image(self.paths[i]))["image"]
+            image = self.transform(image=read_image(self.paths[i]))["image"]
             if self.cache is not None:
                 self.cache[i], self.cached[i] = image, True
         return {"image": image, "label": int(self.labels[i]), "index": i}

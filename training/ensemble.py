@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from training.errors import ConfigError
+from contracts.errors import ConfigError
 
 
 class Ensemble(nn.Module):

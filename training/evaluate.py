@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.promotion import DEFAULT_TOLERANCES, GateDecision, check_promotion
-from serving.rules import load_rules
-from training.errors import ConfigError
+from contracts.errors import ConfigError
+from contracts.rules import load_rules
 from training.evaluation import scoring
 from training.evaluation import thresholds as th
 from training.evaluation.baselines import DemographicBaseline, MajorityBaseline, label_indices
 from training.evaluation.bootstrap import N_RESAMPLES, Interval
 from training.evaluation.calibration import apply_temperature, fit_temperature
+from training.evaluation.promotion import DEFAULT_TOLERANCES, GateDecision, check_promotion
 from training.evaluation.sources import (
     ModelSource,
     load_cases,
@@ -402,7 +402,7 @@ def promotion_check(
 ) -> GateDecision:
     """Evaluate ``candidate`` against ``served`` on the candidate's recorded test split.
 
-    For ``python -m serving.models promote``: both versions are scored as they would serve
+    For ``python -m serving.versions promote``: both versions are scored as they would serve
     (their own temperature and thresholds), paired over the same lesions.
     ``kwargs`` go to :func:`evaluate` (e.g. ``data_dir``, ``n_resamples``).
     """
@@ -443,8 +443,8 @@ def export(
 
 
 def _served(repository: Path, name: str | None) -> Path:
-    from serving.models.repository import served_version
-    from serving.triton_client import DEFAULT_MODEL_NAME
+    from contracts.repository import served_version
+    from contracts.tensors import DEFAULT_MODEL_NAME
 
     model_dir = repository / (name or DEFAULT_MODEL_NAME)
     version = served_version(model_dir)

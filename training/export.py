@@ -7,7 +7,7 @@ Writes ``<repository>/<name>/<version>/model.pt`` (TorchScript: ``uint8 [N, H, W
 ``float32`` probabilities ``[N, 7]`` out) and ``metadata.json``, plus the model-level
 ``config.pbtxt`` (NVIDIA Triton, PyTorch backend) and ``labels.txt`` on the first export.
 A new export gets the next version number and is not served until promoted
-(``python -m serving.models promote N``); the first export is served at once. A version is
+(``python -m serving.versions promote N``); the first export is served at once. A version is
 never overwritten: it is built in a private folder and renamed into place under the model's
 lock. Eager and TorchScript outputs are compared on real images first; a version that differs
 by more than 1e-5 is not written.
@@ -36,9 +36,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models.registry import load_strict
-from serving.models.repository import model_lock, record, served_version
-from serving.triton.config import (
+from contracts.errors import ConfigError, DataError
+from contracts.images import RESIZE_POLICY, eval_resize
+from contracts.labels import CLASSES, NUM_CLASSES
+from contracts.repository import model_lock, record, served_version, versions
+from contracts.tensors import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_NAME
+from contracts.triton_config import (
     CONFIG_FILE,
     LABELS_FILE,
     ConfigFileError,
@@ -48,11 +51,7 @@ from serving.triton.config import (
     write_config,
     write_text_atomic,
 )
-from serving.triton.render import versions
-from serving.triton_client import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_NAME
-from training.errors import ConfigError, DataError
-from training.labels import CLASSES, NUM_CLASSES
-from training.transforms import RESIZE_POLICY, eval_resize
+from models.registry import load_strict
 
 PARITY_TOLERANCE = 1e-5
 PARITY_IMAGES = 8
@@ -223,7 +222,7 @@ def default_parity_dir() -> Path:
 
 def parity_batch(directory: Path, size: tuple[int, int], n: int = PARITY_IMAGES) -> np.ndarray:
     """The first ``n`` images under ``directory`` (sorted), decoded and resized: ``uint8 NHWC``."""
-    from training.data import index_images, read_image
+    from contracts.images import index_images, read_image
 
     paths = sorted(index_images(Path(directory)).values())[:n]
     if not paths:
@@ -398,7 +397,7 @@ def _metadata(
         "input_size": [height, width],
         "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, height, width, 3]}],
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, NUM_CLASSES]}],
-        "input_format": "RGB uint8 NHWC, resized with training.transforms.eval_resize",
+        "input_format": "RGB uint8 NHWC, resized with contracts.images.eval_resize",
         "resize_policy": RESIZE_POLICY,
         "dataset_version": info.get("dataset_version"),
         "synthetic": info.get("synthetic"),
@@ -509,85 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (
             "it is served"
             if served
-            else f"serve it with `python -m serving.models promote {version}`"
+            else f"serve it with `python -m serving.versions promote {version}`"
         )
     )
     return 0
-
-
-def smoke_checkpoint(
-    path: str | Path,
-    images: np.ndarray,
-    labels: Sequence[int],
-    model_name: str = "compact_cnn",
-    steps: int = 2,
-    seed: int = 0,
-    dataset_version: str | None = None,
-) -> Path:
-    """A small real checkpoint: ``LesionClassifier`` fitted for ``steps`` steps by a Lightning
-    Trainer on ``images`` (``uint8 [N, H, W, 3]``, their size is the model's), for tests, demos
-    and benchmarks of the export and serving path. Not a useful classifier.
-    """
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from training.module import LesionClassifier
-
-    L.seed_everything(seed, verbose=False)
-    size = (int(images.shape[1]), int(images.shape[2]))
-    module = LesionClassifier(model_name=model_name, image_size=size, warmup_epochs=0.0)
-    module.dataset_version, module.synthetic = dataset_version, False
-    rows = [
-        {"image": torch.from_numpy(img), "label": torch.tensor(int(y)), "index": torch.tensor(i)}
-        for i, (img, y) in enumerate(zip(images, labels, strict=True))
-    ]
-    batch = max(1, len(rows) // steps)
-    loader = torch.utils.data.DataLoader(rows, batch_size=batch)
-    folder = Path(path).parent
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=steps,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[ModelCheckpoint(folder, monitor="val/balanced_accuracy", mode="max")],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=folder,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # few-image run: Lightning warns about workers, sizes
-        trainer.fit(module, loader, loader)
-    trainer.save_checkpoint(path)
-    return Path(path)
-
-
-def smoke_repository(
-    repository: str | Path,
-    images_dir: str | Path,
-    size: tuple[int, int] = (48, 64),
-    n_images: int = 8,
-    name: str = DEFAULT_MODEL_NAME,
-) -> Path:
-    """Train a smoke checkpoint on the first ``n_images`` of ``images_dir`` and export it into
-    ``repository``: a real model for other parts' tests (a Triton to talk to) in one call.
-
-    Returns:
-        The exported version's folder.
-    """
-    import tempfile
-
-    from training.data import index_images, read_image
-
-    paths = sorted(index_images(Path(images_dir)).values())[:n_images]
-    if not paths:
-        raise DataError(f"no JPEG/PNG images under {images_dir}")
-    images = np.stack([eval_resize(read_image(p), size) for p in paths])
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = smoke_checkpoint(
-            Path(tmp) / "smoke.ckpt", images, [i % NUM_CLASSES for i in range(len(paths))]
-        )
-        return export(ckpt, repository, name, parity_images=images_dir)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 import models
+from contracts.errors import ConfigError
+from contracts.labels import CLASSES, NUM_CLASSES
 from models.wrappers import ImageClassifier
-from training.errors import ConfigError
-from training.labels import CLASSES, NUM_CLASSES
 from training.metrics import LesionMetrics
 
 Batch = dict[str, torch.Tensor]

@@ -1,13 +1,13 @@
 """Reference statistics of a model's training data, stored in ``metadata.json`` at export.
 
-The gateway compares its recent predictions with them (``serving.monitoring``). Every
+The gateway compares its recent predictions with them (``contracts.drift``). Every
 feature is a histogram that carries its own bins, so the gateway needs no constant of ours:
 
 - ``body_site`` and ``diagnosis`` (the class priors): the training split's rows.
 - ``predicted_class``: the model's argmax on (a sample of) the validation split, the
   counterpart of the gateway's argmax of the model's probabilities (before the rules).
 - ``brightness`` and ``contrast``: luminance mean and std of the MODEL INPUT, exactly as the
-  gateway records them (``serving.images.luminance_stats`` after ``eval_resize``), over a
+  gateway records them (``contracts.images.luminance_stats`` after ``eval_resize``), over a
   seeded sample of training images.
 - ``image_width`` and ``image_height``: of the original files, before any resize.
 
@@ -30,10 +30,9 @@ import numpy as np
 import pandas as pd
 import torch.nn as nn
 
-from serving.images import luminance_stats
-from serving.monitoring import histogram
-from training.labels import BODY_SITES, CLASSES
-from training.transforms import eval_resize
+from contracts.drift import histogram
+from contracts.images import eval_resize, luminance_stats
+from contracts.labels import BODY_SITES, CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def numeric(values: np.ndarray, edges: tuple[float, ...], source: str) -> dict[s
 def image_stats(path: str, input_size: tuple[int, int]) -> tuple[float, float, int, int]:
     """``(brightness, contrast, width, height)`` of an image file, as the gateway records an
     upload of it: luminance of the model input, size of the original."""
-    from training.data import read_image
+    from contracts.images import read_image
 
     image = read_image(path)
     brightness, contrast = luminance_stats(eval_resize(image, input_size))

@@ -10,8 +10,8 @@ from collections import Counter
 
 import numpy as np
 
-from serving.rules import Rules, apply_rules
-from training.labels import CLASS_INDEX, CLASSES
+from contracts.labels import CLASS_INDEX, CLASSES
+from contracts.rules import Rules, apply_rules
 
 
 def _sensitivities(labels: np.ndarray, preds: np.ndarray) -> dict[str, float | None]:
@@ -40,7 +40,7 @@ def rules_effect(probs: np.ndarray, labels: np.ndarray, sites: list[str], rules:
         probs: ``[N, 7]`` model probabilities in ``CLASSES`` order.
         labels: ``[N]`` true class indices.
         sites: ``N`` body sites (``BODY_SITES`` values).
-        rules: from :func:`serving.rules.load_rules`.
+        rules: from :func:`contracts.rules.load_rules`.
 
     Returns:
         ``{"n", "without", "with", "delta_balanced_accuracy", "changed",

@@ -32,7 +32,7 @@ from typing import Any
 import lightning as L
 import yaml
 
-from training.errors import ConfigError
+from contracts.errors import ConfigError
 
 log = logging.getLogger(__name__)
 MONITOR = "val/balanced_accuracy"

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from contracts.labels import CLASSES
 from training.data import CACHE_DIR, METADATA_FILE
-from training.labels import CLASSES
 
 # Images per class in HAM10000.
 CLASS_COUNTS = {

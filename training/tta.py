@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from training.errors import ConfigError
+from contracts.errors import ConfigError
 
 OPS: tuple[str, ...] = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270")
 SHAPE_KEEPING: tuple[str, ...] = ("identity", "hflip", "vflip", "rot180")

@@ -9,13 +9,13 @@ import anyio
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from contracts.rules import Rules
 from serving.db import Database
 from serving.metrics import Metrics
 from serving.model_info import ModelCatalog
-from serving.rules import Rules
 from serving.security import client_id, match_key
 from serving.settings import Settings
-from serving.triton_client import AsyncTritonClassifier
+from serving.triton.client import AsyncTritonClassifier
 
 ANONYMOUS = "anonymous"
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from training.labels import BODY_SITES, CLASSES, CONFIRMATIONS, SEXES
+from contracts.labels import BODY_SITES, CLASSES, CONFIRMATIONS, SEXES
 
 BodySite = Literal[BODY_SITES]  # type: ignore[valid-type]
 Sex = Literal[SEXES]  # type: ignore[valid-type]

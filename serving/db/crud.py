@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from serving.db.models import Feedback, FeedbackEvent, Prediction, utcnow
+from serving.db.tables import Feedback, FeedbackEvent, Prediction, utcnow
 
 
 def as_utc(value: datetime) -> datetime:

@@ -8,9 +8,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contracts.labels import CLASSES
 from serving.db.crud import as_utc
-from serving.db.models import Feedback, Prediction
-from training.labels import CLASSES
+from serving.db.tables import Feedback, Prediction
 
 # Drift features (names of training.reference_stats) -> Observation attribute.
 FEATURES = {
@@ -82,7 +82,7 @@ def recent(
 
 
 def window_values(rows: list[Observation], model_version: str | None) -> dict[str, list]:
-    """Feature -> values for ``serving.monitoring.drift_report``.
+    """Feature -> values for ``contracts.drift.drift_report``.
 
     The predicted class depends on the model: only ``model_version``'s predictions count for
     it. The diagnosis counts only where feedback arrived.

@@ -13,7 +13,7 @@ from alembic import context
 from sqlalchemy import Connection, text
 
 from serving.db.engine import make_engine
-from serving.db.models import Base
+from serving.db.tables import Base
 from serving.settings import Settings
 
 config = context.config

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving.triton.config import (
+from contracts.repository import model_dirs, versions
+from contracts.triton_config import (
     CONFIG_FILE,
     LABELS_FILE,
     read_config,
@@ -26,17 +27,6 @@ from serving.triton.config import (
 TEMPLATE = Path(__file__).with_name("backend_model.py")
 VERSION_FILES = ("model.pt", "metadata.json")
 RENDERED_HEADER = "# Rendered by serving.triton.render from model_repository/; do not edit.\n"
-
-
-def model_dirs(repository: Path) -> list[Path]:
-    """Model folders of a repository (those with a ``config.pbtxt``), sorted by name."""
-    return sorted(p.parent for p in Path(repository).glob(f"*/{CONFIG_FILE}"))
-
-
-def versions(model_dir: Path) -> list[int]:
-    """Version numbers present in a model folder (complete ones: with ``model.pt``)."""
-    found = [p.parent.name for p in Path(model_dir).glob("*/model.pt")]
-    return sorted(int(v) for v in found if v.isdigit())
 
 
 def cpu_config(

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.triton.config import write_text_atomic
-from serving.triton.render import model_dirs, render_repository
+from contracts.repository import model_dirs
+from contracts.triton_config import write_text_atomic
+from serving.triton.render import render_repository
 
 DEFAULT_CACHE = Path(".cache/triton")
 STATE_FILE = "server.json"
@@ -350,7 +351,7 @@ def load_models(grpc_url: str, names: list[str], timeout_s: float = 120.0) -> No
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from serving.triton_client import map_error
+    from serving.triton.client import map_error
 
     with grpcclient.InferenceServerClient(grpc_url) as client:
         for name in names:

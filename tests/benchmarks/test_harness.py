@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from benchmarks.gateway_bench import tree_cpu_s
 from benchmarks.profile_gateway import parse
-from training.labels import CLASSES
+from contracts.labels import CLASSES
 
 
 def test_eager_baseline_classifies_a_real_photo(
@@ -38,17 +38,17 @@ def test_profile_parser_drops_waiting_threads_and_counts_inclusive_once() -> Non
     raw = "\n".join(
         [
             "python;MainThread;main (serving/__main__.py);handle (serving/app.py);"
-            "decode (serving/images.py) 30",
-            "python;Thread-1;run (threading.py);decode (serving/images.py);"
-            "decode (serving/images.py) 10",  # recursion: inclusive counts it once
+            "decode (contracts/images.py) 30",
+            "python;Thread-1;run (threading.py);decode (contracts/images.py);"
+            "decode (contracts/images.py) 10",  # recursion: inclusive counts it once
             "python;Thread-2;run (threading.py);Condition.wait (threading.py) 500",
             "garbage line",
         ]
     )
     res = parse(raw)
     assert res["total"] == 40  # the 500 waiting samples are not work
-    assert res["inclusive"]["decode (serving/images.py)"] == 40
-    assert res["own"]["decode (serving/images.py)"] == 40
+    assert res["inclusive"]["decode (contracts/images.py)"] == 40
+    assert res["own"]["decode (contracts/images.py)"] == 40
     assert res["inclusive"]["handle (serving/app.py)"] == 30
     assert "Condition.wait (threading.py)" not in res["inclusive"]
 

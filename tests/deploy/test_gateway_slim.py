@@ -29,7 +29,7 @@ class Block:
         if name.split(".")[0] in {TRAIN_ONLY!r}:
             raise ImportError("train-only package imported by the gateway: " + name)
 sys.meta_path.insert(0, Block())
-import serving.__main__, serving.app, serving.security, serving.rules, serving.triton_client
+import serving.__main__, serving.app, serving.security, contracts.rules, serving.triton.client
 from serving.app import create_app
 from serving.settings import Settings
 create_app(Settings(allow_no_auth=True))

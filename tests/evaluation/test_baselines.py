@@ -2,14 +2,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.errors import DataError
+from contracts.errors import DataError
+from contracts.labels import CLASS_INDEX
 from training.evaluation.baselines import (
     DemographicBaseline,
     MajorityBaseline,
     age_band,
     label_indices,
 )
-from training.labels import CLASS_INDEX
 
 TRAIN = pd.DataFrame(
     {

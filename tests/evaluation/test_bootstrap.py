@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from contracts.labels import CLASS_INDEX
 from training.evaluation import bootstrap as bs
-from training.labels import CLASS_INDEX
 
 MEL = CLASS_INDEX["mel"]
 

@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from contracts.images import eval_resize, read_image
+from serving.triton.client import TritonClassifier
 from serving.triton.server import run_triton
-from serving.triton_client import TritonClassifier
-from training.data import read_image
 from training.evaluate import export
-from training.transforms import eval_resize
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 

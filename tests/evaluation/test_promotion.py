@@ -1,6 +1,6 @@
 import math
 
-from serving.promotion import check_promotion
+from training.evaluation.promotion import check_promotion
 
 SERVED = {"balanced_accuracy": 0.72, "sensitivity_mel_op": 0.60}
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
+from contracts.errors import ConfigError
 from tests.wandb_records import wandb_run
 from training.cli import main as cli_main
-from training.errors import ConfigError
 from training.search import SearchConfig, run_search
 
 pytestmark = pytest.mark.slow

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from training.errors import DataError
+from contracts.errors import DataError
+from contracts.labels import CLASS_INDEX
 from training.evaluation import thresholds as th
-from training.labels import CLASS_INDEX
 
 MEL, NV, BCC = CLASS_INDEX["mel"], CLASS_INDEX["nv"], CLASS_INDEX["bcc"]
 

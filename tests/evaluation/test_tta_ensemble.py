@@ -3,9 +3,9 @@ import io
 import pytest
 import torch
 
+from contracts.errors import ConfigError
 from models.registry import create_classifier
 from training.ensemble import Ensemble
-from training.errors import ConfigError
 from training.export import ProbabilityModel
 from training.tta import TTA
 

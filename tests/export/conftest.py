@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import read_image
-from training.export import smoke_checkpoint
-from training.labels import CLASS_INDEX
-from training.transforms import eval_resize
+from contracts.images import eval_resize, read_image
+from contracts.labels import CLASS_INDEX
+from tests.factories import smoke_checkpoint
 
 SIZE = (48, 64)
 

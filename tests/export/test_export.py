@@ -17,15 +17,15 @@ import torch.nn as nn
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from contracts.errors import ConfigError
+from contracts.images import RESIZE_POLICY
+from contracts.labels import CLASSES
+from contracts.repository import served_version
+from contracts.tensors import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_NAME
 from models import create_classifier
-from serving.models.repository import served_version
-from serving.triton_client import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_NAME
 from training.__main__ import main as training_main
-from training.errors import ConfigError
 from training.export import PARITY_TOLERANCE, export, export_model, parity_batch
-from training.labels import CLASSES
 from training.module import LesionClassifier
-from training.transforms import RESIZE_POLICY
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

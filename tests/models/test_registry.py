@@ -8,9 +8,9 @@ import torch
 from skimage import data
 
 import models
+from contracts.errors import ConfigError
+from contracts.images import eval_resize
 from models.registry import create_classifier
-from training.errors import ConfigError
-from training.transforms import eval_resize
 
 # torch 2.14 deprecates TorchScript; export still relies on it (see shared notes).
 JIT_DEPRECATED = "ignore:`torch.jit.*` is deprecated:FutureWarning"

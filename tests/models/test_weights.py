@@ -11,11 +11,11 @@ import torchvision
 from skimage import data
 
 import models
+from contracts.errors import ConfigError
+from contracts.images import eval_resize
 from models import efficientnet
 from models.registry import IMAGENET_MEAN, IMAGENET_STD
 from models.wrappers import ImageClassifier
-from training.errors import ConfigError
-from training.transforms import eval_resize
 
 # ImageNet indices: 281 tabby, 282 tiger cat, 283 Persian, 284 Siamese, 285 Egyptian cat;
 # 967 espresso, 968 cup, 504 coffee mug.

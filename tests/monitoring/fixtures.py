@@ -18,9 +18,10 @@ import torch
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from contracts.labels import CLASS_INDEX
+from tests.factories import smoke_checkpoint
 from tests.fixtures_serving import MODEL_SIZE
-from training.export import quiet_torchscript, smoke_checkpoint
-from training.labels import CLASS_INDEX
+from training.export import quiet_torchscript
 from training.reference_stats import compute_reference
 
 REFERENCE_IMAGES = 400
@@ -88,8 +89,7 @@ def monitored(make_gateway: Any, triton: Any, monitored_repository: Path, tmp_pa
 def smoke_ckpt(tmp_path_factory: Any, real_lesions_dir: Path) -> Path:
     """A real LesionClassifier checkpoint at the served size (two Lightning steps on one real
     photo of each class); it records no data module, as a checkpoint not made by fit."""
-    from training.data import read_image
-    from training.transforms import eval_resize
+    from contracts.images import eval_resize, read_image
 
     table = pd.read_csv(real_lesions_dir / "labels.csv").iloc[::4]
     images = np.stack(

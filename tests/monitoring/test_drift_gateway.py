@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from contracts.labels import BODY_SITES, MALIGNANT
 from tests.monitoring.helpers import darker, site_mix_sample, upload_stream
-from training.labels import BODY_SITES, MALIGNANT
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton]
 INPUT_FEATURES = ("body_site", "brightness", "contrast", "image_width", "image_height")
@@ -65,7 +65,7 @@ def test_unshifted_stream_stays_down_and_darker_photos_raise_brightness_and_cont
     assert calm_report["status"] == "ok", calm_report["features"]
     assert not flagged(calm_report)
     assert calm_report["retraining"] == {"recommended": False, "reasons": []}
-    for name in INPUT_FEATURES:  # small windows are noisy, not drifted (see serving.monitoring)
+    for name in INPUT_FEATURES:  # small windows are noisy, not drifted (see contracts.drift)
         assert calm_report["features"][name]["psi"] < 0.5, name
 
     dark = upload_stream(gateway, calm.iloc[:80], photo=lambda p: darker(p, 0.5))

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from serving.images import decode_image
+from contracts.images import decode_image, read_image
 from training import data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +115,7 @@ def test_records_become_a_dataset_training_loads(
 
     # PNG: the pixels the gateway fed the model (transparency on white), losslessly.
     png_id = by_lesion.loc[expected["png"]["lesion_id"], "image_id"]
-    written = data.read_image(str(out / "images" / f"{png_id}.png"))
+    written = read_image(str(out / "images" / f"{png_id}.png"))
     assert np.array_equal(written, decode_image(png, 10**9).rgb)
 
     frame = data.validate(data.load_ham10000(out), str(out), decode=True)

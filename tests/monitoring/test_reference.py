@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.images import prepare_image
+from contracts.images import prepare_image
+from contracts.labels import BODY_SITES, CLASSES
 from tests.fixtures_serving import MODEL_SIZE
 from tests.monitoring.helpers import with_datamodule
 from training import data
 from training.export import export
-from training.labels import BODY_SITES, CLASSES
 from training.reference_stats import BRIGHTNESS_EDGES, image_stats
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from serving.live_metrics import Outcome, by_version_and_week, iso_week, live_metrics
-from serving.monitoring import (
+from contracts.drift import (
     INSUFFICIENT,
     OTHER,
     DriftBounds,
@@ -19,6 +18,7 @@ from serving.monitoring import (
     histogram,
     psi,
 )
+from serving.live_metrics import Outcome, by_version_and_week, iso_week, live_metrics
 from serving.retraining import RetrainingBounds, recommend
 
 

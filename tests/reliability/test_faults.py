@@ -22,8 +22,8 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from benchmarks.load_soak import LoadLoop, LoadResult
-from serving.db.models import Feedback, FeedbackEvent, Prediction
-from serving.models.repository import promote
+from contracts.repository import promote
+from serving.db.tables import Feedback, FeedbackEvent, Prediction
 from serving.triton.server import TritonServer
 from tests.fixtures_serving import API_KEY, MODEL_SIZE, PostgresCluster
 
@@ -204,7 +204,7 @@ def test_model_promoted_during_load(
     real_lesions_dir: Path,
     tmp_path: Path,
 ) -> None:
-    from training.export import smoke_repository
+    from tests.factories import smoke_repository
 
     model_dir = own_triton.repository / "skin_lesion"
     version = int(smoke_repository(own_triton.repository, real_lesions_dir, size=MODEL_SIZE).name)
@@ -215,7 +215,7 @@ def test_model_promoted_during_load(
     loop = LoadLoop(live.url, API_KEY, photos, concurrency=8, timeout_s=30).start()
     wait_until(lambda: loop.result.statuses[201] >= 20, 60, "20 predictions before the promotion")
     promote(model_dir, version)
-    own_triton.reload()  # what `python -m serving.models promote` does to a running server
+    own_triton.reload()  # what `python -m serving.versions promote` does to a running server
 
     def new_version_answers() -> bool:
         answer = probe(live, photos[0], probes)

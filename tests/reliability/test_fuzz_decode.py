@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 import fuzz.decode as fuzz_decode
+from contracts.images import ImageRejected, decode_image
 from fuzz.decode import Tally, check, mutate, recrc, run, seeds
-from serving.images import ImageRejected, decode_image
 
 
 def test_mutated_uploads_raise_only_image_rejected() -> None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from serving.db.models import Feedback, Prediction
+from serving.db.tables import Feedback, Prediction
 from tests.fixtures_serving import API_KEY, ROOT
 from tests.reliability.hostile import CASES, OK, Case, Request
 

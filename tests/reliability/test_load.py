@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from benchmarks.load_soak import LoadLoop
-from serving.db.models import Prediction
+from serving.db.tables import Prediction
 from tests.fixtures_serving import API_KEY
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]

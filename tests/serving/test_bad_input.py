@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from serving.db.models import Feedback, Prediction
+from serving.db.tables import Feedback, Prediction
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from serving.db import Database, DatabaseUnavailable, crud
-from serving.db.models import Base, Feedback, Prediction
+from serving.db.tables import Base, Feedback, Prediction
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])]
 

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from serving.app import create_app
 from serving.inference import predict_with_retries
 from serving.settings import Settings
-from serving.triton_client import AsyncTritonClassifier, TritonModelNotReady, TritonUnavailable
+from serving.triton.client import AsyncTritonClassifier, TritonModelNotReady, TritonUnavailable
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 

@@ -9,12 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.db.models import FeedbackEvent
-from serving.rules import apply_rules, load_rules
-from serving.triton_client import TritonClassifier
-from training.data import read_image
-from training.labels import CLASS_NAMES, CLASSES, MALIGNANT
-from training.transforms import eval_resize
+from contracts.images import eval_resize, read_image
+from contracts.labels import CLASS_NAMES, CLASSES, MALIGNANT
+from contracts.rules import apply_rules, load_rules
+from serving.db.tables import FeedbackEvent
+from serving.triton.client import TritonClassifier
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from serving.images import ImageRejected, decode_image, prepare_image, sniff_format, store_image
+from contracts.images import ImageRejected, decode_image, prepare_image, read_image, sniff_format
+from serving.storage import store_image
 from training.augment import eval_transform
-from training.data import read_image
 
 MAX = 40_000_000
 

@@ -11,9 +11,9 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serving.rules import Rule, Rules, RulesError, apply_rules, load_rules, validate_rules
+from contracts.labels import BODY_SITES, CLASSES, MALIGNANT
+from contracts.rules import Rule, Rules, RulesError, apply_rules, load_rules, validate_rules
 from serving.rules_propose import count_table, main, propose
-from training.labels import BODY_SITES, CLASSES, MALIGNANT
 from training.rules_eval import rules_effect
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -48,7 +48,7 @@ def test_stack_trains_exports_serves_and_answers(
     cmd = [
         sys.executable,
         "-m",
-        "serving.stack",
+        "tools.stack",
         "--config",
         "tiny.yaml",
         "--port",

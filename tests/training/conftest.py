@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.labels import CLASSES
+from contracts.labels import CLASSES
 
 
 def copy_ham_subset(ham_dir: Path, dest: Path, lesions_per_class: int = 4) -> list[dict]:

@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 import torch
 
+from contracts.labels import CLASSES
+from contracts.metrics import metrics_from_confusion
 from training import data
 from training.__main__ import main as entry
 from training.cli import main as cli_main
-from training.labels import CLASSES
-from training.metrics import metrics_from_confusion
 from training.module import LesionClassifier
 
 ROOT = Path(__file__).resolve().parents[2]

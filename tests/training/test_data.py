@@ -11,8 +11,8 @@ import cv2
 import pandas as pd
 import pytest
 
+from contracts.errors import DataError
 from training import data
-from training.errors import DataError
 
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training import data
+from contracts.images import eval_resize, read_image
 from training.augment import AugmentOptions, eval_transform, train_transform
-from training.transforms import eval_resize
 
 OFF = AugmentOptions(
     hflip=0, vflip=0, rotate90=0, affine=0, brightness_contrast=0, hue_saturation=0
@@ -17,8 +16,8 @@ OFF = AugmentOptions(
 @pytest.fixture(scope="module")
 def photos(ham_dir, real_lesions_dir):
     """A 200x150 training image and a 600x450 full-size upload, RGB uint8."""
-    small = data.read_image(str(next((ham_dir / "images").glob("*.jpg"))))
-    full = data.read_image(str(next(real_lesions_dir.glob("*.jpg"))))
+    small = read_image(str(next((ham_dir / "images").glob("*.jpg"))))
+    full = read_image(str(next(real_lesions_dir.glob("*.jpg"))))
     return small, full
 
 

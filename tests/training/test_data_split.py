@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contracts.errors import ConfigError, DataError
+from contracts.labels import CLASSES
 from training import data
-from training.errors import ConfigError, DataError
-from training.labels import CLASSES
 
 
 def _table(lesions: list[tuple[str, int]], dates: list[str] | None = None) -> pd.DataFrame:

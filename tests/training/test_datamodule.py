@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from contracts.errors import ConfigError, DataError
+from contracts.images import eval_resize, read_image
+from contracts.labels import CLASS_INDEX, CLASSES
 from training import data
 from training.augment import AugmentOptions
 from training.datamodule import LesionDataModule
-from training.errors import ConfigError, DataError
-from training.labels import CLASS_INDEX, CLASSES
-from training.transforms import eval_resize
 
 
 def _clinic_csv(tmp_path: Path, image: str, labels: list[str]) -> str:
@@ -52,7 +52,7 @@ def test_real_data_through_the_datamodule(ham_dir):
     batch = next(iter(dm.val_dataloader()))
     _check_batch(batch, 8, dm, "val")
     first = dm.splits["val"]["path"].iloc[int(batch["index"][0])]
-    expected = eval_resize(data.read_image(first), (112, 150))
+    expected = eval_resize(read_image(first), (112, 150))
     np.testing.assert_array_equal(batch["image"][0].numpy(), expected)
     assert dm.summary()["val"] == dm.splits["val"]["label"].value_counts()[list(CLASSES)].to_dict()
 

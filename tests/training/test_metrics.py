@@ -9,14 +9,14 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from training.labels import CLASS_INDEX, CLASSES
-from training.metrics import (
-    LesionMetrics,
+from contracts.labels import CLASS_INDEX, CLASSES
+from contracts.metrics import (
     compute_metrics,
     confusion_matrix,
     metrics_from_confusion,
     per_class_rows,
 )
+from training.metrics import LesionMetrics
 
 K = len(CLASSES)
 

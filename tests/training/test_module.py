@@ -10,9 +10,9 @@ import lightning as L
 import pytest
 import torch
 
+from contracts.errors import ConfigError
+from contracts.labels import NUM_CLASSES
 from training.datamodule import LesionDataModule
-from training.errors import ConfigError
-from training.labels import NUM_CLASSES
 from training.module import LesionClassifier, warmup_cosine
 
 SIZE = (48, 64)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from contracts.images import read_image
+from contracts.labels import BODY_SITES, CLASSES, CONFIRMATIONS
 from training import data, synthetic
-from training.labels import BODY_SITES, CLASSES, CONFIRMATIONS
 
 
 def test_constants_match_the_real_metadata(ham_dir):
@@ -46,7 +47,7 @@ def test_synthetic_set_is_deterministic_ham_layout(tmp_path):
     assert data.dataset_version(df, tmp_path) == data.dataset_version(
         data.load_ham10000(b), tmp_path
     )
-    image = data.read_image(df["path"].iloc[0])
+    image = read_image(df["path"].iloc[0])
     assert image.shape == (150, 200, 3) and image.dtype == np.uint8
     c = synthetic.make_synthetic(tmp_path / "c", n_images=150, seed=4)
     assert data.dataset_version(data.load_ham10000(c), tmp_path) != data.dataset_version(
@@ -56,7 +57,7 @@ def test_synthetic_set_is_deterministic_ham_layout(tmp_path):
 
 def _lesion_features(path: str) -> np.ndarray:
     """Blob size and mean colour against the background (median of the top and bottom rows)."""
-    image = data.read_image(path).astype(float)
+    image = read_image(path).astype(float)
     skin = np.median(np.concatenate([image[:10], image[-10:]]).reshape(-1, 3), axis=0)
     diff = image - skin
     blob = np.abs(diff).sum(-1) > 60

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from contracts.labels import CLASSES
 from tests.wandb_records import wandb_records
 from training.cli import main as cli_main
-from training.labels import CLASSES
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "default.yaml"

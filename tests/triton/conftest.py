@@ -5,7 +5,7 @@ The checkpoint comes from a real Lightning ``Trainer.fit`` of two steps on real 
 can get the same in a few lines::
 
     from serving.triton.server import run_triton
-    from training.export import smoke_repository
+    from tests.factories import smoke_repository
 
     @pytest.fixture(scope="session")
     def triton(tmp_path_factory, real_lesions_dir):
@@ -24,11 +24,11 @@ import pandas as pd
 import pytest
 import torch
 
+from contracts.images import eval_resize, read_image
+from contracts.labels import CLASS_INDEX
 from serving.triton.server import TritonServer, run_triton
-from training.data import read_image
-from training.export import ProbabilityModel, export, load_checkpoint, smoke_checkpoint
-from training.labels import CLASS_INDEX
-from training.transforms import eval_resize
+from tests.factories import smoke_checkpoint
+from training.export import ProbabilityModel, export, load_checkpoint
 
 SIZE = (48, 64)
 

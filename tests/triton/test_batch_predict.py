@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from contracts.labels import CLASSES
 from serving.batch_predict import main
-from training.labels import CLASSES
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 

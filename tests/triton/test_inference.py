@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from serving.triton_client import (
-    DEFAULT_MODEL_NAME,
+from contracts.tensors import DEFAULT_MODEL_NAME
+from serving.triton.client import (
     AsyncTritonClassifier,
     TritonBadRequest,
     TritonClassifier,

@@ -16,21 +16,15 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving.triton.config import read_config
+from contracts.tensors import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_NAME
+from contracts.triton_config import read_config
+from serving.triton.client import AsyncTritonClassifier, TritonClassifier, TritonUnavailable
 from serving.triton.server import (
     STATE_FILE,
     TritonServer,
     TritonServerError,
     find_install,
     run_triton,
-)
-from serving.triton_client import (
-    DEFAULT_MODEL_NAME,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    AsyncTritonClassifier,
-    TritonClassifier,
-    TritonUnavailable,
 )
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from serving.models.__main__ import main as models_main
-from serving.models.repository import history
-from serving.triton.config import read_config, served_versions
-from serving.triton_client import DEFAULT_MODEL_NAME, TritonClassifier
+from contracts.repository import history
+from contracts.tensors import DEFAULT_MODEL_NAME
+from contracts.triton_config import read_config, served_versions
+from serving.triton.client import TritonClassifier
+from serving.versions.__main__ import main as models_main
 from training.export import ProbabilityModel, export, load_checkpoint
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]

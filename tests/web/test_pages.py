@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from contracts.labels import BODY_SITES, SEXES
 from serving.app import create_app
 from serving.settings import Settings
 from serving.web import STATIC
 from tests.fixtures_serving import API_KEY
 from tests.monitoring.helpers import site_mix_sample, upload_stream
-from training.labels import BODY_SITES, SEXES
 
 
 class Options(HTMLParser):

@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from training.errors import DataError
-from training.labels import CLASS_INDEX, CLASSES, NUM_CLASSES, UNKNOWN_SITE
+from contracts.errors import DataError
+from contracts.labels import CLASS_INDEX, CLASSES, NUM_CLASSES, UNKNOWN_SITE
 
 # Upper edges of the age bands; HAM10000 ages are multiples of 5 from 0 to 85.
 _AGE_EDGES: tuple[tuple[float, str], ...] = (

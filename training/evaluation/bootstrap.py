@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.errors import DataError
-from training.labels import NUM_CLASSES
+from contracts.errors import DataError
+from contracts.labels import NUM_CLASSES
 
 WeightedMetric = Callable[[np.ndarray], np.ndarray]
 N_RESAMPLES = 1000

@@ -14,7 +14,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from training.errors import DataError
+from contracts.errors import DataError
 
 N_BINS = 15
 # Inverse temperatures searched: T from 0.05 (sharpen 20x) to 20 (flatten 20x).

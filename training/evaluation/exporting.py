@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
-from training.errors import ConfigError
+from contracts.errors import ConfigError
 from training.evaluation import thresholds as th
 from training.evaluation.sources import LogProbabilities
 
@@ -83,8 +83,8 @@ def export_variant(
     ``ensemble`` (members) when exported, and ``reference`` (drift monitoring, from at most
     ``reference_images`` images per split).
     """
-    from serving.triton.config import write_text_atomic
-    from serving.triton_client import DEFAULT_MODEL_NAME
+    from contracts.tensors import DEFAULT_MODEL_NAME
+    from contracts.triton_config import write_text_atomic
     from training.export import default_parity_dir, export_model, parity_batch
 
     if which not in ev.variants:

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from contracts.labels import CLASSES
+from contracts.metrics import confusion_matrix
 from training.evaluation import plots, scoring
 from training.evaluation import thresholds as th
 from training.evaluation.bootstrap import Interval
-from training.labels import CLASSES
-from training.metrics import confusion_matrix
 
 if TYPE_CHECKING:
     from training.evaluate import Evaluation

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from serving.rules import Rules, apply_rules
+from contracts.labels import CLASS_INDEX, CLASSES, MELANOMA, NUM_CLASSES
+from contracts.metrics import auroc_per_class
+from contracts.rules import Rules, apply_rules
 from training.evaluation import bootstrap as bs
 from training.evaluation import thresholds as th
 from training.evaluation.baselines import AGE_BANDS, age_band, label_indices
 from training.evaluation.calibration import expected_calibration_error
-from training.labels import CLASS_INDEX, CLASSES, MELANOMA, NUM_CLASSES
-from training.metrics import auroc_per_class
 
 MEL = CLASS_INDEX[MELANOMA]
 

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from training.errors import ConfigError, DataError
+from contracts.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

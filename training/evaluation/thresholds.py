@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from training.errors import DataError
-from training.labels import CLASS_INDEX, CLASSES, MALIGNANT, MELANOMA
+from contracts.errors import DataError
+from contracts.labels import CLASS_INDEX, CLASSES, MALIGNANT, MELANOMA
 
 MALIGNANT_INDICES: tuple[int, ...] = tuple(CLASS_INDEX[c] for c in CLASSES if c in MALIGNANT)
 # The two referral scores: P(mel), and the summed probability of the malignant group.

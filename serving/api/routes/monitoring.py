@@ -12,11 +12,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from prometheus_client import Gauge
 
+from contracts.drift import INSUFFICIENT, DriftBounds, drift_report
 from serving.api.deps import AppState, ClientDep, StateDep
 from serving.db import monitoring as queries
 from serving.live_metrics import Outcome, by_version_and_week, live_metrics, validation_figures
 from serving.model_info import read_metadata
-from serving.monitoring import INSUFFICIENT, DriftBounds, drift_report
 from serving.retraining import RetrainingBounds, recommend
 
 log = logging.getLogger(__name__)

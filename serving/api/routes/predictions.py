@@ -14,6 +14,9 @@ import numpy as np
 from fastapi import APIRouter, Form, Header, HTTPException, Response, status
 from sqlalchemy.exc import IntegrityError
 
+from contracts.images import ImageRejected, PreparedImage, prepare_image
+from contracts.labels import CLASS_NAMES, CLASSES, MALIGNANT
+from contracts.rules import apply_rules
 from serving.api.deps import AppState, ClientDep, StateDep
 from serving.api.schemas import (
     FeedbackCreate,
@@ -23,13 +26,11 @@ from serving.api.schemas import (
     PredictionWithFeedback,
 )
 from serving.db import crud
-from serving.db.models import Prediction, utcnow
-from serving.images import ImageRejected, PreparedImage, prepare_image, store_image
+from serving.db.tables import Prediction, utcnow
 from serving.inference import predict_with_retries
 from serving.referral import decide
-from serving.rules import apply_rules
-from serving.triton_client import TritonModelNotReady
-from training.labels import CLASS_NAMES, CLASSES, MALIGNANT
+from serving.storage import store_image
+from serving.triton.client import TritonModelNotReady
 
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from serving.triton.config import (
+from contracts.triton_config import (
     CONFIG_FILE,
     ConfigFileError,
     read_config,
@@ -28,11 +28,21 @@ from serving.triton.config import (
     set_served_version,
     write_config,
 )
-from serving.triton.render import versions
 
 HISTORY_FILE = "history.jsonl"
 LOCK_FILE = ".lock"
 PUSHES = ("first_export", "promote")
+
+
+def model_dirs(repository: Path) -> list[Path]:
+    """Model folders of a repository (those with a ``config.pbtxt``), sorted by name."""
+    return sorted(p.parent for p in Path(repository).glob(f"*/{CONFIG_FILE}"))
+
+
+def versions(model_dir: Path) -> list[int]:
+    """Version numbers present in a model folder (complete ones: with ``model.pt``)."""
+    found = [p.parent.name for p in Path(model_dir).glob("*/model.pt")]
+    return sorted(int(v) for v in found if v.isdigit())
 
 
 class VersionError(ValueError):
@@ -107,7 +117,7 @@ def _require_version(model_dir: Path, version: int) -> None:
     if version not in present:
         raise VersionError(
             f"{model_dir.name} has no version {version}; versions: "
-            f"{', '.join(map(str, present)) or 'none'} (see `python -m serving.models list`)"
+            f"{', '.join(map(str, present)) or 'none'} (see `python -m serving.versions list`)"
         )
 
 
@@ -144,13 +154,13 @@ def rollback(model_dir: Path) -> tuple[int, int]:
         if current is None or len(stack) < 2 or stack[-1] != current:
             raise VersionError(
                 f"no earlier served version of {model_dir.name} is recorded in {HISTORY_FILE} "
-                f"(serving {current}): choose one with `python -m serving.models promote VERSION`"
+                f"(serving {current}): choose one with `python -m serving.versions promote VERSION`"
             )
         target = stack[-2]
         if target not in versions(model_dir):
             raise VersionError(
                 f"version {target}, served before {current}, has been deleted: "
-                "choose another with `python -m serving.models promote VERSION`"
+                "choose another with `python -m serving.versions promote VERSION`"
             )
         _serve(model_dir, target)
         record(model_dir, "rollback", target, current)
@@ -179,7 +189,7 @@ def delete(model_dir: Path, version: int) -> None:
 
 @dataclass(frozen=True)
 class VersionInfo:
-    """One line of ``python -m serving.models list``."""
+    """One line of ``python -m serving.versions list``."""
 
     version: int
     served: bool

@@ -1,6 +1,6 @@
-"""``python -m training records-dataset``: the clinic's own photos, as a training set.
+"""``python -m tools.records_dataset``: the clinic's own photos, as a training set.
 
-    python -m training records-dataset --database-url URL --image-dir DIR --out OUT \
+    python -m tools.records_dataset --database-url URL --image-dir DIR --out OUT \
         [--merge-with HAM10000_DIR]
 
 Reads the gateway's records: predictions whose photo was stored with consent and that have
@@ -33,8 +33,8 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from contracts.errors import ConfigError, DataError
 from training import data
-from training.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 PREFIX = "clinic_"
@@ -46,7 +46,7 @@ def read_records(database_url: str) -> pd.DataFrame:
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     from serving.db.engine import make_engine
-    from serving.db.models import Feedback, Prediction
+    from serving.db.tables import Feedback, Prediction
 
     query = (
         select(
@@ -92,7 +92,7 @@ def _copy_image(source: Path, fmt: str, target_stem: Path) -> Path:
         target = target_stem.with_suffix(".jpg")
         shutil.copyfile(source, target)
         return target
-    from serving.images import decode_image
+    from contracts.images import decode_image
 
     target = target_stem.with_suffix(".png")
     decoded = decode_image(source.read_bytes(), max_pixels=2**31)
@@ -206,7 +206,7 @@ def _redacted(url: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m training records-dataset", description=__doc__.split("\n\n")[0]
+        prog="python -m tools.records_dataset", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--database-url", required=True, help="the gateway's SKIN_DATABASE_URL")
     p.add_argument("--image-dir", required=True, type=Path, help="the gateway's SKIN_IMAGE_DIR")

@@ -15,7 +15,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving.triton_client import INPUT_NAME, OUTPUT_NAME
+from contracts.tensors import INPUT_NAME, OUTPUT_NAME
 
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
@@ -24,7 +24,7 @@ MAX_BATCH_SIZE = 32
 QUEUE_DELAY_US = 2000
 HEADER = (
     "# Written by `python -m training export`; the served version is changed with\n"
-    "# `python -m serving.models promote|rollback`. Tensor names: serving/triton_client.py.\n"
+    "# `python -m serving.versions promote|rollback`. Tensor names: contracts/tensors.py.\n"
 )
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from contracts.tensors import DEFAULT_MODEL_NAME
 from serving.security import DEV_KEY_FILE, ensure_dev_key
-from serving.triton_client import DEFAULT_MODEL_NAME
 
 
 def _versions(repository: Path, name: str) -> list[int]:
@@ -97,7 +97,7 @@ def check(url: str, key: str, photo: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m serving.stack",
+        prog="python -m tools.stack",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

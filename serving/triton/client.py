@@ -1,9 +1,4 @@
-"""The one place that names the Triton model and its tensors, and the gRPC clients that use them.
-
-The exported model takes ``uint8`` RGB images ``[N, H, W, 3]`` and returns ``float32``
-probabilities ``[N, 7]`` (``training.labels.CLASSES`` order). Tensor names follow the PyTorch
-backend's ``<name>__<index>`` convention, so the same ``config.pbtxt`` works with NVIDIA's
-native backend in production and with the Python backend of the local CPU server.
+"""The gRPC clients of the exported classifier (names and tensors: :mod:`contracts.tensors`).
 
 Every call carries a deadline and fails with one of a small set of exceptions:
 ``TritonUnavailable`` (server down, unreachable or too slow), ``TritonModelNotReady`` (no such
@@ -19,11 +14,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-DEFAULT_MODEL_NAME = "skin_lesion"
-INPUT_NAME = "image__0"
-OUTPUT_NAME = "probabilities__0"
-INPUT_DATATYPE = "UINT8"
-OUTPUT_DATATYPE = "FP32"
+from contracts.tensors import (
+    DEFAULT_MODEL_NAME,
+    INPUT_DATATYPE,
+    INPUT_NAME,
+    OUTPUT_NAME,
+)
+
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -59,7 +56,7 @@ def map_error(exc: InferenceServerException, url: str, model: str) -> TritonErro
     if "NOT_FOUND" in status or "UNAVAILABLE" in status or "unknown model" in lowered:
         return TritonModelNotReady(
             f"model {model!r} is not ready on Triton at {url}: {message}; "
-            "check `python -m serving.models list`."
+            "check `python -m serving.versions list`."
         )
     if "INVALID_ARGUMENT" in status:
         return TritonBadRequest(f"Triton rejected the request for {model!r}: {message}")
@@ -76,7 +73,7 @@ def check_batch(batch: np.ndarray) -> np.ndarray:
     if batch.ndim != 4 or batch.shape[3] != 3 or batch.shape[0] < 1:
         raise TritonBadRequest(
             f"expected RGB images [N, H, W, 3] with N >= 1, got shape {batch.shape}; "
-            "resize with training.transforms.eval_resize and stack them"
+            "resize with contracts.images.eval_resize and stack them"
         )
     return np.ascontiguousarray(batch)
 

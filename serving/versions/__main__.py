@@ -1,9 +1,9 @@
-"""``python -m serving.models``: list model versions, choose the served one, delete old ones.
+"""``python -m serving.versions``: list model versions, choose the served one, delete old ones.
 
-    python -m serving.models list
-    python -m serving.models promote 3      # serve version 3
-    python -m serving.models rollback       # serve the version served before
-    python -m serving.models delete 1       # remove a version that is not served
+    python -m serving.versions list
+    python -m serving.versions promote 3      # serve version 3
+    python -m serving.versions rollback       # serve the version served before
+    python -m serving.versions delete 1       # remove a version that is not served
 
 Promote and rollback write ``version_policy`` into the repository's ``config.pbtxt`` and tell
 the running Triton to load the model again (gRPC ``load_model``): it switches versions without
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from serving.models.repository import (
+from contracts.repository import (
     VersionError,
     delete,
     list_versions,
@@ -28,9 +28,10 @@ from serving.models.repository import (
     rollback,
     served_version,
 )
+from contracts.tensors import DEFAULT_MODEL_NAME
+from serving.triton.client import TritonClassifier, TritonError
 from serving.triton.render import render_repository
 from serving.triton.server import DEFAULT_CACHE, load_models, read_state
-from serving.triton_client import DEFAULT_MODEL_NAME, TritonClassifier, TritonError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -40,7 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     common.add_argument("--triton-url", help="gRPC host:port (default: the local server's)")
     common.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="local server's")
     common.add_argument("--timeout", type=float, default=120.0, help="seconds for a (re)load")
-    p = argparse.ArgumentParser(prog="python -m serving.models", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m serving.versions", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", parents=[common], help="versions and which one is served")
     listing.add_argument("--json", action="store_true", help="machine-readable output")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from training.labels import BODY_SITES, CLASS_INDEX, CLASSES, MALIGNANT, UNKNOWN_SITE
+from contracts.labels import BODY_SITES, CLASS_INDEX, CLASSES, MALIGNANT, UNKNOWN_SITE
 
 _RULE_KEYS = {"id", "site", "exclude", "reason", "allow_malignant", "evidence"}
 

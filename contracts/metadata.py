@@ -1,0 +1,181 @@
+"""``metadata.json`` of an exported version: the typed schema, its one writer and its readers.
+
+Export writes it once, atomically, before the version folder appears under its number; nothing
+patches it afterwards. Readers (the gateway, the version CLI, the evaluation, monitoring) call
+:func:`read_metadata` and get a :class:`VersionMetadata`, or :class:`MetadataError` naming the
+file and what is wrong. Keys this schema does not know are kept in ``extra`` and written back
+unchanged, so an older reader never drops what a newer writer added.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from contracts.images import RESIZE_POLICY
+from contracts.labels import CLASSES, NUM_CLASSES
+from contracts.tensors import INPUT_DATATYPE, INPUT_NAME, OUTPUT_DATATYPE, OUTPUT_NAME
+from contracts.triton_config import write_text_atomic
+
+METADATA_FILE = "metadata.json"
+REFERRAL_TARGETS: tuple[str, ...] = ("malignant", "mel")
+# Derived from ``input_size`` when written; never read back as truth.
+_DERIVED = ("inputs", "outputs", "input_format", "resize_policy")
+
+
+class MetadataError(ValueError):
+    """A ``metadata.json`` that is missing, unreadable or does not fit the schema."""
+
+
+@dataclass
+class VersionMetadata:
+    """What one exported version says about itself.
+
+    Args:
+        name: the Triton model's name (the folder above the version).
+        input_size: ``(height, width)`` of the ``uint8`` RGB images the model takes.
+        classes: output order; always :data:`contracts.labels.CLASSES`.
+        version: the version number, set by the writer when the folder gets its number.
+        thresholds: referral operating points per target (``mel``, ``malignant``), each
+            ``{"threshold": p, "sensitivity": ..., "specificity": ..., ...}``, chosen on
+            validation; empty when none were chosen.
+        temperature: the softmax temperature inside the model.
+        metrics: the checkpoint's logged metrics (``val/balanced_accuracy``, ...).
+        reference: training-data statistics for drift monitoring, or None.
+        parity: ``{"max_abs_diff", "tolerance", "images"}`` of eager vs TorchScript.
+        extra: every other key (``tta``, ``ensemble``, ``evaluation``, future keys).
+    """
+
+    name: str
+    input_size: tuple[int, int]
+    classes: tuple[str, ...] = CLASSES
+    version: int | None = None
+    dataset_version: str | None = None
+    synthetic: bool | None = None
+    model_name: str | None = None
+    training_config: dict[str, Any] = field(default_factory=dict)
+    class_weights: list[float] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    temperature: float = 1.0
+    wandb_run_id: str | None = None
+    checkpoint: dict[str, Any] | None = None
+    git: dict[str, Any] | None = None
+    created_at: str | None = None
+    parity: dict[str, Any] | None = None
+    torch_version: str | None = None
+    torchscript: str | None = None
+    reference: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def referral_thresholds(self) -> dict[str, float]:
+        """``{target: threshold}`` for the targets with a valid threshold in (0, 1]."""
+        found = {}
+        for target in REFERRAL_TARGETS:
+            entry = self.thresholds.get(target)
+            value = entry.get("threshold") if isinstance(entry, dict) else entry
+            if isinstance(value, int | float) and 0 < value <= 1:
+                found[target] = float(value)
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, with the tensor description derived from ``input_size``."""
+        height, width = self.input_size
+        out: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "classes": list(self.classes),
+            "input_size": [height, width],
+            "inputs": [
+                {"name": INPUT_NAME, "datatype": INPUT_DATATYPE, "shape": [-1, height, width, 3]}
+            ],
+            "outputs": [
+                {"name": OUTPUT_NAME, "datatype": OUTPUT_DATATYPE, "shape": [-1, NUM_CLASSES]}
+            ],
+            "input_format": "RGB uint8 NHWC, resized with contracts.images.eval_resize",
+            "resize_policy": RESIZE_POLICY,
+        }
+        for f in fields(self):
+            if f.name not in out and f.name != "extra":
+                out[f.name] = getattr(self, f.name)
+        out.update(self.extra)
+        return jsonable(out)
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "metadata.json") -> VersionMetadata:
+        """Parse and check a decoded ``metadata.json``.
+
+        Raises:
+            MetadataError: not an object, wrong class list, or an unusable ``input_size``.
+        """
+        if not isinstance(raw, dict):
+            raise MetadataError(f"{source} is not a JSON object")
+        classes = tuple(raw.get("classes") or CLASSES)
+        if classes != CLASSES:
+            raise MetadataError(
+                f"{source} lists classes {list(classes)}; this code knows {list(CLASSES)} in "
+                "that order: the version was exported by an incompatible release"
+            )
+        size = raw.get("input_size")
+        if (
+            not isinstance(size, list | tuple)
+            or len(size) != 2
+            or not all(isinstance(v, int) and v > 0 for v in size)
+        ):
+            raise MetadataError(f"{source} has no usable input_size (got {size!r})")
+        known = {f.name for f in fields(cls)} - {"extra", "input_size", "classes"}
+        values = {k: raw[k] for k in known if k in raw and raw[k] is not None}
+        if not isinstance(values.get("thresholds", {}), dict):
+            raise MetadataError(f"{source}: thresholds must be an object")
+        extra = {
+            k: v
+            for k, v in raw.items()
+            if k not in known and k not in _DERIVED and k not in ("input_size", "classes")
+        }
+        return cls(
+            input_size=(int(size[0]), int(size[1])),
+            classes=classes,
+            extra=extra,
+            **{"name": raw.get("name", "")} | values,
+        )
+
+    def write(self, path: Path) -> None:
+        """Write atomically (a reader sees the old file or the new one, never half)."""
+        write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def read_metadata(path: Path) -> VersionMetadata:
+    """Read ``path`` (a ``metadata.json`` or the version folder holding one).
+
+    Raises:
+        MetadataError: missing, unreadable, not JSON, or not the schema.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / METADATA_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MetadataError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MetadataError(f"cannot read {path}: {exc}") from None
+    return VersionMetadata.from_dict(raw, str(path))
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types: tuples and arrays (numpy, torch) become lists, numpy scalars numbers,
+    NaN and infinities ``None``, anything else unknown its ``str``."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy or torch, scalar or array
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
