@@ -36,9 +36,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Style, the import layers (docs/architecture.md; contracts in pyproject.toml) and the types.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy contracts serving
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -159,7 +159,7 @@ def _wait_ready(proc: subprocess.Popen, url: str, what: str) -> None:
 
 def _start_gateway(tmp: Path, triton_url: str, repo: Path, key: str) -> tuple[Any, str]:
     from serving.security import hash_key
-    from serving.triton.server import free_port
+    from serving.triton.ports import free_port
 
     port = free_port()
     env = {
@@ -180,7 +180,7 @@ def _start_gateway(tmp: Path, triton_url: str, repo: Path, key: str) -> tuple[An
 
 
 def _start_eager(model: str) -> tuple[Any, str]:
-    from serving.triton.server import free_port
+    from serving.triton.ports import free_port
 
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "benchmarks.eager_app:app", "--port", str(port)]

@@ -184,7 +184,8 @@ def soak(requests: int, concurrency: int, images: Path | None = None) -> dict[st
     import models
     from benchmarks.common import machine
     from serving.security import hash_key
-    from serving.triton.server import free_port, run_triton
+    from serving.triton.ports import free_port
+    from serving.triton.server import run_triton
     from training.export import default_parity_dir, export_model, parity_batch
 
     folder = Path(images or default_parity_dir())

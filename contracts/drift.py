@@ -31,6 +31,8 @@ PSEUDO_COUNT = 0.5
 MIN_EXPECTED = 5.0
 OTHER = "(other)"
 INSUFFICIENT = "insufficient data"
+# Counts per bin, as a list or an array.
+Counts = Sequence[float] | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,7 @@ def histogram(values: Sequence[float] | np.ndarray, edges: Sequence[float]) -> n
     return np.bincount(index, minlength=n_bins).astype(np.int64)
 
 
-def psi(
-    reference: Sequence[float], window: Sequence[float], pseudo_count: float = PSEUDO_COUNT
-) -> float:
+def psi(reference: Counts, window: Counts, pseudo_count: float = PSEUDO_COUNT) -> float:
     """Population stability index of ``window`` counts against ``reference`` counts, both
     smoothed by ``pseudo_count`` per bin. Bins empty in both carry no information and are
     left out (smoothing them would add a bias that grows with the number of fixed bins)."""
@@ -75,7 +75,7 @@ def psi(
 
 
 def chi_square(
-    reference: Sequence[float], window: Sequence[float], min_expected: float = MIN_EXPECTED
+    reference: Counts, window: Counts, min_expected: float = MIN_EXPECTED
 ) -> tuple[float, int, float]:
     """Two-sample chi-square test of homogeneity: ``(statistic, dof, p_value)``.
 
@@ -129,7 +129,9 @@ def _shares(counts: np.ndarray) -> list[float]:
     return [round(float(c / total), 6) if total else 0.0 for c in counts]
 
 
-def feature_drift(feature: dict[str, Any], values: Sequence[Any], bounds: DriftBounds) -> dict:
+def feature_drift(
+    feature: dict[str, Any], values: Sequence[Any], bounds: DriftBounds
+) -> dict[str, Any]:
     """PSI, chi-square p-value and flag of one feature's window ``values``."""
     labels, ref, win = _bin(feature, values)
     n = int(win.sum())

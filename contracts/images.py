@@ -160,7 +160,7 @@ def decode_image(data: bytes, max_pixels: int, sha256: str | None = None) -> Dec
     """
     fmt = sniff_format(data)
     try:
-        img = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]])
+        img: Image.Image = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]])
     except Image.DecompressionBombError as e:
         raise ImageRejected(f"the image has too many pixels ({e}); max {max_pixels}", 413) from e
     except UnidentifiedImageError as e:  # its message names a Python object and its address

@@ -77,7 +77,7 @@ class VersionMetadata:
         for target in REFERRAL_TARGETS:
             entry = self.thresholds.get(target)
             value = entry.get("threshold") if isinstance(entry, dict) else entry
-            if isinstance(value, int | float) and 0 < value <= 1:
+            if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1:
                 found[target] = float(value)
         return found
 
@@ -102,7 +102,8 @@ class VersionMetadata:
             if f.name not in out and f.name != "extra":
                 out[f.name] = getattr(self, f.name)
         out.update(self.extra)
-        return jsonable(out)
+        result: dict[str, Any] = jsonable(out)
+        return result
 
     @classmethod
     def from_dict(cls, raw: Any, source: str = "metadata.json") -> VersionMetadata:

@@ -22,6 +22,8 @@ from scipy.stats import rankdata
 from contracts.labels import CLASSES
 
 PER_CLASS = ("sensitivity", "specificity", "precision", "f1")
+# Class indices, as a list or an integer array.
+Labels = Sequence[int] | np.ndarray
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -34,7 +36,7 @@ def macro_mean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
+def confusion_matrix(y_true: Labels, y_pred: Labels, num_classes: int) -> np.ndarray:
     """Counts ``[num_classes, num_classes]``: row = true class, column = predicted class."""
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     if y_true.shape != y_pred.shape:
@@ -73,7 +75,7 @@ def metrics_from_confusion(cm: np.ndarray, classes: Sequence[str] = CLASSES) -> 
     return out
 
 
-def auroc_per_class(y_true: Sequence[int], probs: np.ndarray) -> np.ndarray:
+def auroc_per_class(y_true: Labels, probs: np.ndarray) -> np.ndarray:
     """One-vs-rest ROC AUC per class (Mann-Whitney U with tied scores averaged).
 
     NaN for a class with no positive or no negative example.
@@ -90,7 +92,7 @@ def auroc_per_class(y_true: Sequence[int], probs: np.ndarray) -> np.ndarray:
 
 
 def compute_metrics(
-    y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str] = CLASSES
+    y_true: Labels, probs: np.ndarray, classes: Sequence[str] = CLASSES
 ) -> tuple[dict[str, float], np.ndarray]:
     """All metrics from labels and predicted probabilities ``[N, C]`` (argmax decisions).
 

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from contracts.metadata import MetadataError, VersionMetadata, read_metadata
 from contracts.triton_config import (
     CONFIG_FILE,
     ConfigFileError,
@@ -59,13 +60,6 @@ def model_lock(model_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def read_metadata(model_dir: Path, version: int) -> dict[str, Any]:
-    try:
-        return json.loads((model_dir / str(version) / "metadata.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 def served_version(model_dir: Path) -> int | None:
@@ -202,21 +196,30 @@ class VersionInfo:
 
 
 def list_versions(model_dir: Path) -> list[VersionInfo]:
+    """Every complete version of a model folder with what its ``metadata.json`` says; blank
+    fields where that file is missing or unreadable."""
     served = served_version(model_dir)
     out = []
     for v in versions(model_dir):
-        meta = read_metadata(model_dir, v)
-        metrics = meta.get("metrics") or {}
-        out.append(
-            VersionInfo(
-                version=v,
-                served=v == served,
-                created_at=str(meta.get("created_at", "")),
-                dataset_version=str(meta.get("dataset_version") or ""),
-                synthetic=meta.get("synthetic"),
-                balanced_accuracy=metrics.get("val/balanced_accuracy"),
-                parity=(meta.get("parity") or {}).get("max_abs_diff"),
-                model_name=str((meta.get("training_config") or {}).get("model_name", "")),
-            )
-        )
+        try:
+            meta: VersionMetadata | None = read_metadata(model_dir / str(v))
+        except MetadataError:
+            meta = None
+        out.append(_version_info(v, v == served, meta))
     return out
+
+
+def _version_info(version: int, served: bool, meta: VersionMetadata | None) -> VersionInfo:
+    if meta is None:
+        return VersionInfo(version, served, "", "", None, None, None, "")
+    parity = (meta.parity or {}).get("max_abs_diff")
+    return VersionInfo(
+        version=version,
+        served=served,
+        created_at=str(meta.created_at or ""),
+        dataset_version=str(meta.dataset_version or ""),
+        synthetic=meta.synthetic,
+        balanced_accuracy=meta.metrics.get("val/balanced_accuracy"),
+        parity=parity,
+        model_name=str(meta.training_config.get("model_name", "")),
+    )

@@ -4,7 +4,7 @@ A rule says that, at one body site, some classes are implausible enough to be re
 the ranking; the remaining probabilities are renormalised to sum to 1. Malignant classes are
 never excluded unless the rule says ``allow_malignant: true`` explicitly, and ``unknown``
 excludes nothing. Import-light on purpose (numpy, yaml, the label contract): the offline
-evaluation (training/rules_eval.py) calls the same function as the gateway.
+evaluation (training.evaluation.scoring) calls the same function as the gateway.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from contracts.errors import DataError
@@ -30,9 +29,34 @@ from contracts.images import eval_resize, index_images, read_image
 from contracts.labels import CLASSES
 from contracts.tensors import DEFAULT_MODEL_NAME
 from serving.triton.client import DEFAULT_URL, TritonClassifier, TritonError, input_size
-from serving.triton.server import read_state
+from serving.triton.state import read_state
 
 COLUMNS = ["image_id", "path", *CLASSES, "predicted", "model_version"]
+
+
+def read_table(source: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV's column names (stripped, lower case) and its rows without their empty cells.
+
+    Raises:
+        DataError: not UTF-8, not CSV, no header, or a row longer than the header.
+    """
+    try:
+        with open(source, newline="", encoding="utf-8-sig") as f:
+            lines = [row for row in csv.reader(f) if row]  # blank lines carry nothing
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{source} is not a readable CSV ({exc})") from None
+    if not lines:
+        raise DataError(f"{source} is not a readable CSV (No columns to parse from file)")
+    header = [c.strip().lower() for c in lines[0]]
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        if len(line) > len(header):
+            raise DataError(
+                f"{source} is not a readable CSV (line {number} has {len(line)} fields, "
+                f"the header {len(header)})"
+            )
+        rows.append({k: v for k, v in zip(header, line, strict=False) if v != ""})
+    return header, rows
 
 
 def find_images(source: Path) -> list[tuple[str, str]]:
@@ -40,25 +64,24 @@ def find_images(source: Path) -> list[tuple[str, str]]:
     if source.is_dir():
         pairs = sorted(index_images(source).items())
     elif source.is_file():
-        try:
-            table = pd.read_csv(source, dtype=str)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise DataError(f"{source} is not a readable CSV ({exc})") from None
-        table.columns = [c.strip().lower() for c in table.columns]
+        header, rows = read_table(source)
         base = source.resolve().parent
-        if "path" in table:
-            paths = [str(base / p) for p in table["path"].dropna()]
-            ids = table["image_id"] if "image_id" in table else [Path(p).stem for p in paths]
-            pairs = list(zip(ids, paths, strict=False))
-        elif "image_id" in table:
+        if "path" in header:
+            pairs = [
+                (r.get("image_id") or Path(r["path"]).stem, str(base / r["path"]))
+                for r in rows
+                if "path" in r
+            ]
+        elif "image_id" in header:
             index = index_images(base)
-            missing = [i for i in table["image_id"] if i not in index]
+            ids = [r["image_id"] for r in rows if "image_id" in r]
+            missing = [i for i in ids if i not in index]
             if missing:
                 raise DataError(
                     f"{len(missing)} image_id(s) of {source} have no image below {base} "
                     f"(e.g. {', '.join(missing[:3])}): add <image_id>.jpg files or a path column"
                 )
-            pairs = [(i, index[i]) for i in table["image_id"]]
+            pairs = [(i, index[i]) for i in ids]
         else:
             raise DataError(f"{source} has neither a path nor an image_id column")
     else:

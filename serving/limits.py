@@ -60,7 +60,7 @@ class BodySizeLimit:
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -77,11 +77,11 @@ class BodySizeLimit:
         exceeded = False
         started = False
 
-        async def limited_receive() -> dict:
+        async def limited_receive() -> dict[str, Any]:
             nonlocal received, exceeded
             if exceeded:
                 raise BodyTooLarge
-            message = await receive()
+            message: dict[str, Any] = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
@@ -89,7 +89,7 @@ class BodySizeLimit:
                     raise BodyTooLarge
             return message
 
-        async def guarded_send(message: dict) -> None:
+        async def guarded_send(message: dict[str, Any]) -> None:
             nonlocal started
             if exceeded:  # the app's answer to a cut-off body: ours replaces it
                 return

@@ -3,17 +3,23 @@
 The predicted class is the one the clinician saw (``top_class``, after the body-location
 rules); the truth is the latest confirmed diagnosis. Sensitivity of a class is the share of
 its confirmed cases predicted as it; balanced accuracy is their mean over the classes that
-have confirmed cases (as scikit-learn's ``balanced_accuracy_score``). Referral rate is over
-all predictions; referral sensitivity over confirmed malignant cases (akiec, bcc, mel).
+have confirmed cases (:func:`contracts.metrics.metrics_from_confusion`, the definition that
+training and evaluation use). Referral rate is over all predictions; referral sensitivity over
+confirmed malignant cases (akiec, bcc, mel).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from contracts.labels import CLASSES, MALIGNANT
+import numpy as np
+
+from contracts.labels import CLASS_INDEX, CLASSES, MALIGNANT, NUM_CLASSES
+from contracts.metadata import VersionMetadata
+from contracts.metrics import confusion_matrix, metrics_from_confusion
 
 
 class Outcome(NamedTuple):
@@ -26,28 +32,29 @@ def _rate(hits: int, cases: int) -> dict[str, Any]:
     return {"value": round(hits / cases, 6) if cases else None, "cases": cases}
 
 
+def _rounded(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 6)
+
+
 def live_metrics(rows: Iterable[Outcome]) -> dict[str, Any]:
     """Counts, per-class sensitivity, balanced accuracy, referral rate and sensitivity."""
     rows = list(rows)
     confirmed = [r for r in rows if r.diagnosis is not None]
-    sensitivity = {
-        c: _rate(
-            sum(r.top_class == c for r in confirmed if r.diagnosis == c),
-            sum(r.diagnosis == c for r in confirmed),
-        )
-        for c in CLASSES
-    }
-    seen = [s["value"] for s in sensitivity.values() if s["cases"]]
+    cm = confusion_matrix(
+        [CLASS_INDEX[str(r.diagnosis)] for r in confirmed],
+        [CLASS_INDEX[r.top_class] for r in confirmed],
+        NUM_CLASSES,
+    )
+    figures = metrics_from_confusion(cm)
+    hits, cases = np.diag(cm), cm.sum(axis=1)
     malignant = [r for r in confirmed if r.diagnosis in MALIGNANT]
     return {
         "predictions": len(rows),
         "confirmed": len(confirmed),
         "referral_rate": _rate(sum(r.refer for r in rows), len(rows))["value"],
-        "sensitivity": sensitivity,
-        "balanced_accuracy": round(sum(seen) / len(seen), 6) if seen else None,
-        "accuracy": _rate(sum(r.top_class == r.diagnosis for r in confirmed), len(confirmed))[
-            "value"
-        ],
+        "sensitivity": {c: _rate(int(hits[i]), int(cases[i])) for i, c in enumerate(CLASSES)},
+        "balanced_accuracy": _rounded(figures["balanced_accuracy"]),
+        "accuracy": _rounded(figures["accuracy"]),
         "referral_sensitivity": _rate(sum(r.refer for r in malignant), len(malignant)),
     }
 
@@ -75,14 +82,14 @@ def by_version_and_week(
     }
 
 
-def validation_figures(metadata: dict[str, Any]) -> dict[str, Any]:
-    """What ``metadata.json`` says the version scored before it shipped."""
-    metrics = metadata.get("metrics") or {}
+def validation_figures(metadata: VersionMetadata | None) -> dict[str, Any]:
+    """What ``metadata.json`` says the version scored before it shipped (None: nothing)."""
+    metrics = metadata.metrics if metadata is not None else {}
     return {
         "metrics": {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))},
         "balanced_accuracy": metrics.get("val/balanced_accuracy"),
         "sensitivity": {
             c: metrics[f"val/sensitivity_{c}"] for c in CLASSES if f"val/sensitivity_{c}" in metrics
         },
-        "thresholds": metadata.get("thresholds") or {},
+        "thresholds": metadata.thresholds if metadata is not None else {},
     }

@@ -10,56 +10,66 @@ one version's input size or thresholds with another's probabilities.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contracts.metadata import (
+    METADATA_FILE,
+    REFERRAL_TARGETS,
+    MetadataError,
+    VersionMetadata,
+    read_metadata,
+)
 from serving.triton.client import AsyncTritonClassifier, TritonModelNotReady, input_size
 
 log = logging.getLogger(__name__)
-REFERRAL_TARGETS = ("malignant", "mel")
 
 
 @dataclass(frozen=True)
 class ServedModel:
+    """The version Triton serves, with what its ``metadata.json`` says (None: not readable)."""
+
     name: str
     version: str
     input_size: tuple[int, int]  # (height, width)
     thresholds: dict[str, float]  # referral target -> threshold
-    threshold_source: str  # "metadata.json" or "default"
-    metadata: dict[str, Any] = field(default_factory=dict)
+    threshold_source: str  # "metadata.json", "metadata.json+default" or "default"
+    metadata: VersionMetadata | None = None
 
 
-def read_metadata(repository: Path | None, model: str, version: str) -> dict[str, Any]:
-    """``<repository>/<model>/<version>/metadata.json``, or ``{}`` when absent or unreadable."""
-    if repository is None:
-        return {}
-    path = repository / model / version / "metadata.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, json.JSONDecodeError) as e:
-        log.warning("cannot read %s: %s", path, e)
-        return {}
+def version_metadata(repository: Path | None, model: str, version: str) -> VersionMetadata | None:
+    """``<repository>/<model>/<version>/metadata.json``, or None when absent or unreadable.
 
-
-def parse_thresholds(metadata: dict[str, Any], default: float) -> tuple[dict[str, float], str]:
-    """Referral thresholds per target from ``metadata["thresholds"]``.
-
-    Entries are ``{"mel": {"threshold": 0.1, ...}}`` (training.evaluation.thresholds) or plain
-    numbers. A target without a valid threshold in (0, 1] gets ``default``.
+    An unreadable file (not JSON, not the schema) is logged as a warning, not raised: the
+    gateway then serves with default thresholds.
     """
-    found: dict[str, float] = {}
-    raw = metadata.get("thresholds")
-    for target in REFERRAL_TARGETS:
-        entry = raw.get(target) if isinstance(raw, dict) else None
-        value = entry.get("threshold") if isinstance(entry, dict) else entry
-        if isinstance(value, int | float) and 0 < value <= 1:
-            found[target] = float(value)
+    if repository is None:
+        return None
+    path = repository / model / version / METADATA_FILE
+    if not path.exists():
+        return None
+    try:
+        return read_metadata(path)
+    except MetadataError as e:
+        log.warning("%s", e)
+        return None
+
+
+def referral_thresholds(
+    metadata: VersionMetadata | None, default: float
+) -> tuple[dict[str, float], str]:
+    """Referral thresholds per target, and where they come from.
+
+    A target without a valid threshold in (0, 1] in ``metadata.json`` gets ``default``.
+
+    Returns:
+        ``({"malignant": t, "mel": t}, source)``; source is ``metadata.json``,
+        ``metadata.json+default`` or ``default``.
+    """
+    found = metadata.referral_thresholds() if metadata is not None else {}
     source = "metadata.json" if len(found) == len(REFERRAL_TARGETS) else "default"
     if 0 < len(found) < len(REFERRAL_TARGETS):
         source = "metadata.json+default"
@@ -108,12 +118,15 @@ class ModelCatalog:
         if not versions:
             raise TritonModelNotReady(f"Triton serves no version of {self.client.model_name!r}")
         version = max(versions, key=int)
-        file_meta = read_metadata(self.repository, self.client.model_name, version)
-        thresholds, source = parse_thresholds(file_meta, self.default_threshold)
+        file_meta = version_metadata(self.repository, self.client.model_name, version)
+        thresholds, source = referral_thresholds(file_meta, self.default_threshold)
         size = input_size(meta)
-        declared = file_meta.get("input_size")
-        if declared and tuple(declared) != size:
-            log.warning("metadata.json says input_size %s, Triton serves %s", declared, size)
+        if file_meta is not None and file_meta.input_size != size:
+            log.warning(
+                "metadata.json says input_size %s, Triton serves %s",
+                list(file_meta.input_size),
+                size,
+            )
         return ServedModel(self.client.model_name, version, size, thresholds, source, file_meta)
 
     async def describe(self) -> dict[str, Any]:
@@ -129,8 +142,14 @@ class ModelCatalog:
                 {
                     "version": v,
                     "ready": await self.client.ready(int(v)),
-                    "metadata": read_metadata(self.repository, self.client.model_name, v) or None,
+                    "metadata": _as_json(
+                        version_metadata(self.repository, self.client.model_name, v)
+                    ),
                 }
                 for v in versions
             ],
         }
+
+
+def _as_json(metadata: VersionMetadata | None) -> dict[str, Any] | None:
+    return metadata.to_dict() if metadata is not None else None

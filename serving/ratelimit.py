@@ -75,14 +75,14 @@ class RateLimit:
         self.app, self.settings = app, settings
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
 
-    def _client(self, scope: dict) -> str | None:
+    def _client(self, scope: dict[str, Any]) -> str | None:
         if not self.settings.api_key_hashes:
             return "anonymous" if self.settings.allow_no_auth else None
         key = _presented_key(scope["headers"])
         digest = match_key(key, self.settings.api_key_hashes) if key else None
         return client_id(digest) if digest else None
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return

@@ -10,7 +10,7 @@ talk a referral away.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from contracts.labels import CLASSES, MALIGNANT, MELANOMA
@@ -34,7 +34,7 @@ def _scores(probs: Mapping[str, float]) -> dict[str, float]:
 
 
 def decide(
-    raw: Sequence[float], after_rules: Mapping[str, float], thresholds: Mapping[str, float]
+    raw: Iterable[float], after_rules: Mapping[str, float], thresholds: Mapping[str, float]
 ) -> Referral:
     """Refer or not, with the scores, thresholds and a sentence that says why.
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -19,15 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 from sqlalchemy import create_engine, func, select, text
 
+from contracts.images import eval_resize, index_images, read_image
+from contracts.labels import NUM_CLASSES
+from contracts.metadata import METADATA_FILE, read_metadata
 from serving.app import create_app
 from serving.db.tables import Prediction
 from serving.limits import server_options
 from serving.security import hash_key
 from serving.settings import Settings
+from serving.triton.ports import free_port
+from serving.triton.server import run_triton
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_SIZE = (112, 150)  # (height, width), HAM10000's 3:4
@@ -38,12 +42,6 @@ OTHER_KEY = "other-key-" + "y" * 32
 THRESHOLDS = {"mel": 0.2, "malignant": 0.45}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def lesion_rows(real_lesions_dir: Path) -> list[dict[str, str]]:
     with open(real_lesions_dir / "labels.csv") as f:
@@ -51,25 +49,40 @@ def lesion_rows(real_lesions_dir: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def model_repository(tmp_path_factory: pytest.TempPathFactory, real_lesions_dir: Path) -> Path:
-    """A real exported model (training.export.smoke_repository: a small CNN fitted for two
-    steps on real photos, exported by the real export path). Not a useful classifier, a real
-    one. Its metadata.json gets referral thresholds, as the evaluation would write them."""
-    from tests.factories import smoke_repository
+def served_checkpoint(tmp_path_factory: pytest.TempPathFactory, real_lesions_dir: Path) -> Path:
+    """The checkpoint the session's Triton serves: a small CNN fitted by a real Lightning
+    Trainer for two steps on the first eight real photos at ``MODEL_SIZE``. Not a useful
+    classifier, a real one."""
+    # Imported here: torch and Lightning load only for the tests that use a model.
+    from tests.factories import smoke_checkpoint
+
+    paths = sorted(index_images(real_lesions_dir).values())[:8]
+    images = np.stack([eval_resize(read_image(p), MODEL_SIZE) for p in paths])
+    labels = [i % NUM_CLASSES for i in range(len(paths))]
+    path = tmp_path_factory.mktemp("served-checkpoint") / "smoke.ckpt"
+    return smoke_checkpoint(path, images, labels)
+
+
+@pytest.fixture(scope="session")
+def model_repository(
+    tmp_path_factory: pytest.TempPathFactory, served_checkpoint: Path, real_lesions_dir: Path
+) -> Path:
+    """``served_checkpoint`` exported by the real export path as version 1. Its metadata.json
+    gets referral thresholds, as the evaluation would write them."""
+    from training.export import export
 
     repo = tmp_path_factory.mktemp("model_repository")
-    meta_path = smoke_repository(repo, real_lesions_dir, size=MODEL_SIZE) / "metadata.json"
-    meta = json.loads(meta_path.read_text())
-    meta["thresholds"] = {t: {"threshold": v} for t, v in THRESHOLDS.items()}
-    meta_path.write_text(json.dumps(meta, indent=2))
+    version = export(served_checkpoint, repo, parity_images=real_lesions_dir)
+    metadata = read_metadata(version)
+    metadata.thresholds = {t: {"threshold": v} for t, v in THRESHOLDS.items()}
+    metadata.write(version / METADATA_FILE)
     return repo
 
 
 @pytest.fixture(scope="session")
 def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The real tritonserver binary serving the exported model (CPU, Python backend)."""
-    from serving.triton.server import run_triton
-
+    """The real tritonserver binary serving ``model_repository`` (CPU, Python backend): the one
+    server of the session, shared by tests/serving, tests/triton, tests/reliability, ..."""
     with run_triton(model_repository, cache_dir=tmp_path_factory.mktemp("triton")) as server:
         yield server
 

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -32,8 +33,14 @@ from typing import Any
 
 import pandas as pd
 from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from contracts.errors import ConfigError, DataError
+from contracts.images import decode_image
+from serving.db.engine import make_engine
+from serving.db.tables import Feedback, Prediction
 from training import data
 
 log = logging.getLogger(__name__)
@@ -42,12 +49,6 @@ PREFIX = "clinic_"
 
 def read_records(database_url: str) -> pd.DataFrame:
     """Consented predictions with a confirmed diagnosis, latest feedback first."""
-    from sqlalchemy import select
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
-    from serving.db.engine import make_engine
-    from serving.db.tables import Feedback, Prediction
-
     query = (
         select(
             Prediction.id.label("prediction_id"),
@@ -92,8 +93,6 @@ def _copy_image(source: Path, fmt: str, target_stem: Path) -> Path:
         target = target_stem.with_suffix(".jpg")
         shutil.copyfile(source, target)
         return target
-    from contracts.images import decode_image
-
     target = target_stem.with_suffix(".png")
     decoded = decode_image(source.read_bytes(), max_pixels=2**31)
     Image.fromarray(decoded.rgb).save(target, "PNG")
@@ -199,8 +198,6 @@ def merge(records_dir: Path, ham: pd.DataFrame) -> dict[str, Any]:
 
 
 def _redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
     return make_url(url).render_as_string(hide_password=True)
 
 
@@ -215,7 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--merge-with", type=Path, help="HAM10000-layout folder: also write combined.csv"
     )
     args = p.parse_args(argv)
-    summary = build(args.database_url, args.image_dir, args.out, args.merge_with)
+    try:
+        summary = build(args.database_url, args.image_dir, args.out, args.merge_with)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(
         f"wrote {summary['images']} images to {args.out} (dataset version "
         f"{summary['dataset_version'][:16]}; {summary['skipped_missing_photos']} missing photos "

@@ -14,8 +14,8 @@ from contracts.errors import ConfigError, DataError
 
 # command -> module with main(argv) -> int
 EXTRA_COMMANDS = {
-    "export": "training.export",
-    "evaluate": "training.evaluate",
+    "export": "training.export.cli",
+    "evaluate": "training.evaluation.cli",
     "search": "training.search",
 }
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args and args[0] in EXTRA_COMMANDS:
             return int(importlib.import_module(EXTRA_COMMANDS[args[0]]).main(args[1:]) or 0)
-        from training.cli import main as cli_main
+        from training.cli import main as cli_main  # Lightning's CLI: slow, not for the extras
 
         cli_main(argv)  # None: LightningCLI reads sys.argv itself
         return 0

@@ -11,7 +11,7 @@ feature is a histogram that carries its own bins, so the gateway needs no consta
   seeded sample of training images.
 - ``image_width`` and ``image_height``: of the original files, before any resize.
 
-Computing it rebuilds the recorded split (``training.evaluation.sources.rebuild_split``) and
+Computing it rebuilds the recorded split (``training.recorded_split.rebuild_split``) and
 reads at most ``max_images`` images of each split, so it stays cheap on a CPU.
 """
 
@@ -31,8 +31,10 @@ import pandas as pd
 import torch.nn as nn
 
 from contracts.drift import histogram
-from contracts.images import eval_resize, luminance_stats
+from contracts.images import eval_resize, luminance_stats, read_image
 from contracts.labels import BODY_SITES, CLASSES
+from training.inference import predict
+from training.recorded_split import datamodule_hparams, rebuild_split
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,6 @@ def numeric(values: np.ndarray, edges: tuple[float, ...], source: str) -> dict[s
 def image_stats(path: str, input_size: tuple[int, int]) -> tuple[float, float, int, int]:
     """``(brightness, contrast, width, height)`` of an image file, as the gateway records an
     upload of it: luminance of the model input, size of the original."""
-    from contracts.images import read_image
-
     image = read_image(path)
     brightness, contrast = luminance_stats(eval_resize(image, input_size))
     return brightness, contrast, image.shape[1], image.shape[0]
@@ -85,7 +85,6 @@ def compute_reference(
     input_size: tuple[int, int],
     max_images: int = MAX_IMAGES,
     seed: int = 0,
-    batch_size: int = 64,
 ) -> dict[str, Any]:
     """The reference of a model trained on ``train`` and validated on ``val``.
 
@@ -96,15 +95,12 @@ def compute_reference(
         input_size: the model's ``(height, width)``.
         max_images: images read per split at most (seeded sample).
         seed: seed of the samples.
-        batch_size: images per forward pass.
     """
-    from training.evaluation.sources import predict
-
     sample = _sample(train, max_images, seed)
     stats = np.array([image_stats(p, input_size) for p in sample["path"]], dtype=np.float64)
     stats = stats.reshape(-1, 4)  # brightness, contrast, width, height
     val_sample = _sample(val, max_images, seed)
-    predicted = predict(model, val_sample, input_size, batch_size).argmax(axis=1)
+    predicted = predict(model, val_sample, input_size).argmax(axis=1)
     source = f"train sample of {len(sample)}"
     features = {
         "body_site": categorical(train["site"].tolist(), BODY_SITES, "train"),
@@ -160,7 +156,6 @@ def reference_for_checkpoint(
     raises: when the data cannot be reached (or the checkpoint records no data module and no
     ``data_dir`` is given) it warns and returns None, and export writes ``reference: null``.
     """
-    from training.evaluation.sources import ModelSource, datamodule_hparams, rebuild_split
 
     def give_up(why: str) -> None:
         message = (
@@ -180,17 +175,8 @@ def reference_for_checkpoint(
     if why := _data_reachable(recorded, data_dir):
         give_up(why)
         return None
-    source = ModelSource(
-        name=Path(checkpoint).stem,
-        kind="checkpoint",
-        path=Path(checkpoint),
-        logits=classifier,
-        classifier=classifier,
-        input_size=input_size,
-        datamodule=recorded,
-    )
     try:
-        split = rebuild_split(source, str(data_dir) if data_dir else None)
+        split = rebuild_split(recorded, input_size, str(data_dir) if data_dir else None)
         if split.synthetic:
             give_up("the rebuilt split is synthetic data")
             return None

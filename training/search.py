@@ -33,6 +33,8 @@ import lightning as L
 import yaml
 
 from contracts.errors import ConfigError
+from models.registry import get_spec
+from training.cli import main as cli_main
 
 log = logging.getLogger(__name__)
 MONITOR = "val/balanced_accuracy"
@@ -170,8 +172,6 @@ def trial_values(config: SearchConfig, sampled: dict[str, Any]) -> dict[str, Any
     the registry has them (``pretrained`` cannot be true for a model without them)."""
     values = {**config.overrides, **sampled}
     if "model.model_name" in sampled and "model.pretrained" not in config.overrides:
-        from models.registry import get_spec
-
         values["model.pretrained"] = get_spec(sampled["model.model_name"]).pretrained
     return values
 
@@ -187,9 +187,7 @@ def _logger(config: SearchConfig, name: str) -> dict[str, Any]:
 
 def run_trial(trial: Any, config: SearchConfig) -> float:
     """One fit with the trial's values; returns its best ``val/balanced_accuracy``."""
-    import optuna
-
-    from training.cli import main as cli_main
+    import optuna  # optional, only for a search; the rest of training runs without it
 
     global _ACTIVE_TRIAL
     values = trial_values(config, suggest(trial, config.space))
@@ -235,7 +233,7 @@ def run_trial(trial: Any, config: SearchConfig) -> float:
 
 def run_search(config: SearchConfig) -> tuple[Any, Path]:
     """Run the study; write the best configuration. Returns ``(study, path of the YAML)``."""
-    import optuna
+    import optuna  # optional, only for a search; the rest of training runs without it
 
     study = optuna.create_study(
         study_name=config.study_name,

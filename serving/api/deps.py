@@ -34,7 +34,8 @@ class AppState:
 
 
 def get_state(request: Request) -> AppState:
-    return request.app.state.gateway
+    state: AppState = request.app.state.gateway
+    return state
 
 
 StateDep = Annotated[AppState, Depends(get_state)]

@@ -49,7 +49,9 @@ def add_prediction(session: Session, row: Prediction) -> None:
     session.flush()
 
 
-def find_request(session: Session, client: str, request_id: str) -> tuple[str, dict] | None:
+def find_request(
+    session: Session, client: str, request_id: str
+) -> tuple[str, dict[str, Any]] | None:
     """``(fingerprint, answer)`` of the prediction stored for this client request id."""
     row = session.execute(
         select(Prediction.request_fingerprint, Prediction.answer).where(
@@ -61,7 +63,7 @@ def find_request(session: Session, client: str, request_id: str) -> tuple[str, d
 
 def get_prediction(
     session: Session, prediction_id: str
-) -> tuple[dict, FeedbackRecord | None] | None:
+) -> tuple[dict[str, Any], FeedbackRecord | None] | None:
     """The stored answer of a prediction and its latest feedback, or None."""
     answer = session.scalar(select(Prediction.answer).where(Prediction.id == prediction_id))
     if answer is None:

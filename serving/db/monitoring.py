@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -72,7 +74,7 @@ def recent(
         Observation(
             as_utc(r[0]),
             *r[1:7],
-            max(CLASSES, key=lambda c, p=r[7]: p.get(c, 0.0)),
+            _top_class(r[7]),
             r[8],
             r[9],
             r[10],
@@ -81,13 +83,17 @@ def recent(
     ]
 
 
-def window_values(rows: list[Observation], model_version: str | None) -> dict[str, list]:
+def _top_class(probabilities: dict[str, float]) -> str:
+    return max(CLASSES, key=lambda c: probabilities.get(c, 0.0))
+
+
+def window_values(rows: list[Observation], model_version: str | None) -> dict[str, Sequence[Any]]:
     """Feature -> values for ``contracts.drift.drift_report``.
 
     The predicted class depends on the model: only ``model_version``'s predictions count for
     it. The diagnosis counts only where feedback arrived.
     """
-    values: dict[str, list] = {
+    values: dict[str, Sequence[Any]] = {
         name: [getattr(r, attr) for r in rows] for name, attr in FEATURES.items()
     }
     values["predicted_class"] = [

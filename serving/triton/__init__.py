@@ -1,5 +1,7 @@
-"""The Triton side of serving: model configs, the local CPU server and its rendered repository.
+"""The Triton side of serving: the gRPC client, and the local CPU server with its rendering.
 
-``python -m serving.triton`` starts the real ``tritonserver`` binary on this machine; other
-code starts one with :func:`serving.triton.server.run_triton`.
+``client`` (the classifier clients, model loading), ``render`` (the CPU copy of the
+repository), and the local server: ``install`` (the wheel's files), ``ports``, ``process``
+(supervision), ``state`` (``server.json``) and ``server`` (:func:`serving.triton.server.run_triton`,
+which ``python -m serving.triton`` runs).
 """

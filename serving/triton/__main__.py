@@ -11,7 +11,9 @@ import signal
 import sys
 from pathlib import Path
 
-from serving.triton.server import CPU_INSTANCES, DEFAULT_CACHE, TritonServer, TritonServerError
+from serving.triton.install import TritonServerError
+from serving.triton.server import CPU_INSTANCES, TritonServer
+from serving.triton.state import DEFAULT_CACHE
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

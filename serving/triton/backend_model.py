@@ -10,12 +10,13 @@ import json
 import os
 import site
 import warnings
+from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         # The backend stub runs its own interpreter: give it the project's site-packages.
@@ -39,7 +40,7 @@ class TritonPythonModel:
             )
             self.model = torch.jit.load(path, map_location="cpu").eval()
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> list[Any]:
         torch, dlpack = self.torch, self.dlpack
         images = [
             dlpack.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name).to_dlpack())

@@ -7,7 +7,7 @@ model or version loaded), ``TritonBadRequest`` (the input is wrong), all ``Trito
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -93,8 +93,8 @@ def _request(batch: np.ndarray, module: Any) -> tuple[list[Any], list[Any]]:
     return [tensor], [module.InferRequestedOutput(OUTPUT_NAME)]
 
 
-class TritonClassifier:
-    """Blocking gRPC client for the exported classifier.
+class _Classifier:
+    """What both clients share: the endpoint, the model, the deadline and the call arguments.
 
     Args:
         url: ``host:port`` of Triton's gRPC endpoint.
@@ -109,42 +109,57 @@ class TritonClassifier:
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
+
+    def _model_args(self, version: int | None) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "model_version": str(version or ""),
+            "client_timeout": self.timeout_s,
+        }
+
+    def _infer_args(self, batch: np.ndarray, version: int | None, module: Any) -> dict[str, Any]:
+        inputs, outputs = _request(check_batch(batch), module)
+        return {**self._model_args(version), "inputs": inputs, "outputs": outputs}
+
+    def _error(self, exc: InferenceServerException) -> TritonError:
+        return map_error(exc, self.url, self.model_name)
+
+
+class TritonClassifier(_Classifier):
+    """Blocking gRPC client for the exported classifier (arguments: :class:`_Classifier`)."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        model_name: str = DEFAULT_MODEL_NAME,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        super().__init__(url, model_name, timeout_s)
         self._client = grpcclient.InferenceServerClient(url)
 
     def predict(self, batch: np.ndarray, version: int | None = None) -> np.ndarray:
         """Probabilities ``float32 [N, 7]`` for a ``uint8 [N, H, W, 3]`` batch."""
-        inputs, outputs = _request(check_batch(batch), grpcclient)
+        args = self._infer_args(batch, version, grpcclient)
         try:
-            result = self._client.infer(
-                self.model_name,
-                inputs,
-                model_version=str(version or ""),
-                outputs=outputs,
-                client_timeout=self.timeout_s,
-            )
+            result = self._client.infer(**args)
         except InferenceServerException as exc:
-            raise map_error(exc, self.url, self.model_name) from None
-        return result.as_numpy(OUTPUT_NAME)
+            raise self._error(exc) from None
+        return cast(np.ndarray, result.as_numpy(OUTPUT_NAME))
 
     def ready(self, version: int | None = None) -> bool:
         """True when the server answers and the model (version) is loaded; never raises."""
         try:
-            return bool(
-                self._client.is_model_ready(
-                    self.model_name, str(version or ""), client_timeout=self.timeout_s
-                )
-            )
+            return bool(self._client.is_model_ready(**self._model_args(version)))
         except InferenceServerException:
             return False
 
     def model_metadata(self, version: int | None = None) -> dict[str, Any]:
         """Triton's metadata of the model: name, loaded ``versions``, tensor names and shapes."""
         try:
-            return self._client.get_model_metadata(
-                self.model_name, str(version or ""), as_json=True, client_timeout=self.timeout_s
-            )
+            metadata = self._client.get_model_metadata(**self._model_args(version), as_json=True)
         except InferenceServerException as exc:
-            raise map_error(exc, self.url, self.model_name) from None
+            raise self._error(exc) from None
+        return cast(dict[str, Any], metadata)
 
     def close(self) -> None:
         self._client.close()
@@ -156,7 +171,7 @@ class TritonClassifier:
         self.close()
 
 
-class AsyncTritonClassifier:
+class AsyncTritonClassifier(_Classifier):
     """The same client on ``tritonclient.grpc.aio``, for asyncio code such as the gateway.
 
     The gRPC channel is created on first use, inside the running event loop.
@@ -168,7 +183,7 @@ class AsyncTritonClassifier:
         model_name: str = DEFAULT_MODEL_NAME,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
+        super().__init__(url, model_name, timeout_s)
         self._client: aioclient.InferenceServerClient | None = None
 
     @property
@@ -179,38 +194,29 @@ class AsyncTritonClassifier:
 
     async def predict(self, batch: np.ndarray, version: int | None = None) -> np.ndarray:
         """Probabilities ``float32 [N, 7]`` for a ``uint8 [N, H, W, 3]`` batch."""
-        inputs, outputs = _request(check_batch(batch), aioclient)
+        args = self._infer_args(batch, version, aioclient)
         try:
-            result = await self.client.infer(
-                self.model_name,
-                inputs,
-                model_version=str(version or ""),
-                outputs=outputs,
-                client_timeout=self.timeout_s,
-            )
+            result = await self.client.infer(**args)
         except InferenceServerException as exc:
-            raise map_error(exc, self.url, self.model_name) from None
-        return result.as_numpy(OUTPUT_NAME)
+            raise self._error(exc) from None
+        return cast(np.ndarray, result.as_numpy(OUTPUT_NAME))
 
     async def ready(self, version: int | None = None) -> bool:
         """True when the server answers and the model (version) is loaded; never raises."""
         try:
-            return bool(
-                await self.client.is_model_ready(
-                    self.model_name, str(version or ""), client_timeout=self.timeout_s
-                )
-            )
+            return bool(await self.client.is_model_ready(**self._model_args(version)))
         except InferenceServerException:
             return False
 
     async def model_metadata(self, version: int | None = None) -> dict[str, Any]:
         """Triton's metadata of the model: name, loaded ``versions``, tensor names and shapes."""
         try:
-            return await self.client.get_model_metadata(
-                self.model_name, str(version or ""), as_json=True, client_timeout=self.timeout_s
+            metadata = await self.client.get_model_metadata(
+                **self._model_args(version), as_json=True
             )
         except InferenceServerException as exc:
-            raise map_error(exc, self.url, self.model_name) from None
+            raise self._error(exc) from None
+        return cast(dict[str, Any], metadata)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -222,3 +228,17 @@ class AsyncTritonClassifier:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def load_models(grpc_url: str, names: list[str], timeout_s: float = 120.0) -> None:
+    """Ask a running server to (re)load models from its repository; it re-reads the config.
+
+    Raises:
+        TritonError: a model failed to load, or the server cannot be reached.
+    """
+    with grpcclient.InferenceServerClient(grpc_url) as client:
+        for name in names:
+            try:
+                client.load_model(name, client_timeout=timeout_s)
+            except InferenceServerException as exc:
+                raise map_error(exc, grpc_url, name) from None

@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from contracts.repository import (
     VersionError,
@@ -29,9 +30,9 @@ from contracts.repository import (
     served_version,
 )
 from contracts.tensors import DEFAULT_MODEL_NAME
-from serving.triton.client import TritonClassifier, TritonError
+from serving.triton.client import TritonClassifier, TritonError, load_models
 from serving.triton.render import render_repository
-from serving.triton.server import DEFAULT_CACHE, load_models, read_state
+from serving.triton.state import DEFAULT_CACHE, read_state
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -55,7 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _triton(args: argparse.Namespace) -> tuple[str | None, dict]:
+def _triton(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
     state = read_state(args.cache_dir)
     ours = state and Path(state["repository"]) == args.repository.resolve()
     return args.triton_url or state.get("grpc_url"), (state if ours else {})

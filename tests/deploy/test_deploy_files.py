@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import yaml
 
 from serving.security import hash_key
 from serving.settings import Settings
+from serving.triton.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
@@ -178,10 +178,14 @@ def test_the_training_image_commands_run_here() -> None:
     train = stages()["train"]
     assert train["entrypoint"] == ["python", "-m", "training"]
     python = [sys.executable, "-m", "training"]
-    for command in ("fit", "export", "evaluate", "records-dataset"):
+    for command in ("fit", "export", "evaluate"):
         done = run(*python, command, "--help")
         assert done.returncode == 0, (command, done.stderr[-2000:])
         assert "usage" in done.stdout.lower(), command
+    # The records tool ships in the same image (its `records` extra), run with
+    # `--entrypoint python ... -m tools.records_dataset`.
+    done = run(sys.executable, "-m", "tools.records_dataset", "--help")
+    assert done.returncode == 0, done.stderr[-2000:]
     # The image's default command, with its config from the image's /app/configs.
     cmd = [a.replace("/app/", f"{ROOT}/") for a in train["cmd"]]
     done = run(*python, *cmd, "--print_config")
@@ -189,12 +193,6 @@ def test_the_training_image_commands_run_here() -> None:
     printed = yaml.safe_load(done.stdout)
     assert printed["trainer"]["accelerator"] == "gpu"
     assert printed["trainer"]["precision"] == "bf16-mixed"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -207,14 +205,14 @@ def test_the_gateway_image_command_serves_and_its_healthcheck_passes(tmp_path: P
     assert done.returncode == 2 and "no API keys configured" in done.stderr
     assert "Traceback" not in done.stderr
 
-    port = _free_port()
+    port = free_port()
     env = {
         **bare,
         "SKIN_HOST": "127.0.0.1",
         "SKIN_PORT": str(port),
         "SKIN_API_KEY_HASHES": COMPOSE_ENV["SKIN_API_KEY_HASHES"],
         "SKIN_DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}",
-        "SKIN_TRITON_URL": f"127.0.0.1:{_free_port()}",  # nothing listens: not ready
+        "SKIN_TRITON_URL": f"127.0.0.1:{free_port()}",  # nothing listens: not ready
         "SKIN_RULES_PATH": str(ROOT / "configs" / "body_location_rules.yaml"),
         "SKIN_IMAGE_DIR": str(tmp_path / "images"),
         "SKIN_MODEL_REPOSITORY": str(tmp_path),

@@ -10,7 +10,14 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import lightning as L
 import pytest
+
+from training.datamodule import LesionDataModule
+from training.evaluation.config import EvaluationConfig
+from training.evaluation.run import evaluate
+from training.export.variants import export_variant
+from training.module import LesionClassifier
 
 SIZE = (48, 64)
 SPLIT_SEED = 7
@@ -26,11 +33,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def train_checkpoint(folder: Path, ham_dir: Path, seed: int) -> Path:
     """Two training steps of ``compact_cnn``; returns ``folder/checkpoints/best.ckpt``."""
-    import lightning as L
-
-    from training.datamodule import LesionDataModule
-    from training.module import LesionClassifier
-
     L.seed_everything(seed, verbose=False)
     dm = LesionDataModule(
         data_dir=str(ham_dir),
@@ -76,19 +78,16 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory, ham_dir: Path) -> list
 @pytest.fixture(scope="session")
 def ev(checkpoints: list[Path]):
     """The first checkpoint evaluated with TTA and a 2-member ensemble, 5 images per class."""
-    from training.evaluate import evaluate
-
-    return evaluate(
-        checkpoints[0], limit_per_class=5, n_resamples=100, tta=True, ensemble=[checkpoints[1]]
+    config = EvaluationConfig(
+        limit_per_class=5, n_resamples=100, tta=True, ensemble=[checkpoints[1]]
     )
+    return evaluate(checkpoints[0], config)
 
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory: pytest.TempPathFactory, ev, real_lesions_dir: Path) -> Path:
     """``ev``'s cnn, tta and ensemble exported as versions 1, 2 and 3; the model's folder."""
-    from training.evaluate import export
-
     repo = tmp_path_factory.mktemp("repo")
     for which in ("cnn", "tta", "ensemble"):
-        export(ev, which, repo, parity_images=real_lesions_dir, reference_images=50)
+        export_variant(ev, which, repo, parity_images=real_lesions_dir, reference_images=50)
     return repo / "skin_lesion"

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from contracts.labels import CLASS_INDEX
+from contracts.labels import CLASS_INDEX, NUM_CLASSES
+from contracts.metrics import confusion_matrix, metrics_from_confusion
 from training.evaluation import bootstrap as bs
 
 MEL = CLASS_INDEX["mel"]
@@ -18,6 +19,17 @@ def test_point_estimates_match_sklearn():
     )
     sens = bs.point(bs.sensitivity(y == MEL, pred == MEL), 300)
     assert sens == pytest.approx(recall_score(y == MEL, pred == MEL))
+
+
+@pytest.mark.parametrize("absent", [(), (3,), (0, 6)])
+def test_unit_weights_give_the_one_balanced_accuracy(absent):
+    """The weighted form is contracts.metrics' balanced accuracy, absent classes included."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, NUM_CLASSES, 200)
+    y = y[~np.isin(y, absent)]
+    pred = np.where(rng.random(len(y)) < 0.5, y, rng.integers(0, NUM_CLASSES, len(y)))
+    expected = metrics_from_confusion(confusion_matrix(y, pred, NUM_CLASSES))["balanced_accuracy"]
+    assert bs.point(bs.balanced_accuracy(y, pred), len(y)) == pytest.approx(expected, abs=1e-12)
 
 
 def test_resampling_draws_whole_lesions():

@@ -10,14 +10,16 @@ import pytest
 from contracts.images import eval_resize, read_image
 from serving.triton.client import TritonClassifier
 from serving.triton.server import run_triton
-from training.evaluate import export
+from training.export.variants import export_variant
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 
 def test_ensemble_served_by_triton_equals_the_evaluated_ensemble(ev, tmp_path, real_lesions_dir):
     repo = tmp_path / "repo"
-    version = export(ev, "ensemble", repo, parity_images=real_lesions_dir, reference_images=50)
+    version = export_variant(
+        ev, "ensemble", repo, parity_images=real_lesions_dir, reference_images=50
+    )
     meta = json.loads((version / "metadata.json").read_text())
     assert len(meta["ensemble"]["members"]) == 2
     size = tuple(meta["input_size"])

@@ -11,10 +11,14 @@ import pytest
 from tests.wandb_records import wandb_records
 from training import data
 from training.__main__ import main as training_main
-from training.evaluate import evaluate, promotion_check, write
 from training.evaluation import thresholds as th
 from training.evaluation.calibration import nll
-from training.evaluation.sources import LogProbabilities, load_source, predict
+from training.evaluation.config import EvaluationConfig
+from training.evaluation.report import write
+from training.evaluation.run import evaluate, promotion_check
+from training.evaluation.sources import load_source
+from training.export import LogProbabilities
+from training.inference import predict
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +111,9 @@ def test_evaluates_a_csv_of_its_own_with_validation_from_the_recorded_split(
     for name in table["path"]:
         (tmp_path / name).symlink_to(real_lesions_dir / name)
     limit = ev.settings["limit_per_class"]
-    other = evaluate(checkpoints[0], data=own, limit_per_class=limit, n_resamples=20)
+    other = evaluate(
+        checkpoints[0], EvaluationConfig(data=own, limit_per_class=limit, n_resamples=20)
+    )
     assert set(other.cases.frame["image_id"]) == set(table["image_id"])
     assert set(other.cases.frame["group"]) == set(table["lesion_id"])
     assert other.split == str(own)
@@ -140,20 +146,11 @@ def test_exported_model_gives_the_evaluated_probabilities(ev, repository, which,
 
 
 def test_gate_compares_versions_on_the_same_lesions(repository, ev):
-    same = promotion_check(
-        repository / "1",
-        repository / "1",
-        limit_per_class=ev.settings["limit_per_class"],
-        n_resamples=100,
-    )
+    config = EvaluationConfig(limit_per_class=ev.settings["limit_per_class"], n_resamples=100)
+    same = promotion_check(repository / "1", repository / "1", config)
     assert same.promote and all(c.difference == 0 for c in same.checks)
     assert all(c.diff_low == c.diff_high == 0 for c in same.checks)
-    tta_vs_cnn = promotion_check(
-        repository / "2",
-        repository / "1",
-        limit_per_class=ev.settings["limit_per_class"],
-        n_resamples=100,
-    )
+    tta_vs_cnn = promotion_check(repository / "2", repository / "1", config)
     expected = ev.scores["tta"].balanced_accuracy.estimate - (
         ev.scores["cnn"].balanced_accuracy.estimate
     )
@@ -186,7 +183,8 @@ def test_cli_reports_and_refuses_bad_input(checkpoints, tmp_path, capsys):
 
 
 def test_cli_compares_with_the_served_version(repository, ev, tmp_path, capsys):
-    gate = promotion_check(repository / "2", repository / "1", limit_per_class=5, n_resamples=50)
+    config = EvaluationConfig(limit_per_class=5, n_resamples=50)
+    gate = promotion_check(repository / "2", repository / "1", config)
     args = [
         "evaluate",
         "--model",

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.triton]
 
 def records_dataset(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "training", "records-dataset", *args],
+        [sys.executable, "-m", "tools.records_dataset", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

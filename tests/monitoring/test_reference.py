@@ -42,7 +42,11 @@ def test_image_statistics_equal_what_the_gateway_records(
 
 
 def test_export_stores_the_reference_of_the_recorded_split(
-    smoke_ckpt: Path, ham_dir: Path, real_lesions_dir: Path, tmp_path: Path
+    smoke_ckpt: Path,
+    ham_dir: Path,
+    ham_image_size: tuple[int, int],
+    real_lesions_dir: Path,
+    tmp_path: Path,
 ) -> None:
     recorded = {"data_dir": str(ham_dir), "val_fraction": 0.2, "test_fraction": 0.1, "seed": 7}
     ckpt = with_datamodule(smoke_ckpt, tmp_path / "fit.ckpt", **recorded)
@@ -66,8 +70,9 @@ def test_export_stores_the_reference_of_the_recorded_split(
     assert features["brightness"]["edges"] == list(BRIGHTNESS_EDGES)
     for name in ("brightness", "contrast", "image_width", "image_height"):
         assert sum(features[name]["counts"]) == 60, name
-    # HAM10000 here is 200x150 (the originals downscaled 3x): the sizes say so.
-    assert features["image_width"]["mean"] == 200 and features["image_height"]["mean"] == 150
+    # The reference records the data's own image size.
+    height, width = ham_image_size
+    assert features["image_width"]["mean"] == width and features["image_height"]["mean"] == height
     assert 100 < features["brightness"]["mean"] < 200
     assert len(reference["version"]) == 12
 

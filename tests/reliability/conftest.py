@@ -12,7 +12,8 @@ import pytest
 
 from benchmarks.load_soak import start_gateway_process
 from serving.security import hash_key
-from tests.fixtures_serving import API_KEY, ROOT, free_port
+from serving.triton.ports import free_port
+from tests.fixtures_serving import API_KEY, ROOT
 
 
 @pytest.fixture(scope="session")

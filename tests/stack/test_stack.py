@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from serving.triton.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -52,7 +47,7 @@ def test_stack_trains_exports_serves_and_answers(
         "--config",
         "tiny.yaml",
         "--port",
-        str(_free_port()),
+        str(free_port()),
         "--check",
         str(photo),
     ]

@@ -15,7 +15,7 @@ OFF = AugmentOptions(
 
 @pytest.fixture(scope="module")
 def photos(ham_dir, real_lesions_dir):
-    """A 200x150 training image and a 600x450 full-size upload, RGB uint8."""
+    """A (downscaled) training image from the HAM10000 folder and a full-size upload, RGB uint8."""
     small = read_image(str(next((ham_dir / "images").glob("*.jpg"))))
     full = read_image(str(next(real_lesions_dir.glob("*.jpg"))))
     return small, full

@@ -33,13 +33,13 @@ def _check_batch(batch: dict, n: int, dm: LesionDataModule, split: str) -> None:
     assert batch["label"].tolist() == [CLASS_INDEX[y] for y in rows["label"]]
 
 
-def test_real_data_through_the_datamodule(ham_dir):
+def test_real_data_through_the_datamodule(ham_dir, ham_metadata):
     dm = LesionDataModule(data_dir=str(ham_dir), batch_size=8, num_workers=0)
     dm.prepare_data()
     dm.setup("fit")
     assert not dm.synthetic and re.fullmatch(r"[0-9a-f]{64}", dm.dataset_version)
     assert dm.image_size == (112, 150)
-    assert sum(len(s) for s in dm.splits.values()) == 9029  # ../shared/data/README.md
+    assert sum(len(s) for s in dm.splits.values()) == len(ham_metadata)
     for part in dm.splits.values():
         assert list(part.columns) == list(data.COLUMNS) and set(part["label"]) == set(CLASSES)
     counts = torch.tensor(data.class_counts(dm.splits["train"]["label"]), dtype=torch.float32)

@@ -19,13 +19,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from contracts.tensors import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_NAME
 from contracts.triton_config import read_config
 from serving.triton.client import AsyncTritonClassifier, TritonClassifier, TritonUnavailable
-from serving.triton.server import (
-    STATE_FILE,
-    TritonServer,
-    TritonServerError,
-    find_install,
-    run_triton,
-)
+from serving.triton.install import TritonServerError, find_install
+from serving.triton.server import TritonServer, run_triton
+from serving.triton.state import STATE_FILE
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,17 +19,21 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 
 def test_second_export_is_served_after_promotion_and_rolled_back(
-    triton, model_repository, checkpoint, real_lesions_dir, lesions, expected, capsys
+    triton, model_repository, served_checkpoint, real_lesions_dir, lesions, expected, capsys
 ):
     _, images = lesions
     model_dir = model_repository / DEFAULT_MODEL_NAME
     opts = ["--repository", str(model_repository), "--cache-dir", str(triton.cache_dir)]
     pid = triton.process.pid
     # Version 2: the same network with a softmax temperature of 2, so its outputs differ.
-    v2 = export(checkpoint, model_repository, parity_images=real_lesions_dir, temperature=2.0)
+    v2 = export(
+        served_checkpoint, model_repository, parity_images=real_lesions_dir, temperature=2.0
+    )
     assert v2 == model_dir / "2"
     with torch.no_grad():
-        hot = ProbabilityModel(load_checkpoint(checkpoint).classifier, temperature=2.0).eval()
+        hot = ProbabilityModel(
+            load_checkpoint(served_checkpoint).classifier, temperature=2.0
+        ).eval()
         expected2 = hot(torch.from_numpy(images)).numpy()
     assert np.abs(expected2 - expected).max() > 1e-3
 

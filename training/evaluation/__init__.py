@@ -1,6 +1,9 @@
 """Evaluation: the decisions the product makes (operating point, calibration, promotion) and
 the evidence behind them (baselines, lesion-level bootstrap, report).
 
-The submodules are pure numpy/pandas except ``report``/``plots`` (matplotlib) and the wiring in
-``training/evaluate.py``; import them directly (``from training.evaluation import thresholds``).
+``run.evaluate`` is one evaluation (``config.EvaluationConfig`` its settings, ``results`` what
+it gives); ``cli`` is ``python -m training evaluate``. The scoring modules (``scoring``,
+``thresholds``, ``calibration``, ``bootstrap``, ``baselines``, ``promotion``) are pure
+numpy/pandas; ``report``/``plots`` draw with matplotlib. Import submodules directly
+(``from training.evaluation import thresholds``).
 """

@@ -61,7 +61,12 @@ def _per_class_recall(y_true: np.ndarray, hit: np.ndarray) -> Callable[[np.ndarr
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> WeightedMetric:
-    """Mean recall over the classes present (sklearn's ``balanced_accuracy_score``)."""
+    """Mean recall over the classes present, as a function of lesion weights.
+
+    With every weight 1 it equals :func:`contracts.metrics.metrics_from_confusion`'s
+    ``balanced_accuracy`` (the one definition, shared with training); this weighted form
+    exists so that a thousand resamples are matrix products.
+    """
     recall = _per_class_recall(y_true, np.asarray(y_true) == np.asarray(y_pred))
 
     def metric(weights: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from contracts.images import read_image  # noqa: E402
 from contracts.labels import CLASSES  # noqa: E402
 from training.evaluation import thresholds as th  # noqa: E402
 from training.evaluation.calibration import reliability  # noqa: E402
@@ -137,8 +138,6 @@ def operating_curves(
 def thumbnails(table: pd.DataFrame, path: Path, title: str, columns: int = 4) -> Path | None:
     """A grid of the images in ``table`` (columns ``path, label, predicted, confidence,
     p_mel``), each captioned; None when the table is empty."""
-    from contracts.images import read_image
-
     if table.empty:
         return None
     rows = math.ceil(len(table) / columns)

@@ -1,7 +1,7 @@
 """The promotion gate: may a candidate model version replace the one being served?
 
-Pure: the caller evaluates both versions on the SAME test split (``training.evaluate`` does,
-with a paired lesion-level bootstrap) and passes the numbers here. The gate refuses a
+Pure: the caller evaluates both versions on the SAME test split and passes the numbers here
+(``training.evaluation.gate`` does, with a paired lesion-level bootstrap). The gate refuses a
 candidate that is worse than the served version on a gated metric by more than that metric's
 tolerance, or demonstrably worse (the paired interval of candidate - served lies entirely
 below zero), unless forced. It says why, metric by metric.

@@ -8,19 +8,18 @@ import math
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from contracts.labels import CLASSES
+from contracts.metadata import jsonable
 from contracts.metrics import confusion_matrix
 from training.evaluation import plots, scoring
 from training.evaluation import thresholds as th
 from training.evaluation.bootstrap import Interval
-
-if TYPE_CHECKING:
-    from training.evaluate import Evaluation
+from training.evaluation.results import Evaluation
 
 WANDB_PROJECT = os.environ.get("WANDB_PROJECT", "skin-lesion")
 
@@ -96,7 +95,7 @@ def render(ev: Evaluation, figs: dict[str, Path]) -> str:
     out = [
         f"# Evaluation: {ev.name}",
         "",
-        f"Model: `{ev.source.path}` ({ev.source.kind}, {ev.source.info.get('model_name')}, "
+        f"Model: `{ev.source.path}` ({ev.source.kind}, {ev.source.metadata.model_name}, "
         f"input {ev.source.input_size[0]}x{ev.source.input_size[1]}). Evaluated: **{ev.split}**, "
         f"{s['evaluated_images']} images of {s['evaluated_lesions']} lesions; thresholds and "
         f"temperature from the validation split ({s['val_images']} images). Data "
@@ -271,18 +270,6 @@ def _errors(ev: Evaluation, figs: dict[str, Path]) -> list[str]:
     return out
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    return value
-
-
 def summary(ev: Evaluation) -> dict[str, Any]:
     """What ``metrics.json`` holds: settings, per-variant metrics with intervals, thresholds."""
 
@@ -300,7 +287,7 @@ def summary(ev: Evaluation) -> dict[str, Any]:
             },
             "thresholds": th.thresholds_metadata(ev.variants[key].points),
         }
-    return _jsonable(
+    return jsonable(
         {
             "name": ev.name,
             "model": str(ev.source.path),
@@ -343,7 +330,7 @@ def write_report(ev: Evaluation, folder: Path) -> Path:
 
 def log_wandb(ev: Evaluation, folder: Path) -> str | None:
     """Log the report to an offline W&B run (job_type ``evaluation``); returns its folder."""
-    import wandb
+    import wandb  # optional and slow to import: only when a run is logged
 
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -382,3 +369,13 @@ def log_wandb(ev: Evaluation, folder: Path) -> str | None:
         return str(Path(run.dir).parent)
     finally:
         run.finish()
+
+
+def write(ev: Evaluation, out_dir: str | Path = "reports", wandb: bool = True) -> Path:
+    """Write ``<out_dir>/<name>/report.md``, its figures, ``metrics.json``, ``predictions.npz``;
+    log them to an offline W&B run unless ``wandb`` is False. Returns the report's path."""
+    folder = Path(out_dir) / ev.name
+    path = write_report(ev, folder)
+    if wandb:
+        log_wandb(ev, folder)
+    return path

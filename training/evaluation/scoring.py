@@ -7,14 +7,21 @@ the VALIDATION split for the operating point, lesion-level bootstrap intervals.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from contracts.labels import CLASS_INDEX, CLASSES, MELANOMA, NUM_CLASSES
-from contracts.metrics import auroc_per_class
-from contracts.rules import Rules, apply_rules
+from contracts.metrics import (
+    auroc_per_class,
+    confusion_matrix,
+    macro_mean,
+    per_class_from_confusion,
+)
+from contracts.rules import RuleResult, Rules, apply_rules
 from training.evaluation import bootstrap as bs
 from training.evaluation import thresholds as th
 from training.evaluation.baselines import AGE_BANDS, age_band, label_indices
@@ -118,29 +125,108 @@ def _no_ci(metric: bs.WeightedMetric, n: int) -> bs.Interval:
     return bs.Interval(value, value, value, n_resamples=0)
 
 
+# What two compared models bring: probabilities on the cases and their operating points.
+Outputs = tuple[np.ndarray, dict[str, th.OperatingPoint]]
+
+
 def paired_differences(
-    base: np.ndarray,
-    other: np.ndarray,
+    base: Outputs,
+    other: Outputs,
     cases: Cases,
-    base_points: dict[str, th.OperatingPoint],
-    other_points: dict[str, th.OperatingPoint],
     n_resamples: int = bs.N_RESAMPLES,
     seed: int = 0,
 ) -> dict[str, bs.Interval]:
-    """``other - base`` per metric, paired over the same lesion resamples."""
+    """``other - base`` per metric, paired over the same lesion resamples.
+
+    Args:
+        base: ``(probs [N, 7], operating points)`` of the reference model.
+        other: the same of the model compared with it.
+        cases: the ``N`` cases both were scored on.
+        n_resamples: bootstrap resamples of lesions.
+        seed: bootstrap seed.
+    """
     labels, groups = cases.labels, cases.groups
-    a = _weighted_metrics(np.asarray(base, dtype=np.float64), labels, base_points)
-    b = _weighted_metrics(np.asarray(other, dtype=np.float64), labels, other_points)
+    a = _weighted_metrics(np.asarray(base[0], dtype=np.float64), labels, base[1])
+    b = _weighted_metrics(np.asarray(other[0], dtype=np.float64), labels, other[1])
     return {k: bs.paired_bootstrap(a[k], b[k], groups, n_resamples, seed) for k in a}
+
+
+def _ruled(probs: np.ndarray, sites: list[str], rules: Rules) -> list[RuleResult]:
+    probs = np.asarray(probs, dtype=np.float64)
+    return [apply_rules(p, site, rules) for p, site in zip(probs, sites, strict=True)]
+
+
+def _ruled_probs(results: list[RuleResult]) -> np.ndarray:
+    out = np.zeros((len(results), NUM_CLASSES))
+    for i, result in enumerate(results):
+        for cls, prob in result.ranking:
+            out[i, CLASS_INDEX[cls]] = prob
+    return out
 
 
 def with_rules(probs: np.ndarray, sites: list[str], rules: Rules) -> np.ndarray:
     """Probabilities after the body-location rules (excluded classes get 0, rest renormalised)."""
-    out = np.zeros((len(probs), NUM_CLASSES))
-    for i, (p, site) in enumerate(zip(np.asarray(probs, dtype=np.float64), sites, strict=True)):
-        for cls, prob in apply_rules(p, site, rules).ranking:
-            out[i, CLASS_INDEX[cls]] = prob
-    return out
+    return _ruled_probs(_ruled(probs, sites, rules))
+
+
+def _argmax_summary(labels: np.ndarray, preds: np.ndarray) -> dict[str, Any]:
+    """Balanced accuracy, accuracy and recall per class (None where a class is absent)."""
+    recall = per_class_from_confusion(confusion_matrix(labels, preds, NUM_CLASSES))["sensitivity"]
+    return {
+        "balanced_accuracy": macro_mean(recall),
+        "accuracy": float((preds == labels).mean()),
+        "sensitivity": {
+            c: None if np.isnan(r) else float(r) for c, r in zip(CLASSES, recall, strict=True)
+        },
+    }
+
+
+def rules_effect(
+    probs: np.ndarray, labels: np.ndarray, sites: list[str], rules: Rules
+) -> dict[str, Any]:
+    """Do the body-location rules help? Decisions at argmax without and with them.
+
+    The rules can only remove classes, so besides balanced accuracy and per-class sensitivity
+    this counts the harm a rule can do: images whose TRUE class was excluded.
+
+    Args:
+        probs: ``[N, 7]`` model probabilities in ``CLASSES`` order.
+        labels: ``[N]`` true class indices.
+        sites: ``N`` body sites (``BODY_SITES`` values).
+        rules: from :func:`contracts.rules.load_rules`.
+
+    Returns:
+        ``{"n", "without", "with", "delta_balanced_accuracy", "changed",
+        "true_class_excluded", "exclusions_by_rule"}``; ``without``/``with`` hold
+        ``balanced_accuracy``, ``accuracy`` and ``sensitivity`` (class -> recall or None).
+
+    Raises:
+        ValueError: shapes that do not match, or no cases.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if probs.ndim != 2 or probs.shape[1] != NUM_CLASSES or len(probs) != len(labels):
+        raise ValueError(f"expected probs [N, {NUM_CLASSES}] and N labels, got {probs.shape}")
+    if len(sites) != len(labels) or len(labels) == 0:
+        raise ValueError(f"expected {len(labels)} > 0 sites, got {len(sites)}")
+    results = _ruled(probs, sites, rules)
+    before = probs.argmax(axis=1)
+    after = np.array([CLASS_INDEX[r.ranking[0][0]] for r in results], dtype=np.int64)
+    by_rule = Counter(e.rule_id for r in results for e in r.excluded)
+    harmed = sum(
+        any(CLASS_INDEX[e.cls] == y for e in r.excluded)
+        for r, y in zip(results, labels, strict=True)
+    )
+    without, with_rules_ = _argmax_summary(labels, before), _argmax_summary(labels, after)
+    return {
+        "n": len(labels),
+        "without": without,
+        "with": with_rules_,
+        "delta_balanced_accuracy": with_rules_["balanced_accuracy"] - without["balanced_accuracy"],
+        "changed": int((before != after).sum()),
+        "true_class_excluded": int(harmed),
+        "exclusions_by_rule": dict(by_rule),
+    }
 
 
 def subgroups(

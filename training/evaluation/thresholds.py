@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -108,3 +109,19 @@ def operating_points(
 def thresholds_metadata(points: dict[str, OperatingPoint]) -> dict[str, dict[str, float]]:
     """The ``thresholds`` entry of ``metadata.json``: ``{"mel": {"threshold": ..., ...}, ...}``."""
     return {name: point.to_dict() for name, point in points.items()}
+
+
+def points_from_metadata(stored: dict[str, Any]) -> dict[str, OperatingPoint] | None:
+    """The operating points a version brought in ``metadata.json``'s ``thresholds``; None
+    unless every target has a threshold (the inverse of :func:`thresholds_metadata`)."""
+    if not all(isinstance(stored.get(t), dict) and "threshold" in stored[t] for t in TARGETS):
+        return None
+    return {
+        t: OperatingPoint(
+            float(stored[t]["threshold"]),
+            float(stored[t].get("target_sensitivity", math.nan)),
+            float(stored[t].get("val_sensitivity", math.nan)),
+            float(stored[t].get("val_specificity", math.nan)),
+        )
+        for t in TARGETS
+    }

@@ -16,7 +16,7 @@ from contracts.drift import INSUFFICIENT, DriftBounds, drift_report
 from serving.api.deps import AppState, ClientDep, StateDep
 from serving.db import monitoring as queries
 from serving.live_metrics import Outcome, by_version_and_week, live_metrics, validation_figures
-from serving.model_info import read_metadata
+from serving.model_info import version_metadata
 from serving.retraining import RetrainingBounds, recommend
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class DriftMonitor:
         """The current report (see ``GET /v1/monitoring``); updates the gauges."""
         s, state = self.state.settings, self.state
         served = await state.catalog.served()
-        reference = served.metadata.get("reference")
+        reference = served.metadata.reference if served.metadata else None
         rows = await state.db.run(queries.recent, s.drift_window, self.since())
         own = [r for r in rows if r.model_version == served.version]
         live = live_metrics(_outcomes(own))
@@ -126,7 +126,8 @@ class DriftMonitor:
 
 
 def get_monitor(request: Request) -> DriftMonitor:
-    return request.app.state.monitor
+    monitor: DriftMonitor = request.app.state.monitor
+    return monitor
 
 
 @router.get("")
@@ -160,7 +161,7 @@ async def timeline(
     bucket holds fewer than ``min_window`` values)."""
     monitor = get_monitor(request)
     served = await state.catalog.served()
-    reference = served.metadata.get("reference")
+    reference = served.metadata.reference if served.metadata else None
     since = datetime.now(UTC) - timedelta(days=days)
     rows = await state.db.run(queries.recent, MAX_ROWS, since)
     groups: dict[datetime, list[queries.Observation]] = {}
@@ -212,7 +213,7 @@ async def performance(
     versions = [
         {
             "model_version": v,
-            "validation": validation_figures(read_metadata(repository, name, v)),
+            "validation": validation_figures(version_metadata(repository, name, v)),
             "overall": grouped[v]["overall"],
             "weeks": [{"week": w, **m} for w, m in grouped[v]["weeks"].items()],
         }

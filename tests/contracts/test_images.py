@@ -13,9 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from contracts.images import ImageRejected, decode_image, prepare_image, read_image, sniff_format
-from serving.storage import store_image
-from training.augment import eval_transform
+from contracts.images import (
+    ImageRejected,
+    decode_image,
+    eval_resize,
+    prepare_image,
+    read_image,
+    sniff_format,
+)
 
 MAX = 40_000_000
 
@@ -59,12 +64,13 @@ def test_real_photos_decode_with_their_hash(lesions: list[tuple[Path, str]]) -> 
 
 
 @pytest.mark.parametrize("size", [(224, 224), (112, 150), (600, 800)])
-def test_resize_matches_training_evaluation_exactly(
+def test_prepare_image_is_eval_resize_of_the_data_set_decode(
     lesions: list[tuple[Path, str]], size: tuple[int, int]
 ) -> None:
-    transform = eval_transform(size)
+    # The data-set decode and the upload decode give the same pixels, resized the same way
+    # (training's evaluation pipeline against uploads: tests/training/test_upload_parity.py).
     for path, _ in lesions:
-        expected = transform(image=read_image(str(path)))["image"]
+        expected = eval_resize(read_image(str(path)), size)
         got = prepare_image(path.read_bytes(), size, MAX).model_input
         assert got.shape == (*size, 3) and got.dtype == np.uint8
         assert np.array_equal(got, expected), path.name
@@ -209,13 +215,3 @@ def test_pixel_limit_says_the_size(lesions: list[tuple[Path, str]]) -> None:
     with pytest.raises(ImageRejected, match="600x450 = 270000 pixels; the limit is 100000") as e:
         decode_image(lesions[0][0].read_bytes(), 100_000)
     assert e.value.status_code == 413
-
-
-def test_store_image_is_content_addressed(tmp_path: Path, lesions: list[tuple[Path, str]]) -> None:
-    path, sha = lesions[0]
-    data = path.read_bytes()
-    stored = store_image(data, sha, "jpeg", tmp_path)
-    assert stored == tmp_path / sha[:2] / f"{sha}.jpg" and stored.read_bytes() == data
-    mtime = stored.stat().st_mtime_ns
-    assert store_image(data, sha, "jpeg", tmp_path) == stored and stored.stat().st_mtime_ns == mtime
-    assert [p.name for p in stored.parent.iterdir()] == [stored.name]  # no temporary leftovers

@@ -1,4 +1,4 @@
-"""The rule engine, the shipped rules file, the proposer and the offline evaluation."""
+"""The rule engine and the shipped rules file."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from hypothesis import strategies as st
 
 from contracts.labels import BODY_SITES, CLASSES, MALIGNANT
 from contracts.rules import Rule, Rules, RulesError, apply_rules, load_rules, validate_rules
-from serving.rules_propose import count_table, main, propose
-from training.rules_eval import rules_effect
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "configs" / "body_location_rules.yaml"
@@ -149,62 +147,3 @@ def test_loader_rejects_duplicates_missing_keys_and_bad_files(tmp_path: Path) ->
     (tmp_path / "bad.yaml").write_text("rules: [unclosed")
     with pytest.raises(RulesError, match="not valid YAML"):
         load_rules(tmp_path / "bad.yaml")
-
-
-def test_propose_on_real_metadata_only_benign_and_well_supported(
-    ham_dir: Path, tmp_path: Path
-) -> None:
-    counts = count_table(ham_dir / "HAM10000_metadata.csv")
-    rules = propose(counts, min_count=1, min_expected=5.0)
-    total = sum(counts.values())
-    for rule in rules:
-        (cls,) = rule.exclude
-        site_n = sum(counts[rule.site, c] for c in CLASSES)
-        cls_n = sum(counts[s, cls] for s in BODY_SITES)
-        assert cls not in MALIGNANT and counts[rule.site, cls] == 0
-        assert site_n * cls_n / total >= 5.0
-        assert f"0 of {site_n} {rule.site} images" in rule.reason and "not proof" in rule.reason
-    # HAM10000 has no df on the face among hundreds of face images: the proposer must see it.
-    assert "face-no-df" in [r.id for r in rules]
-    out = tmp_path / "proposed.yaml"
-    assert main(["--metadata", str(ham_dir / "HAM10000_metadata.csv"), "--out", str(out)]) == 0
-    assert [r.id for r in load_rules(out).rules] == [r.id for r in rules]
-
-
-def test_propose_reports_bad_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "m.csv").write_text("image_id,dx\nx,df\n")
-    assert main(["--metadata", str(tmp_path / "m.csv")]) == 2
-    assert "needs a class column" in capsys.readouterr().err
-
-
-def test_rules_effect_small_fixed_case() -> None:
-    # Four images; the face rules remove df (and vasc, at 0 here). Image 1 (true mel on the
-    # face) was predicted df: the rule fixes it. Image 3 (true df on the face) is harmed:
-    # its true class is excluded.
-    probs = np.array(
-        [
-            [0.0, 0.0, 0.0, 0.9, 0.0, 0.1, 0.0],  # df on leg, true df: right both ways
-            [0.0, 0.0, 0.0, 0.6, 0.3, 0.1, 0.0],  # face, true mel: df -> mel
-            [0.0, 0.0, 0.0, 0.0, 0.2, 0.8, 0.0],  # back, true nv: right both ways
-            [0.0, 0.0, 0.0, 0.7, 0.0, 0.3, 0.0],  # face, true df: df -> nv
-        ]
-    )
-    labels = np.array([3, 4, 5, 3])
-    sites = ["lower extremity", "face", "back", "face"]
-    out = rules_effect(probs, labels, sites, FACE_RULES)
-    assert out["without"]["sensitivity"] == {
-        "akiec": None,
-        "bcc": None,
-        "bkl": None,
-        "df": 1.0,
-        "mel": 0.0,
-        "nv": 1.0,
-        "vasc": None,
-    }
-    assert out["with"]["sensitivity"]["df"] == 0.5 and out["with"]["sensitivity"]["mel"] == 1.0
-    assert out["without"]["balanced_accuracy"] == pytest.approx(2 / 3)
-    assert out["with"]["balanced_accuracy"] == pytest.approx(2.5 / 3)
-    assert out["changed"] == 2 and out["true_class_excluded"] == 1
-    assert out["exclusions_by_rule"] == {"face-no-df": 2, "face-no-vasc": 2}
-    with pytest.raises(ValueError, match="sites"):
-        rules_effect(probs, labels, sites[:2], FACE_RULES)

@@ -1,0 +1,90 @@
+"""config.pbtxt as a protobuf message, and the tensor names it shares with the exported model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from contracts import tensors
+from contracts.labels import NUM_CLASSES
+from contracts.triton_config import (
+    CONFIG_FILE,
+    HEADER,
+    LABELS_FILE,
+    ConfigFileError,
+    input_size,
+    production_config,
+    read_config,
+    served_versions,
+    set_served_version,
+    write_config,
+)
+
+
+def test_tensor_names_follow_the_pytorch_backend_convention() -> None:
+    # <name>__<index>: NVIDIA's PyTorch backend binds tensors by position through this name.
+    assert re.fullmatch(r"[a-z_]+__0", tensors.INPUT_NAME)
+    assert re.fullmatch(r"[a-z_]+__0", tensors.OUTPUT_NAME)
+    assert (tensors.INPUT_DATATYPE, tensors.OUTPUT_DATATYPE) == ("UINT8", "FP32")
+    assert tensors.DEFAULT_MODEL_NAME == "skin_lesion"
+
+
+def test_production_config_describes_the_exported_model() -> None:
+    cfg = production_config("skin_lesion", (112, 150), NUM_CLASSES, version=2)
+    assert (cfg.name, cfg.backend, cfg.max_batch_size) == ("skin_lesion", "pytorch", 32)
+    (inp,) = cfg.input
+    (out,) = cfg.output
+    assert (inp.name, inp.data_type, list(inp.dims)) == (
+        tensors.INPUT_NAME,
+        mc.TYPE_UINT8,
+        [112, 150, 3],
+    )
+    assert (out.name, out.data_type, list(out.dims)) == (
+        tensors.OUTPUT_NAME,
+        mc.TYPE_FP32,
+        [NUM_CLASSES],
+    )
+    assert out.label_filename == LABELS_FILE
+    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
+    assert cfg.parameters["INFERENCE_MODE"].string_value == "true"
+    warmup = cfg.model_warmup[0].inputs[tensors.INPUT_NAME]
+    assert list(warmup.dims) == [112, 150, 3] and warmup.zero_data
+    assert served_versions(cfg) == [2] and input_size(cfg) == (112, 150)
+
+
+def test_served_version_is_the_only_one_named() -> None:
+    cfg = production_config("m", (64, 64), NUM_CLASSES, version=1)
+    set_served_version(cfg, 5)
+    assert served_versions(cfg) == [5]
+    cfg.version_policy.Clear()
+    cfg.version_policy.latest.num_versions = 1
+    assert served_versions(cfg) == []  # a latest policy names no version
+
+
+def test_input_size_needs_the_named_input() -> None:
+    cfg = production_config("m", (64, 64), NUM_CLASSES, version=1)
+    cfg.input[0].name = "INPUT0"
+    with pytest.raises(ConfigFileError, match="no input named"):
+        input_size(cfg)
+
+
+def test_write_read_round_trip_with_the_header(tmp_path: Path) -> None:
+    path = tmp_path / CONFIG_FILE
+    cfg = production_config("skin_lesion", (112, 150), NUM_CLASSES, version=3)
+    write_config(path, cfg)
+    assert path.read_text().startswith(HEADER)
+    assert read_config(path) == cfg
+    assert [p.name for p in tmp_path.iterdir()] == [CONFIG_FILE]  # no temporary left over
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_missing_and_malformed_configs_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="does not exist: export a model first"):
+        read_config(tmp_path / CONFIG_FILE)
+    (tmp_path / CONFIG_FILE).write_text("name: 'm'\ninput [ { name: ")
+    with pytest.raises(ConfigFileError, match="not a valid Triton model config"):
+        read_config(tmp_path / CONFIG_FILE)

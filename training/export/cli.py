@@ -1,0 +1,137 @@
+"""``python -m training export``: a trained checkpoint as the next version of a Triton model.
+
+    python -m training export --checkpoint runs/x/checkpoints/best.ckpt \
+        [--repository model_repository] [--name skin_lesion] [--parity-images DIR]
+
+Writes ``<repository>/<name>/<version>/model.pt`` (TorchScript: ``uint8 [N, H, W, 3]`` RGB in,
+``float32`` probabilities ``[N, 7]`` out) and ``metadata.json``, plus the model-level
+``config.pbtxt`` (NVIDIA Triton, PyTorch backend) and ``labels.txt`` on the first export.
+A new export gets the next version number and is not served until promoted
+(``python -m serving.versions promote N``); the first export is served at once. A version is
+never overwritten: it is built in a private folder and renamed into place under the model's
+lock. Eager and TorchScript outputs are compared on real images first; a version that differs
+by more than 1e-5 is not written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from contracts.errors import ConfigError, DataError
+from contracts.metadata import read_metadata
+from contracts.repository import served_version
+from contracts.tensors import DEFAULT_MODEL_NAME
+from training.export.checkpoint import load_checkpoint
+from training.export.torchscript import parity_images as read_parity_images
+from training.export.writer import export_model, writable
+from training.reference_stats import MAX_IMAGES, reference_for_checkpoint
+
+
+def export(
+    checkpoint: str | Path,
+    repository: str | Path = "model_repository",
+    name: str = DEFAULT_MODEL_NAME,
+    parity_images: str | Path | None = None,
+    wandb_run_id: str | None = None,
+    temperature: float = 1.0,
+    reference_data: str | Path | None = None,
+    reference_images: int = MAX_IMAGES,
+) -> Path:
+    """Export a LesionClassifier checkpoint as the next version of ``name``; see the module doc.
+
+    ``metadata.json`` gets the training data's reference statistics for drift monitoring
+    (``training.reference_stats``), from the recorded split on ``reference_data`` or the
+    recorded folder or ``HAM10000_DIR``; ``null`` with a warning when none can be read.
+
+    Args:
+        checkpoint: the ``.ckpt`` file written by ``python -m training fit``.
+        repository: the model repository folder.
+        name: the model's name in the repository.
+        parity_images: real images for the parity check (default: REAL_LESIONS_DIR, else
+            HAM10000_DIR).
+        wandb_run_id: the W&B run that produced the checkpoint, if it does not record one.
+        temperature: softmax temperature stored inside the model.
+        reference_data: a HAM10000-layout folder for the drift reference.
+        reference_images: images read per split for it.
+
+    Returns:
+        The new version's folder, e.g. ``model_repository/skin_lesion/3``.
+    """
+    writable(Path(repository))  # fail before the slow part
+    loaded = load_checkpoint(checkpoint)
+    images = read_parity_images(parity_images, loaded.input_size)
+    reference = reference_for_checkpoint(
+        checkpoint, loaded.classifier, loaded.input_size, reference_data, reference_images
+    )
+    metadata = dataclasses.replace(
+        loaded.metadata,
+        name=name,
+        temperature=temperature,
+        reference=reference,
+        wandb_run_id=wandb_run_id or loaded.metadata.wandb_run_id,
+    )
+    return export_model(loaded.classifier, repository, loaded.input_size, images, metadata)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m training export", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="Lightning .ckpt file")
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name in the repository")
+    p.add_argument(
+        "--parity-images",
+        type=Path,
+        help="folder of real images (default: REAL_LESIONS_DIR, else HAM10000_DIR)",
+    )
+    p.add_argument("--wandb-run-id", help="W&B run that produced the checkpoint")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
+    p.add_argument(
+        "--reference-data",
+        type=Path,
+        help="HAM10000-layout folder for the drift reference (default: the recorded data)",
+    )
+    p.add_argument(
+        "--reference-images", type=int, default=MAX_IMAGES, help="images read per split for it"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m training export``; exit status 2 on a user-facing error."""
+    args = _parse(argv)
+    try:
+        path = export(
+            args.checkpoint,
+            args.repository,
+            args.name,
+            args.parity_images,
+            args.wandb_run_id,
+            args.temperature,
+            args.reference_data,
+            args.reference_images,
+        )
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    meta = read_metadata(path)
+    served = served_version(path.parent) == meta.version
+    print(
+        f"exported {args.name} version {meta.version} to {path} (parity "
+        f"{(meta.parity or {})['max_abs_diff']:.2g}); "
+        + (
+            "it is served"
+            if served
+            else f"serve it with `python -m serving.versions promote {meta.version}`"
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

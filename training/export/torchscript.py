@@ -1,0 +1,87 @@
+"""TorchScript conversion and the eager-vs-TorchScript parity check on real images."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from contracts.errors import ConfigError, DataError
+from contracts.images import eval_resize, index_images, read_image
+
+PARITY_TOLERANCE = 1e-5
+PARITY_IMAGES = 8
+TORCHSCRIPT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
+
+
+@contextlib.contextmanager
+def quiet_torchscript() -> Iterator[None]:
+    """Silence torch 2.14's TorchScript deprecation warnings, and nothing else.
+
+    Triton's PyTorch backend loads TorchScript only; see model_repository/README.md for what
+    replaces it once the backend loads ``torch.export`` programs.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TORCHSCRIPT_DEPRECATION, category=FutureWarning)
+        yield
+
+
+def default_parity_dir() -> Path:
+    """Real images for the parity check: REAL_LESIONS_DIR, else HAM10000_DIR."""
+    for env in ("REAL_LESIONS_DIR", "HAM10000_DIR"):
+        if os.environ.get(env) and Path(os.environ[env]).is_dir():
+            return Path(os.environ[env])
+    raise ConfigError(
+        "no real images for the parity check: pass --parity-images DIR (a folder of JPEG/PNG "
+        "lesion photos) or set REAL_LESIONS_DIR or HAM10000_DIR"
+    )
+
+
+def parity_batch(directory: Path, size: tuple[int, int], n: int = PARITY_IMAGES) -> np.ndarray:
+    """The first ``n`` images under ``directory`` (sorted), decoded and resized: ``uint8 NHWC``."""
+    paths = sorted(index_images(Path(directory)).values())[:n]
+    if not paths:
+        raise DataError(
+            f"no JPEG/PNG images under {directory} for the parity check: "
+            "pass --parity-images DIR with a few real lesion photos"
+        )
+    return np.stack([eval_resize(read_image(p), size) for p in paths])
+
+
+def parity_images(folder: str | Path | None, size: tuple[int, int]) -> np.ndarray:
+    """The parity batch from ``folder``, or from :func:`default_parity_dir` when None.
+
+    Raises:
+        ConfigError: no folder given and none configured, or ``folder`` is not a folder.
+        DataError: no images in it.
+    """
+    directory = Path(folder) if folder else default_parity_dir()
+    if not directory.is_dir():
+        raise ConfigError(f"--parity-images {directory} is not a folder")
+    return parity_batch(directory, size)
+
+
+def to_torchscript(model: nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
+    """Script the model (keeps any control flow); trace it when it is not scriptable."""
+    with quiet_torchscript():
+        try:
+            return torch.jit.script(model), "script"
+        except Exception:  # noqa: BLE001 - many timm/torchvision nets only trace
+            with torch.no_grad():
+                return torch.jit.trace(model, example, check_trace=False), "trace"
+
+
+def parity(eager: nn.Module, scripted: nn.Module, images: np.ndarray) -> float:
+    """Max abs difference of probabilities, on the whole batch and on one image alone."""
+    batch = torch.from_numpy(images)
+    diff = 0.0
+    with torch.no_grad(), quiet_torchscript():
+        for x in (batch, batch[:1]):
+            diff = max(diff, float((eager(x) - scripted(x)).abs().max()))
+    return diff

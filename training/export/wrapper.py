@@ -1,0 +1,45 @@
+"""The modules that turn logits into what Triton serves, and back.
+
+``ProbabilityModel`` is the exported contract (``uint8 [N, H, W, 3]`` -> probabilities);
+``LogProbabilities`` turns any probability model (an exported ``model.pt``, TTA, an ensemble)
+back into logits, so the evaluation and export treat every model alike.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from contracts.errors import ConfigError
+
+
+class ProbabilityModel(nn.Module):
+    """``uint8 [N, H, W, 3]`` RGB -> ``float32`` probabilities ``[N, C]``: what Triton serves.
+
+    ``temperature`` (a buffer, 1.0 by default) divides the logits before the softmax; the
+    evaluation's calibration sets it, and it travels inside ``model.pt``.
+    """
+
+    def __init__(self, classifier: nn.Module, temperature: float = 1.0) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ConfigError(f"temperature must be positive, got {temperature}")
+        self.classifier = classifier
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits = self.classifier(image).float()
+        return torch.softmax(logits / self.temperature, dim=1)
+
+
+class LogProbabilities(nn.Module):
+    """``log`` of a probability model's output: exact logits for softmax, temperature and export
+    (:func:`training.export.writer.export_model` applies ``softmax(logits / T)`` to it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # The floor keeps an exact 0 finite; exp(-69) is below float32's resolution near 1.
+        return torch.log(self.model(images).float().clamp_min(1e-30))

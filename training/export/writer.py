@@ -1,0 +1,167 @@
+"""The one writer of an exported version: ``model.pt``, ``metadata.json``, and on the first
+export of a model its ``config.pbtxt`` and ``labels.txt``.
+
+A version is never overwritten: it is built in a private folder, ``metadata.json`` complete
+inside it, and renamed into place under the model's lock. Nothing patches it afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import shutil
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from contracts.errors import ConfigError, DataError
+from contracts.labels import CLASSES, NUM_CLASSES
+from contracts.metadata import METADATA_FILE, VersionMetadata
+from contracts.repository import model_lock, record, versions
+from contracts.tensors import DEFAULT_MODEL_NAME
+from contracts.triton_config import (
+    CONFIG_FILE,
+    LABELS_FILE,
+    ConfigFileError,
+    input_size,
+    production_config,
+    read_config,
+    write_config,
+    write_text_atomic,
+)
+from training.export.provenance import git_state
+from training.export.torchscript import PARITY_TOLERANCE, parity, to_torchscript
+from training.export.wrapper import ProbabilityModel
+
+MODEL_FILE = "model.pt"
+
+
+def writable(repository: Path) -> Path:
+    """Create the repository folder if needed and prove we can write there (even as root)."""
+    try:
+        repository.mkdir(parents=True, exist_ok=True)
+        probe = repository / f".probe-{uuid.uuid4().hex}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write to the model repository {repository} ({exc.strerror or exc}): "
+            "pass a writable --repository or fix its permissions"
+        ) from None
+    return repository
+
+
+def _check_compatible(model_dir: Path, size: tuple[int, int]) -> bool:
+    """True when a config exists and fits; ConfigError when it exists and does not."""
+    try:
+        cfg = read_config(model_dir / CONFIG_FILE)
+    except ConfigFileError as exc:
+        if (model_dir / CONFIG_FILE).exists():
+            raise ConfigError(str(exc)) from None
+        return False
+    if input_size(cfg) != size or list(cfg.output[0].dims) != [NUM_CLASSES]:
+        raise ConfigError(
+            f"{model_dir / CONFIG_FILE} serves images of {input_size(cfg)} with "
+            f"{list(cfg.output[0].dims)} outputs; this model takes {size} and gives "
+            f"[{NUM_CLASSES}]: all versions of one Triton model share its tensor shapes, so "
+            "export under another --name"
+        )
+    return True
+
+
+def export_model(
+    classifier: nn.Module,
+    repository: str | Path,
+    size: tuple[int, int],
+    images: np.ndarray,
+    metadata: VersionMetadata | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+) -> Path:
+    """Script ``classifier`` (``uint8 NHWC`` -> logits), check parity, write the next version.
+
+    Args:
+        classifier: an ``ImageClassifier`` (preprocessing inside), or any module giving
+            logits for ``uint8 [N, H, W, 3]``, in eval mode.
+        repository: the model repository folder.
+        size: ``(height, width)`` the model takes.
+        images: real images ``uint8 [N, H, W, 3]`` at ``size`` for the parity check.
+        metadata: what the version says of itself: its model ``name``, ``temperature``
+            (stored inside the model), ``thresholds``, the checkpoint's facts and any
+            ``extra`` keys (default: nothing but the name ``skin_lesion``). Export fills in
+            ``version``, ``parity``, ``git``, ``created_at``, ``torch_version`` and
+            ``torchscript``.
+        tolerance: largest accepted eager-vs-TorchScript difference of probabilities.
+
+    Returns:
+        The new version's folder.
+
+    Raises:
+        ConfigError: parity failure, unwritable repository, incompatible existing config, or
+            ``metadata`` for another input size.
+    """
+    metadata = metadata or VersionMetadata(DEFAULT_MODEL_NAME, size)
+    if tuple(metadata.input_size) != tuple(size):
+        raise ConfigError(f"metadata describes {metadata.input_size} images, the model {size}")
+    model_dir = writable(Path(repository)) / metadata.name
+    model = ProbabilityModel(classifier, metadata.temperature).eval()
+    if images.shape[1:] != (*size, 3) or images.dtype != np.uint8:
+        raise DataError(f"parity images must be uint8 [N, {size[0]}, {size[1]}, 3]")
+    scripted, method = to_torchscript(model, torch.from_numpy(images[:2]))
+    diff = parity(model, scripted, images)
+    if not diff <= tolerance:
+        raise ConfigError(
+            f"TorchScript and eager outputs differ by {diff:.3g} (> {tolerance:g}) on "
+            f"{len(images)} real images: nothing was written. The network has operations "
+            "TorchScript changes; make it scriptable or exportable deterministically"
+        )
+    metadata = dataclasses.replace(
+        metadata,
+        git=git_state(),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        parity={"max_abs_diff": diff, "tolerance": tolerance, "images": len(images)},
+        torch_version=torch.__version__,
+        torchscript=method,
+    )
+    model_dir.mkdir(exist_ok=True)
+    tmp = model_dir / f".tmp-export-{uuid.uuid4().hex}"  # same filesystem: rename is atomic
+    tmp.mkdir()
+    try:
+        scripted.save(str(tmp / MODEL_FILE))
+        with model_lock(model_dir):
+            has_config = _check_compatible(model_dir, size)
+            version = _place(tmp, model_dir, metadata)
+            write_text_atomic(model_dir / LABELS_FILE, "\n".join(CLASSES) + "\n")
+            if not has_config:
+                config = production_config(metadata.name, size, NUM_CLASSES, version)
+                write_config(model_dir / CONFIG_FILE, config)
+                record(model_dir, "first_export", version, None)
+            else:
+                record(model_dir, "export", version, None)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model_dir / str(version)
+
+
+def _place(tmp: Path, model_dir: Path, metadata: VersionMetadata) -> int:
+    """Rename ``tmp`` to the next free version; a taken number (rename fails) means try the next.
+
+    ``metadata.json`` is written inside ``tmp`` with the number it is about to get, so the
+    version appears complete or not at all.
+    """
+    numbered = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+    version = max([0, *numbered, *versions(model_dir)]) + 1
+    while True:
+        metadata.version = version
+        metadata.write(tmp / METADATA_FILE)
+        try:
+            os.rename(tmp, model_dir / str(version))  # fails if that folder holds anything
+            return version
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise ConfigError(f"cannot create {model_dir / str(version)}: {exc}") from None
+            version += 1

@@ -1,0 +1,37 @@
+"""A model's outputs on the images of a data frame, read and resized as for evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from contracts.errors import DataError
+from training.augment import eval_transform
+from training.datamodule import LesionDataset, collate
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, frame: pd.DataFrame, size: tuple[int, int], batch_size: int = 64
+) -> np.ndarray:
+    """``model``'s outputs ``[N, 7]`` (float64) on the images of ``frame``, in row order.
+
+    Args:
+        model: ``uint8 [N, H, W, 3]`` -> logits or probabilities.
+        frame: rows with a ``path`` column (``training.data`` columns).
+        size: ``(height, width)`` the model takes.
+        batch_size: images per forward pass.
+
+    Raises:
+        DataError: ``frame`` is empty.
+    """
+    if frame.empty:
+        raise DataError("no images to evaluate: the split is empty")
+    dataset = LesionDataset(frame, eval_transform(size))
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    model.eval()
+    outputs = [model(batch["image"]).float().numpy() for batch in loader]
+    return np.concatenate(outputs).astype(np.float64)
