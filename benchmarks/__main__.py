@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         try:
             body = fn()
-        except Exception:  # a broken benchmark must not hide the others' figures
+        except Exception:  # noqa: BLE001 (a broken benchmark must not hide the others' figures)
             traceback.print_exc()
             failed.append(name)
             continue

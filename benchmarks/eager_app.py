@@ -36,7 +36,7 @@ def ready() -> dict[str, str]:
 
 
 @app.post("/predict")
-def predict(image: UploadFile = File(...)) -> dict:  # noqa: B008 (FastAPI's idiom)
+def predict(image: UploadFile = File(...)) -> dict:
     try:
         img = ImageOps.exif_transpose(Image.open(io.BytesIO(image.file.read())))
         rgb = np.asarray(img.convert("RGB"))

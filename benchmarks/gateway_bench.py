@@ -35,10 +35,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
+
+if TYPE_CHECKING:
+    from serving.triton.server import TritonOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "efficientnet_lite0"
@@ -264,16 +267,19 @@ def run(
     repeats: int = 3,
     images_dir: Path | None = None,
     model: str = MODEL,
-    instances: int = 2,
-    torch_threads: int = 1,
+    triton: TritonOptions | None = None,
 ) -> dict[str, Any]:
-    """Start Triton, the gateway and the eager baseline; load each at each concurrency."""
+    """Start Triton, the gateway and the eager baseline; load each at each concurrency.
+
+    ``triton``: how Triton runs the model; default two CPU instances of one thread each.
+    """
     import models
     from benchmarks.common import machine
     from contracts.images import eval_resize, read_image
-    from serving.triton.server import run_triton
+    from serving.triton.server import TritonOptions, run_triton
     from training.export import default_parity_dir, export_model, parity_batch
 
+    triton = triton or TritonOptions(instances=2)
     size = models.get_spec(model).input_size
     folder = Path(images_dir or default_parity_dir())
     paths = sorted(folder.glob("*.jpg"))
@@ -286,7 +292,7 @@ def run(
         "photos": f"{len(photos)} JPEGs from {folder.name} ({kib:.0f} KiB mean)",
         "requests_per_level": requests,
         "repeats": repeats,
-        "triton": f"{instances} CPU instance(s) x {torch_threads} torch thread(s)",
+        "triton": f"{triton.instances} CPU instance(s) x {triton.torch_threads} torch thread(s)",
         "machine": machine(),
         "levels": [],
     }
@@ -297,9 +303,7 @@ def run(
         repo = tmp / "repo"
         export_model(models.create_classifier(model).eval(), repo, size, parity_batch(folder, size))
         with (
-            run_triton(
-                repo, cache_dir=tmp / "triton", instances=instances, torch_threads=torch_threads
-            ) as server,
+            run_triton(repo, cache_dir=tmp / "triton", options=triton) as server,
             contextlib.ExitStack() as procs,
         ):
             gateway, url = _start_gateway(tmp, server.grpc_url, repo, key)
@@ -366,6 +370,8 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from serving.triton.server import TritonOptions
+
     p = argparse.ArgumentParser(prog="python -m benchmarks.gateway_bench", description=__doc__)
     p.add_argument("--requests", type=int, default=200, help="timed requests per level")
     p.add_argument("--repeats", type=int, default=3, help="repeats per level and target")
@@ -382,8 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats,
         args.images,
         args.model,
-        args.instances,
-        args.torch_threads,
+        TritonOptions(instances=args.instances, torch_threads=args.torch_threads),
     )
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

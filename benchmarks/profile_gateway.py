@@ -70,7 +70,7 @@ def run(
     torch_threads: int = 1,
 ) -> dict[str, Any]:
     import models
-    from serving.triton.server import run_triton
+    from serving.triton.server import TritonOptions, run_triton
     from training.export import default_parity_dir, export_model, parity_batch
 
     size = models.get_spec(model).input_size
@@ -83,7 +83,9 @@ def run(
         repo = tmp / "repo"
         export_model(models.create_classifier(model).eval(), repo, size, parity_batch(folder, size))
         with run_triton(
-            repo, cache_dir=tmp / "triton", instances=instances, torch_threads=torch_threads
+            repo,
+            cache_dir=tmp / "triton",
+            options=TritonOptions(instances=instances, torch_threads=torch_threads),
         ) as server:
             gateway, url = _start_gateway(tmp, server.grpc_url, repo, key)
             raw = tmp / "stacks.txt"
@@ -91,8 +93,10 @@ def run(
                 with spawn.Pool(1) as pool:
                     pool.apply(load_http, (url, "/v1/predictions", key, photos, concurrency, 64))
                     spy = subprocess.Popen(
-                        [_py_spy(), "record", "--pid", str(gateway.pid), "--format", "raw"]
-                        + ["--rate", "250", "--nolineno", "--output", str(raw)],
+                        [
+                            *(_py_spy(), "record", "--pid", str(gateway.pid), "--format", "raw"),
+                            *("--rate", "250", "--nolineno", "--output", str(raw)),
+                        ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.PIPE,
                     )

@@ -26,7 +26,7 @@ import models
 from benchmarks.common import machine
 from contracts.tensors import DEFAULT_MODEL_NAME
 from serving.triton.client import TritonClassifier
-from serving.triton.server import run_triton
+from serving.triton.server import TritonOptions, run_triton
 from training.export import default_parity_dir, export_model, parity_batch
 
 MODEL = "efficientnet_lite0"  # the production model
@@ -137,9 +137,9 @@ def run(
             with run_triton(
                 repo,
                 cache_dir=Path(tmp) / f"mode{k}",
-                dynamic_batching=dynamic,
-                instances=instances,
-                torch_threads=threads,
+                options=TritonOptions(
+                    dynamic_batching=dynamic, instances=instances, torch_threads=threads
+                ),
             ) as server:
                 runs = [
                     throughput(server.grpc_url, images, clients, per_client) for _ in range(repeats)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -120,7 +121,7 @@ def _bin(
             return [*labels, OTHER], np.append(ref, 0), win
         return labels, ref, win[:-1]
     edges = feature["edges"]
-    labels = [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    labels = [f"{a:g}-{b:g}" for a, b in pairwise(edges)]
     return labels, ref, histogram(np.asarray(values, dtype=np.float64), edges)
 
 

@@ -41,16 +41,21 @@ def production_config(
 ) -> mc.ModelConfig:
     """The config NVIDIA's Triton container serves ``model.pt`` with, on GPU.
 
+    The image input takes any height and width (``-1``): versions of one model may differ in
+    architecture and input size, each recording its own in ``metadata.json`` (the gateway
+    resizes to the served version's), so promotion and rollback work across them. Triton's
+    dynamic batcher only batches requests of one shape, and a client sends one version's size.
+
     Args:
         name: the model's name (= its folder in the repository).
-        input_size: ``(height, width)`` of the ``uint8`` RGB input.
+        input_size: ``(height, width)`` of the first version: the warm-up request's size.
         num_classes: length of the probability vector.
         version: the version to serve (``version_policy.specific``).
         max_batch_size: largest batch one execution may receive.
     """
     height, width = input_size
     cfg = mc.ModelConfig(name=name, backend="pytorch", max_batch_size=max_batch_size)
-    cfg.input.add(name=INPUT_NAME, data_type=mc.TYPE_UINT8, dims=[height, width, 3])
+    cfg.input.add(name=INPUT_NAME, data_type=mc.TYPE_UINT8, dims=[-1, -1, 3])
     cfg.output.add(
         name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[num_classes], label_filename=LABELS_FILE
     )
@@ -80,12 +85,28 @@ def served_versions(cfg: mc.ModelConfig) -> list[int]:
     return []
 
 
-def input_size(cfg: mc.ModelConfig) -> tuple[int, int]:
-    """``(height, width)`` of the image input."""
+def _image_input(cfg: mc.ModelConfig) -> mc.ModelInput:
     for tensor in cfg.input:
         if tensor.name == INPUT_NAME:
-            return int(tensor.dims[0]), int(tensor.dims[1])
+            return tensor
     raise ConfigFileError(f"config of {cfg.name!r} has no input named {INPUT_NAME!r}")
+
+
+def input_size(cfg: mc.ModelConfig) -> tuple[int, int] | None:
+    """``(height, width)`` of the image input; None when it takes any size (``-1``)."""
+    height, width = (int(d) for d in _image_input(cfg).dims[:2])
+    return None if height < 0 or width < 0 else (height, width)
+
+
+def allow_any_input_size(cfg: mc.ModelConfig) -> bool:
+    """Let the image input take any height and width; True when that changed the config
+    (a repository exported before versions could differ in size)."""
+    tensor = _image_input(cfg)
+    if list(tensor.dims[:2]) == [-1, -1]:
+        return False
+    del tensor.dims[:]
+    tensor.dims.extend([-1, -1, 3])
+    return True
 
 
 def read_config(path: Path) -> mc.ModelConfig:

@@ -57,9 +57,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     triton = AsyncTritonClassifier(
         settings.triton_url, settings.model_name, settings.triton_timeout_s
     )
-    catalog = ModelCatalog(
-        triton, settings.model_repository, settings.model_info_ttl_s, settings.referral_threshold
-    )
+    catalog = ModelCatalog(triton, settings.model_repository, settings.model_info_ttl_s)
+    if "SKIN_REFERRAL_THRESHOLD" in os.environ:
+        log.warning(
+            "SKIN_REFERRAL_THRESHOLD is set but no longer used: referral thresholds come only "
+            "from the served version's metadata.json (docs/gateway.md)"
+        )
     decoders = settings.decode_threads or os.cpu_count() or 1
     app.state.gateway = AppState(
         settings, db, rules, triton, catalog, app.state.metrics, anyio.CapacityLimiter(decoders)
@@ -69,6 +72,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         served = await catalog.served()
         log.info("serving %s version %s, input %s", served.name, served.version, served.input_size)
+        if served.no_advice:
+            log.warning("%s", served.no_advice)
     except TritonError as e:
         log.warning("Triton is not ready yet (/readyz will say so): %s", e)
     try:

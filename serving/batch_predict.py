@@ -27,6 +27,7 @@ from tqdm import tqdm
 from contracts.errors import DataError
 from contracts.images import eval_resize, index_images, read_image
 from contracts.labels import CLASSES
+from contracts.metadata import MetadataError, read_metadata
 from contracts.tensors import DEFAULT_MODEL_NAME
 from serving.triton.client import DEFAULT_URL, TritonClassifier, TritonError, input_size
 from serving.triton.state import read_state
@@ -116,17 +117,32 @@ def batches(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str,
         yield items[start : start + size]
 
 
+def _version_input_size(repository: Path, model: str, version: str) -> tuple[int, int]:
+    try:
+        return read_metadata(repository / model / version).input_size
+    except MetadataError as exc:
+        raise DataError(
+            f"{model} version {version} takes images of any size and its metadata.json says "
+            f"which ({exc}): pass --repository, the model repository Triton serves"
+        ) from None
+
+
 def predict_folder(
     source: Path,
     output: Path,
     client: TritonClassifier,
     batch_size: int = 32,
     progress: bool = True,
+    repository: Path = Path("model_repository"),
 ) -> tuple[int, list[str]]:
-    """Classify every image of ``source`` not yet in ``output``; returns (written, failures)."""
+    """Classify every image of ``source`` not yet in ``output``; returns (written, failures).
+
+    Images are resized to the served version's input size: Triton's, or, for a model that
+    takes any size, the one in the version's ``metadata.json`` under ``repository``.
+    """
     metadata = client.model_metadata()
-    size = input_size(metadata)
     version = ",".join(metadata.get("versions", []))
+    size = input_size(metadata) or _version_input_size(repository, client.model_name, version)
     done = done_ids(output)
     todo = [(i, p) for i, p in find_images(source) if i not in done]
     failures: list[str] = []
@@ -173,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--triton-url", help="gRPC host:port (default: the local server's)")
     p.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=Path(os.environ.get("SKIN_MODEL_REPOSITORY", "model_repository")),
+        help="the model repository (each version's metadata.json gives its input size)",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="deadline of one batch, seconds")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.batch_size < 1:
@@ -181,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     url = args.triton_url or read_state().get("grpc_url") or DEFAULT_URL
     client = TritonClassifier(url, args.model_name, timeout_s=args.timeout)
     try:
-        written, failures = predict_folder(args.input, args.output, client, args.batch_size)
+        written, failures = predict_folder(
+            args.input, args.output, client, args.batch_size, repository=args.repository
+        )
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

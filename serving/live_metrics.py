@@ -4,8 +4,9 @@ The predicted class is the one the clinician saw (``top_class``, after the body-
 rules); the truth is the latest confirmed diagnosis. Sensitivity of a class is the share of
 its confirmed cases predicted as it; balanced accuracy is their mean over the classes that
 have confirmed cases (:func:`contracts.metrics.metrics_from_confusion`, the definition that
-training and evaluation use). Referral rate is over all predictions; referral sensitivity over
-confirmed malignant cases (akiec, bcc, mel).
+training and evaluation use). Referral rate is over all predictions that gave referral advice;
+referral sensitivity over confirmed malignant cases (akiec, bcc, mel) that did. Answers without
+advice (``refer`` None: the version had no validated thresholds) count as neither.
 """
 
 from __future__ import annotations
@@ -24,8 +25,18 @@ from contracts.metrics import confusion_matrix, metrics_from_confusion
 
 class Outcome(NamedTuple):
     top_class: str
-    refer: bool
+    refer: bool | None  # None: no referral advice (the version had no validated thresholds)
     diagnosis: str | None  # None until feedback arrives
+
+
+def referral_rate(refers: Iterable[bool | None]) -> dict[str, Any]:
+    """Share referred among the answers that gave referral advice (None: no advice, skipped).
+
+    Returns:
+        ``{"value": rate or None, "cases": answers with advice}``.
+    """
+    advised = [r for r in refers if r is not None]
+    return _rate(sum(advised), len(advised))
 
 
 def _rate(hits: int, cases: int) -> dict[str, Any]:
@@ -51,11 +62,11 @@ def live_metrics(rows: Iterable[Outcome]) -> dict[str, Any]:
     return {
         "predictions": len(rows),
         "confirmed": len(confirmed),
-        "referral_rate": _rate(sum(r.refer for r in rows), len(rows))["value"],
+        "referral_rate": referral_rate(r.refer for r in rows)["value"],
         "sensitivity": {c: _rate(int(hits[i]), int(cases[i])) for i, c in enumerate(CLASSES)},
         "balanced_accuracy": _rounded(figures["balanced_accuracy"]),
         "accuracy": _rounded(figures["accuracy"]),
-        "referral_sensitivity": _rate(sum(r.refer for r in malignant), len(malignant)),
+        "referral_sensitivity": referral_rate(r.refer for r in malignant),
     }
 
 

@@ -51,7 +51,10 @@ class Metrics:
             registry=r,
         )
         self.referrals = Counter(
-            "skin_referrals_total", "Referral decisions", ["refer"], registry=r
+            "skin_referrals_total",
+            "Referral decisions (refer=none: no advice, the version has no validated thresholds)",
+            ["refer"],
+            registry=r,
         )
         self.exclusions = Counter(
             "skin_rule_exclusions_total",

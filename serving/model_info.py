@@ -2,9 +2,11 @@
 
 The input size comes from Triton's own model metadata (the shape the server will accept);
 the thresholds and the rest from the version's ``metadata.json`` in the model repository
-folder, when the gateway can read it. The answer is cached for ``ttl_s`` seconds, and every
-prediction names the version explicitly, so a version rolled forward mid-request cannot mix
-one version's input size or thresholds with another's probabilities.
+folder, when the gateway can read it. There is no default threshold: a version without
+validated thresholds is served for its rankings, with no referral advice. The answer is
+cached for ``ttl_s`` seconds, and every prediction names the version explicitly, so a version
+rolled forward mid-request cannot mix one version's input size or thresholds with another's
+probabilities.
 """
 
 from __future__ import annotations
@@ -28,23 +30,53 @@ from serving.triton.client import AsyncTritonClassifier, TritonModelNotReady, in
 log = logging.getLogger(__name__)
 
 
+EXPORT_HINT = (
+    "export it with `python -m training evaluate --model CKPT --export cnn`, which chooses "
+    "the thresholds on validation"
+)
+
+
 @dataclass(frozen=True)
 class ServedModel:
-    """The version Triton serves, with what its ``metadata.json`` says (None: not readable)."""
+    """The version Triton serves, with what its ``metadata.json`` says (None: not readable).
+
+    ``thresholds`` holds a validated threshold for every referral target, or is empty: then
+    the gateway gives no referral advice for this version and ``no_advice`` says why.
+    """
 
     name: str
     version: str
     input_size: tuple[int, int]  # (height, width)
-    thresholds: dict[str, float]  # referral target -> threshold
-    threshold_source: str  # "metadata.json", "metadata.json+default" or "default"
+    thresholds: dict[str, float]  # referral target -> threshold; {}: no referral advice
+    threshold_source: str  # "metadata.json", or "none" (no referral advice)
     metadata: VersionMetadata | None = None
+    referral_status: str = ""  # for /readyz: where the thresholds come from, or why none
+    no_advice: str | None = None  # the answers' reason when there is no referral advice
+
+
+@dataclass(frozen=True)
+class ReferralSetup:
+    """The referral thresholds of one version, or why it has none.
+
+    Args:
+        thresholds: ``{target: threshold}`` for every target in ``REFERRAL_TARGETS``, or
+            empty when any is missing (no referral advice).
+        source: ``metadata.json``, or ``none`` without thresholds.
+        status: one line for ``/readyz``.
+        no_advice: the sentence each answer gives instead of advice; None with thresholds.
+    """
+
+    thresholds: dict[str, float]
+    source: str
+    status: str
+    no_advice: str | None
 
 
 def version_metadata(repository: Path | None, model: str, version: str) -> VersionMetadata | None:
     """``<repository>/<model>/<version>/metadata.json``, or None when absent or unreadable.
 
     An unreadable file (not JSON, not the schema) is logged as a warning, not raised: the
-    gateway then serves with default thresholds.
+    gateway then serves rankings without referral advice.
     """
     if repository is None:
         return None
@@ -58,22 +90,43 @@ def version_metadata(repository: Path | None, model: str, version: str) -> Versi
         return None
 
 
-def referral_thresholds(
-    metadata: VersionMetadata | None, default: float
-) -> tuple[dict[str, float], str]:
-    """Referral thresholds per target, and where they come from.
+def referral_setup(metadata: VersionMetadata | None, version: str) -> ReferralSetup:
+    """The version's validated referral thresholds, or why there is no referral advice.
 
-    A target without a valid threshold in (0, 1] in ``metadata.json`` gets ``default``.
+    Every target in ``REFERRAL_TARGETS`` needs a threshold in (0, 1] in ``metadata.json``:
+    the evaluation chose them on validation at the operating point the referral promises. A
+    version without them, or whose ``metadata.json`` cannot be read, gets no threshold at all
+    rather than one nobody validated.
 
-    Returns:
-        ``({"malignant": t, "mel": t}, source)``; source is ``metadata.json``,
-        ``metadata.json+default`` or ``default``.
+    Args:
+        metadata: the version's ``metadata.json``, or None when it cannot be read.
+        version: the version number, for the sentences.
     """
-    found = metadata.referral_thresholds() if metadata is not None else {}
-    source = "metadata.json" if len(found) == len(REFERRAL_TARGETS) else "default"
-    if 0 < len(found) < len(REFERRAL_TARGETS):
-        source = "metadata.json+default"
-    return {t: found.get(t, default) for t in REFERRAL_TARGETS}, source
+    if metadata is None:
+        return ReferralSetup(
+            {},
+            "none",
+            f"no validated thresholds in version {version}: its metadata.json cannot be read",
+            f"no referral advice: model version {version} has no validated operating point "
+            "(its metadata.json cannot be read: check SKIN_MODEL_REPOSITORY)",
+        )
+    found = metadata.referral_thresholds()
+    missing = [t for t in REFERRAL_TARGETS if t not in found]
+    if missing:
+        targets = ", ".join(missing)
+        return ReferralSetup(
+            {},
+            "none",
+            f"no validated thresholds in version {version} (none for {targets})",
+            f"no referral advice: model version {version} has no validated operating point "
+            f"(no threshold for {targets} in its metadata.json; {EXPORT_HINT})",
+        )
+    return ReferralSetup(
+        {t: found[t] for t in REFERRAL_TARGETS},
+        "metadata.json",
+        f"validated thresholds from metadata.json of version {version}",
+        None,
+    )
 
 
 class ModelCatalog:
@@ -84,10 +137,8 @@ class ModelCatalog:
         client: AsyncTritonClassifier,
         repository: Path | None,
         ttl_s: float,
-        default_threshold: float,
     ) -> None:
-        self.client, self.repository = client, repository
-        self.ttl_s, self.default_threshold = ttl_s, default_threshold
+        self.client, self.repository, self.ttl_s = client, repository, ttl_s
         self._cached: tuple[float, ServedModel] | None = None
         self._lock = asyncio.Lock()
 
@@ -119,15 +170,32 @@ class ModelCatalog:
             raise TritonModelNotReady(f"Triton serves no version of {self.client.model_name!r}")
         version = max(versions, key=int)
         file_meta = version_metadata(self.repository, self.client.model_name, version)
-        thresholds, source = referral_thresholds(file_meta, self.default_threshold)
+        referral = referral_setup(file_meta, version)
         size = input_size(meta)
-        if file_meta is not None and file_meta.input_size != size:
+        if size is None:  # any size: the version's metadata.json says which it was trained on
+            if file_meta is None:
+                raise TritonModelNotReady(
+                    f"{self.client.model_name} version {version} takes images of any size and "
+                    "its metadata.json, which says which, cannot be read: check "
+                    "SKIN_MODEL_REPOSITORY"
+                )
+            size = file_meta.input_size
+        elif file_meta is not None and file_meta.input_size != size:
             log.warning(
                 "metadata.json says input_size %s, Triton serves %s",
                 list(file_meta.input_size),
                 size,
             )
-        return ServedModel(self.client.model_name, version, size, thresholds, source, file_meta)
+        return ServedModel(
+            self.client.model_name,
+            version,
+            size,
+            referral.thresholds,
+            referral.source,
+            file_meta,
+            referral.status,
+            referral.no_advice,
+        )
 
     async def describe(self) -> dict[str, Any]:
         """Triton's view of the model with each loaded version's metadata.json."""

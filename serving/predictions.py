@@ -30,7 +30,7 @@ from serving.db.tables import Prediction, utcnow
 from serving.inference import predict_with_retries
 from serving.metrics import Metrics
 from serving.model_info import ServedModel
-from serving.referral import decide
+from serving.referral import decide, no_advice
 from serving.storage import store_image
 from serving.triton.client import TritonModelNotReady
 
@@ -164,7 +164,12 @@ def build_answer(
     """The public answer (``PredictionPublic`` as JSON); ``timings.total_ms`` is set later."""
     form, model, prepared = upload.form, result.model, result.prepared
     ruled = apply_rules(result.probs, form.body_location, rules)
-    referral = decide(result.probs, dict(ruled.ranking), model.thresholds)
+    after = dict(ruled.ranking)
+    referral = (
+        no_advice(result.probs, after, model.no_advice)
+        if model.no_advice is not None
+        else decide(result.probs, after, model.thresholds)
+    )
     d = prepared.decoded
     answer = {
         "id": str(uuid.uuid4()),
@@ -255,7 +260,8 @@ def observe(metrics: Metrics, result: Classified, answer: dict[str, Any]) -> Non
     metrics.stage.labels("decode").observe(result.decode_s)
     metrics.stage.labels("inference").observe(result.inference_s)
     metrics.predictions.labels(answer["top_class"], result.model.version).inc()
-    metrics.referrals.labels(str(answer["referral"]["refer"]).lower()).inc()
+    refer = answer["referral"]["refer"]
+    metrics.referrals.labels("none" if refer is None else str(refer).lower()).inc()
     for e in answer["excluded"]:
         metrics.exclusions.labels(e["rule_id"], e["code"]).inc()
 

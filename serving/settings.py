@@ -69,9 +69,6 @@ class Settings(BaseSettings):
         description="browser origins allowed to call the API, comma-separated (none by default)",
     )
     image_dir: Path = Field(Path(".cache/serving/images"), description="consented images")
-    referral_threshold: float = Field(
-        0.3, gt=0, lt=1, description="referral threshold when metadata.json has none"
-    )
     log_level: str = Field("info", description="uvicorn and app log level")
     # Monitoring (contracts.drift, serving.retraining): GET /v1/monitoring and its gauges.
     drift_window: int = Field(500, ge=1, description="the last N predictions are the window")

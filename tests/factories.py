@@ -20,7 +20,7 @@ from contracts.errors import DataError
 from contracts.images import eval_resize, index_images, read_image
 from contracts.labels import NUM_CLASSES
 from contracts.tensors import DEFAULT_MODEL_NAME
-from training.export import export
+from training.export import ExportOptions, export
 from training.module import LesionClassifier
 
 
@@ -28,16 +28,17 @@ def smoke_checkpoint(
     path: str | Path,
     images: np.ndarray,
     labels: Sequence[int],
+    *,
     model_name: str = "compact_cnn",
     steps: int = 2,
-    seed: int = 0,
     dataset_version: str | None = None,
 ) -> Path:
     """A small real checkpoint: ``LesionClassifier`` fitted for ``steps`` steps by a Lightning
     Trainer on ``images`` (``uint8 [N, H, W, 3]``, their size is the model's), for tests, demos
-    and benchmarks of the export and serving path. Not a useful classifier.
+    and benchmarks of the export and serving path. Not a useful classifier. Seeded: the same
+    arguments give the same weights.
     """
-    L.seed_everything(seed, verbose=False)
+    L.seed_everything(0, verbose=False)
     size = (int(images.shape[1]), int(images.shape[2]))
     module = LesionClassifier(model_name=model_name, image_size=size, warmup_epochs=0.0)
     module.dataset_version, module.synthetic = dataset_version, False
@@ -87,4 +88,4 @@ def smoke_repository(
         ckpt = smoke_checkpoint(
             Path(tmp) / "smoke.ckpt", images, [i % NUM_CLASSES for i in range(len(paths))]
         )
-        return export(ckpt, repository, name, parity_images=images_dir)
+        return export(ckpt, repository, name, ExportOptions(parity_images=images_dir))

@@ -69,10 +69,10 @@ def model_repository(
 ) -> Path:
     """``served_checkpoint`` exported by the real export path as version 1. Its metadata.json
     gets referral thresholds, as the evaluation would write them."""
-    from training.export import export
+    from training.export import ExportOptions, export
 
     repo = tmp_path_factory.mktemp("model_repository")
-    version = export(served_checkpoint, repo, parity_images=real_lesions_dir)
+    version = export(served_checkpoint, repo, options=ExportOptions(parity_images=real_lesions_dir))
     metadata = read_metadata(version)
     metadata.thresholds = {t: {"threshold": v} for t, v in THRESHOLDS.items()}
     metadata.write(version / METADATA_FILE)
@@ -226,12 +226,14 @@ def gateway(
 
 
 @pytest.fixture
-def make_gateway(tmp_path: Path) -> Iterator[Any]:
+def make_gateway(tmp_path: Path, model_repository: Path) -> Iterator[Any]:
     """Start extra gateways with their own settings (``make_gateway(db_url, triton_url, **kw)``);
-    all are stopped after the test."""
+    all are stopped after the test. They read the session's model repository (each version's
+    metadata.json gives its input size and thresholds) unless told otherwise."""
     started: list[LiveGateway] = []
 
     def make(database_url: str, triton_url: str, **overrides: Any) -> LiveGateway:
+        overrides.setdefault("model_repository", model_repository)
         live = LiveGateway(gateway_settings(database_url, triton_url, tmp_path, **overrides))
         started.append(live.start())
         return live

@@ -1,8 +1,10 @@
 """``make run``: the whole main job on one machine.
 
-1. Train (``python -m training fit``) unless the repository already holds a model; then
-   evaluate on the held-out split and export the calibrated model with its operating point
-   (``python -m training evaluate --export cnn``).
+1. Train (``python -m training fit --config CONFIG``) unless the repository already holds a
+   version exported from that config's run; then evaluate on the held-out split and export the
+   calibrated model with its operating point (``python -m training evaluate --export cnn``).
+   That version becomes the served one (another config: a new version, promoted; the previous
+   one stays for ``python -m serving.versions rollback``).
 2. Start the real Triton on a CPU copy of the repository and the gateway, and print the URLs.
 3. Serve until Ctrl-C or SIGTERM (``--check`` instead sends one real photo and exits).
 
@@ -22,6 +24,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from contracts.metadata import MetadataError, read_metadata
+from contracts.repository import promote, served_version
 from contracts.tensors import DEFAULT_MODEL_NAME
 from serving.security import DEV_KEY_FILE, ensure_dev_key
 
@@ -62,6 +66,43 @@ def train_and_export(config: Path, repository: Path, name: str) -> None:
             *parity,
         ]
     )
+
+
+def exported_version(repository: Path, name: str, checkpoint: Path) -> int | None:
+    """The version exported from ``checkpoint`` (by its recorded path), if any."""
+    for version in _versions(repository, name):
+        try:
+            meta = read_metadata(repository / name / str(version))
+        except MetadataError:
+            continue
+        recorded = (meta.checkpoint or {}).get("path")
+        if recorded and Path(recorded).resolve() == checkpoint.resolve():
+            return version
+    return None
+
+
+def prepare_model(config: Path, repository: Path, name: str) -> None:
+    """Make the config's model the served one: train, evaluate and export it unless a version
+    of it exists, and serve that version. A first export is served at once; a later one (another
+    config: another architecture or input size) is promoted, and the previous version stays
+    for ``python -m serving.versions rollback``."""
+    root = yaml.safe_load(config.read_text())["trainer"]["default_root_dir"]
+    checkpoint = Path(root) / "checkpoints" / "best.ckpt"
+    version = exported_version(repository, name, checkpoint)
+    if version is None:
+        train_and_export(config, repository, name)
+        version = exported_version(repository, name, checkpoint)
+        if version is None:  # exported from a copy of the checkpoint, or by hand
+            version = max(_versions(repository, name))
+    else:
+        print(f"{config} is exported as version {version}: not training", flush=True)
+    if served_version(repository / name) != version:
+        promote(repository / name, version)
+        print(
+            f"serving version {version} ({config}); `python -m serving.versions rollback` "
+            "serves the previous one",
+            flush=True,
+        )
 
 
 def wait_ready(
@@ -113,23 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    if _versions(args.repository, args.name):
-        print(
-            f"{args.repository}/{args.name} already holds a model: not training "
-            f"(remove it, or `python -m training fit` and `export` by hand)",
-            flush=True,
-        )
-    else:
-        train_and_export(args.config, args.repository, args.name)
+    prepare_model(args.config, args.repository, args.name)
 
     ensure_dev_key()
     key = DEV_KEY_FILE.read_text().strip() if DEV_KEY_FILE.exists() else None
     # SIGTERM ends the stack like Ctrl-C: both children are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
-    from serving.triton.server import CPU_INSTANCES, run_triton
+    from serving.triton.server import CPU_INSTANCES, TritonOptions, run_triton
 
-    with run_triton(args.repository, instances=CPU_INSTANCES) as triton:
+    with run_triton(args.repository, options=TritonOptions(instances=CPU_INSTANCES)) as triton:
         env = {
             **os.environ,
             "SKIN_TRITON_URL": triton.grpc_url,

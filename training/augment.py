@@ -106,6 +106,6 @@ def train_transform(
             sat_shift_limit=o.saturation,
             val_shift_limit=0,
             p=o.hue_saturation,
-        ),  # fmt: skip
+        ),
     ]
     return A.Compose([s for s in steps if s.p > 0], seed=seed)

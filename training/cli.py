@@ -31,7 +31,7 @@ import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from training.callbacks import PredictionWriter, RunSummary, WandbExtras, wandb_logger
+from training.callbacks import EpochLog, PredictionWriter, RunSummary, WandbExtras, wandb_logger
 from training.datamodule import LesionDataModule
 from training.module import LesionClassifier
 
@@ -112,7 +112,7 @@ def main(args: list[str] | None = None) -> LesionCLI:
             save_config_kwargs={"save_to_log_dir": False},
             trainer_defaults={
                 "default_root_dir": "runs/default",
-                "callbacks": [RunSummary(), PredictionWriter()],
+                "callbacks": [RunSummary(), EpochLog(), PredictionWriter()],
             },
             parser_kwargs={"epilog": EPILOG},
         )

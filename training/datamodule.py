@@ -114,7 +114,7 @@ class LesionDataModule(L.LightningDataModule):
         cache_eval: keep resized validation/test images in memory after the first epoch.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (LightningCLI's typed config: each parameter is a data.* key)
         self,
         data_dir: str | None = None,
         csv_path: str | None = None,

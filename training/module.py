@@ -72,7 +72,7 @@ class LesionClassifier(L.LightningModule):
             convolutions on CPU oneDNN and GPU tensor cores; batches already arrive NHWC).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (LightningCLI's typed config: each parameter is a model.* key)
         self,
         model_name: str = "compact_cnn",
         dropout: float = 0.3,

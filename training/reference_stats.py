@@ -129,7 +129,7 @@ def compute_reference(
     return reference
 
 
-def _data_reachable(recorded: dict[str, Any], data_dir: str | Path | None) -> str | None:
+def data_unreachable(recorded: dict[str, Any], data_dir: str | Path | None) -> str | None:
     """Why the recorded data cannot be read here, or None when it can."""
     if data_dir is not None:
         return None if Path(data_dir).is_dir() else f"reference data {data_dir} is not a folder"
@@ -172,7 +172,7 @@ def reference_for_checkpoint(
     if not recorded and data_dir is None:
         give_up(f"{checkpoint} records no data module (not trained by `python -m training fit`)")
         return None
-    if why := _data_reachable(recorded, data_dir):
+    if why := data_unreachable(recorded, data_dir):
         give_up(why)
         return None
     try:

@@ -183,7 +183,7 @@ def make_synthetic(
         image = draw(
             row.dx, np.random.default_rng([seed, 2, lesion_no]), np.random.default_rng([seed, 3, i])
         )
-        ok, jpeg = cv2.imencode(
+        _ok, jpeg = cv2.imencode(
             ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
         )
         (tmp / "images" / f"{row.image_id}.jpg").write_bytes(jpeg.tobytes())

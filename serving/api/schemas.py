@@ -78,10 +78,18 @@ class ExcludedClass(BaseModel):
 
 
 class ReferralPublic(BaseModel):
-    refer: bool
+    refer: bool | None = Field(
+        description="refer to a dermatologist; null: no referral advice, because the served "
+        "version has no validated thresholds (reason says why; the ranking still stands)"
+    )
     scores: dict[str, float] = Field(description="P(malignant group) and P(mel)")
-    thresholds: dict[str, float]
-    threshold_source: str = Field(description="metadata.json of the served version, or default")
+    thresholds: dict[str, float] = Field(
+        description="the validated threshold per target; empty when there is no advice"
+    )
+    threshold_source: str = Field(
+        description="metadata.json of the served version, or none (no advice); answers "
+        "stored by older gateways may say default"
+    )
     reason: str
 
 
@@ -169,3 +177,11 @@ class ModelsPublic(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
     checks: dict[str, str]
+    referral: str | None = Field(
+        None,
+        description="where the served version's referral thresholds come from, or why it has "
+        "none (then answers carry rankings without referral advice; readiness is unaffected)",
+    )
+    referral_advice: bool | None = Field(
+        None, description="whether answers carry referral advice; null: not known now"
+    )

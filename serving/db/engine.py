@@ -12,14 +12,14 @@ import contextlib
 import fcntl
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -93,9 +93,44 @@ def upgrade(engine: Engine) -> None:
     with _MIGRATING, open(lock_path or "/dev/null", "a") as lock:
         if lock_path:
             fcntl.flock(lock, fcntl.LOCK_EX)
-        with engine.begin() as connection:
+        with migrating(engine) as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+
+def _sqlite_foreign_keys(connection: Connection, on: bool) -> None:
+    # On the driver's connection, outside any transaction (inside one SQLite ignores it).
+    connection.connection.driver_connection.execute(  # type: ignore[union-attr]
+        f"PRAGMA foreign_keys={'ON' if on else 'OFF'}"
+    )
+
+
+@contextlib.contextmanager
+def migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection in one transaction for migrations, committed when the block ends.
+
+    On SQLite, foreign-key enforcement is off meanwhile (SQLite's own procedure for changing
+    a table): a column change rebuilds the table (copy, drop, rename), and dropping
+    ``predictions`` with enforcement on would delete its feedback through ``ON DELETE
+    CASCADE``. Before committing, ``PRAGMA foreign_key_check`` must find nothing broken.
+
+    Raises:
+        RuntimeError: the migrated SQLite database has rows whose parent is gone (rolled back).
+    """
+    sqlite = engine.url.get_backend_name() == "sqlite"
+    with engine.connect() as connection:
+        if sqlite:
+            _sqlite_foreign_keys(connection, on=False)
+        try:
+            with connection.begin():
+                yield connection
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
+        finally:
+            if sqlite:
+                _sqlite_foreign_keys(connection, on=True)
 
 
 class Database:

@@ -39,7 +39,7 @@ class Observation:
     contrast: float
     predicted_class: str  # the model's argmax, before the rules
     top_class: str  # after the rules: what the clinician saw
-    refer: bool
+    refer: bool | None  # None: no referral advice was given
     diagnosis: str | None  # latest confirmed diagnosis, None without feedback
 
 

@@ -68,7 +68,8 @@ class Prediction(Base):
     image_stored: Mapped[bool] = mapped_column(Boolean)
     probabilities: Mapped[dict[str, float]] = mapped_column(JSON)  # the model's, before rules
     top_class: Mapped[str] = mapped_column(String(16))  # after rules
-    refer: Mapped[bool] = mapped_column(Boolean)
+    # None: no referral advice (the version had no validated thresholds); migration 0002.
+    refer: Mapped[bool | None] = mapped_column(Boolean)
     answer: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 

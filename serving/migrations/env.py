@@ -12,7 +12,7 @@ import os
 from alembic import context
 from sqlalchemy import Connection, text
 
-from serving.db.engine import make_engine
+from serving.db.engine import make_engine, migrating
 from serving.db.tables import Base
 from serving.settings import Settings
 
@@ -42,5 +42,5 @@ else:
         or os.environ.get("SKIN_DATABASE_URL")
         or Settings.model_fields["database_url"].default
     )
-    with make_engine(url).begin() as conn:
+    with migrating(make_engine(url)) as conn:
         migrate(conn)

@@ -1,5 +1,5 @@
 // The clinician's page: upload a photo with its body site, show the ranked answer, the classes
-// the rules excluded and why, and the referral decision.
+// the rules excluded and why, and the referral decision (or why the served version gives none).
 "use strict";
 (() => {
   const { api, el, pct } = Skin;
@@ -30,10 +30,13 @@
   function show(answer) {
     result.dataset.predictionId = answer.id;
     const referral = document.getElementById("referral");
-    referral.className = answer.referral.refer ? "refer" : "no-refer";
-    referral.dataset.refer = String(answer.referral.refer);
+    const refer = answer.referral.refer; // null: no advice, the version has no validated thresholds
+    referral.className = refer === null ? "no-advice" : refer ? "refer" : "no-refer";
+    referral.dataset.refer = String(refer);
+    const verdict = refer === null ? "No referral advice from this model version"
+      : refer ? "Refer to a dermatologist" : "No referral needed by the thresholds";
     referral.replaceChildren(
-      el("strong", { text: answer.referral.refer ? "Refer to a dermatologist" : "No referral needed by the thresholds" }),
+      el("strong", { text: verdict }),
       el("div", { text: answer.referral.reason }),
     );
     const rows = answer.ranking.map((c, i) => el("tr", { "data-code": c.code },
@@ -54,6 +57,20 @@
       answer.disclaimer;
     result.classList.remove("hidden");
   }
+
+  // /readyz (no API key) says whether answers carry referral advice: warn before any upload.
+  async function referralNotice() {
+    const notice = document.getElementById("referral-notice");
+    try {
+      const ready = await (await fetch("/readyz")).json();
+      notice.textContent = ready.referral_advice === false
+        ? `No referral advice: ${ready.referral}. The ranking is still shown.` : "";
+      notice.classList.toggle("hidden", ready.referral_advice !== false);
+    } catch (err) {
+      notice.classList.add("hidden");
+    }
+  }
+  referralNotice();
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from serving.triton.install import TritonServerError
-from serving.triton.server import CPU_INSTANCES, TritonServer
+from serving.triton.server import CPU_INSTANCES, TritonOptions, TritonServer
 from serving.triton.state import DEFAULT_CACHE
 
 
@@ -49,14 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     server = TritonServer(
         args.repository,
         cache_dir=args.cache_dir,
-        host=args.host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        instances=args.instances,
-        dynamic_batching=not args.no_dynamic_batching,
-        torch_threads=args.torch_threads,
-        startup_timeout_s=args.startup_timeout,
+        options=TritonOptions(
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            instances=args.instances,
+            dynamic_batching=not args.no_dynamic_batching,
+            torch_threads=args.torch_threads,
+            startup_timeout_s=args.startup_timeout,
+        ),
     )
     signal.signal(signal.SIGTERM, _terminate)
     try:

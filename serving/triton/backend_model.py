@@ -33,7 +33,11 @@ class TritonPythonModel:
         torch.set_num_threads(int(params.get("TORCH_NUM_THREADS", "1")))
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        path = os.path.join(version_dir, "model.pt")
+        # The config takes any image size (versions may differ); this version takes its own.
+        with open(os.path.join(version_dir, "metadata.json")) as f:
+            self.size = tuple(int(v) for v in json.load(f)["input_size"])
         with warnings.catch_warnings():
             warnings.filterwarnings(
                 "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
@@ -46,16 +50,40 @@ class TritonPythonModel:
             dlpack.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name).to_dlpack())
             for r in requests
         ]
-        try:
-            with torch.inference_mode():
-                probs = self.model(torch.cat(images) if len(images) > 1 else images[0])
-        except Exception as exc:  # reported per request, never raised (Triton's contract)
-            error = pb_utils.TritonError(f"model failed: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        fits = [tuple(x.shape[1:3]) == self.size for x in images]
+        good = [x for x, ok in zip(images, fits, strict=True) if ok]
+        probs = None
+        if good:
+            try:
+                with torch.inference_mode():
+                    probs = self.model(torch.cat(good) if len(good) > 1 else good[0])
+            except Exception as exc:  # noqa: BLE001 (per-request error, never crash the model: Triton)
+                return [_error(f"model failed: {exc}") for _ in requests]
+        parts = iter(torch.split(probs, [len(x) for x in good]) if probs is not None else [])
         responses = []
-        for part in torch.split(probs, [len(x) for x in images]):
+        for image, ok in zip(images, fits, strict=True):
+            if not ok:
+                height, width = self.size
+                responses.append(
+                    _error(
+                        f"unexpected shape for input '{self.input_name}': {list(image.shape)}; "
+                        f"this version takes [-1, {height}, {width}, 3] (its metadata.json)"
+                    )
+                )
+                continue
             tensor = pb_utils.Tensor.from_dlpack(
-                self.output_name, dlpack.to_dlpack(part.contiguous())
+                self.output_name, dlpack.to_dlpack(next(parts).contiguous())
             )
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses
+
+
+def _error(message: str) -> Any:
+    """A per-request error response; INVALID_ARG where this Triton's Python backend has codes."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    error = (
+        pb_utils.TritonError(message, code)
+        if code is not None and "shape" in message
+        else (pb_utils.TritonError(message))
+    )
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)

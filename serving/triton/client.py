@@ -58,7 +58,7 @@ def map_error(exc: InferenceServerException, url: str, model: str) -> TritonErro
             f"model {model!r} is not ready on Triton at {url}: {message}; "
             "check `python -m serving.versions list`."
         )
-    if "INVALID_ARGUMENT" in status:
+    if "INVALID_ARGUMENT" in status or "unexpected shape" in lowered:
         return TritonBadRequest(f"Triton rejected the request for {model!r}: {message}")
     if "CANCELLED" in status:
         return TritonUnavailable(f"call to Triton at {url} was cancelled: {message}")
@@ -78,12 +78,13 @@ def check_batch(batch: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(batch)
 
 
-def input_size(metadata: dict[str, Any]) -> tuple[int, int]:
-    """``(height, width)`` the served model expects, from Triton's model metadata (JSON form)."""
+def input_size(metadata: dict[str, Any]) -> tuple[int, int] | None:
+    """``(height, width)`` the served model expects, from Triton's model metadata (JSON form);
+    None when the model takes any size (``-1``: each version's ``metadata.json`` says)."""
     for tensor in metadata.get("inputs", []):
         if tensor["name"] == INPUT_NAME:
             *_, height, width, _channels = (int(d) for d in tensor["shape"])
-            return height, width
+            return None if height < 0 or width < 0 else (height, width)
     raise TritonError(f"model metadata has no input {INPUT_NAME!r}: {metadata}")
 
 
@@ -109,6 +110,9 @@ class _Classifier:
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
+        # Channels are opened on first use (the asyncio one inside the running event loop).
+        self._sync_client: grpcclient.InferenceServerClient | None = None
+        self._aio_client: aioclient.InferenceServerClient | None = None
 
     def _model_args(self, version: int | None) -> dict[str, Any]:
         return {
@@ -128,20 +132,17 @@ class _Classifier:
 class TritonClassifier(_Classifier):
     """Blocking gRPC client for the exported classifier (arguments: :class:`_Classifier`)."""
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        model_name: str = DEFAULT_MODEL_NAME,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-    ) -> None:
-        super().__init__(url, model_name, timeout_s)
-        self._client = grpcclient.InferenceServerClient(url)
+    @property
+    def client(self) -> grpcclient.InferenceServerClient:
+        if self._sync_client is None:
+            self._sync_client = grpcclient.InferenceServerClient(self.url)
+        return self._sync_client
 
     def predict(self, batch: np.ndarray, version: int | None = None) -> np.ndarray:
         """Probabilities ``float32 [N, 7]`` for a ``uint8 [N, H, W, 3]`` batch."""
         args = self._infer_args(batch, version, grpcclient)
         try:
-            result = self._client.infer(**args)
+            result = self.client.infer(**args)
         except InferenceServerException as exc:
             raise self._error(exc) from None
         return cast(np.ndarray, result.as_numpy(OUTPUT_NAME))
@@ -149,20 +150,22 @@ class TritonClassifier(_Classifier):
     def ready(self, version: int | None = None) -> bool:
         """True when the server answers and the model (version) is loaded; never raises."""
         try:
-            return bool(self._client.is_model_ready(**self._model_args(version)))
+            return bool(self.client.is_model_ready(**self._model_args(version)))
         except InferenceServerException:
             return False
 
     def model_metadata(self, version: int | None = None) -> dict[str, Any]:
         """Triton's metadata of the model: name, loaded ``versions``, tensor names and shapes."""
         try:
-            metadata = self._client.get_model_metadata(**self._model_args(version), as_json=True)
+            metadata = self.client.get_model_metadata(**self._model_args(version), as_json=True)
         except InferenceServerException as exc:
             raise self._error(exc) from None
         return cast(dict[str, Any], metadata)
 
     def close(self) -> None:
-        self._client.close()
+        if self._sync_client is not None:
+            self._sync_client.close()
+            self._sync_client = None
 
     def __enter__(self) -> TritonClassifier:
         return self
@@ -177,20 +180,11 @@ class AsyncTritonClassifier(_Classifier):
     The gRPC channel is created on first use, inside the running event loop.
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        model_name: str = DEFAULT_MODEL_NAME,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-    ) -> None:
-        super().__init__(url, model_name, timeout_s)
-        self._client: aioclient.InferenceServerClient | None = None
-
     @property
     def client(self) -> aioclient.InferenceServerClient:
-        if self._client is None:
-            self._client = aioclient.InferenceServerClient(self.url)
-        return self._client
+        if self._aio_client is None:
+            self._aio_client = aioclient.InferenceServerClient(self.url)
+        return self._aio_client
 
     async def predict(self, batch: np.ndarray, version: int | None = None) -> np.ndarray:
         """Probabilities ``float32 [N, 7]`` for a ``uint8 [N, H, W, 3]`` batch."""
@@ -219,9 +213,9 @@ class AsyncTritonClassifier(_Classifier):
         return cast(dict[str, Any], metadata)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        if self._aio_client is not None:
+            await self._aio_client.close()
+            self._aio_client = None
 
     async def __aenter__(self) -> AsyncTritonClassifier:
         return self

@@ -41,6 +41,10 @@ def cpu_config(
     if not dynamic_batching:
         cpu.ClearField("dynamic_batching")
     cpu.ClearField("parameters")  # the PyTorch backend's switches mean nothing here
+    # Production warms up at the first version's size, which any version accepts there; here
+    # the Python backend holds each version to its own size, so a version of another size
+    # would refuse the warm-up and fail to load.
+    cpu.ClearField("model_warmup")
     cpu.parameters["SITE_PACKAGES"].string_value = sysconfig.get_paths()["purelib"]
     cpu.parameters["TORCH_NUM_THREADS"].string_value = str(torch_threads)
     return cpu

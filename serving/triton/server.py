@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,11 @@ from serving.triton.state import DEFAULT_CACHE, clear_state, write_state
 CPU_INSTANCES = max(1, min(2, os.cpu_count() or 1))
 
 
-class TritonServer:
-    """One ``tritonserver`` process serving the CPU rendering of a model repository.
+@dataclass(frozen=True)
+class TritonOptions:
+    """How a :class:`TritonServer` listens and runs its models; the defaults suit tests.
 
     Args:
-        repository: the production model repository (``model_repository/``).
-        cache_dir: where the rendered repository, backends, log and state file go.
         host: address the endpoints listen on.
         http_port: fixed HTTP port, or None for a free one.
         grpc_port: fixed gRPC port, or None for a free one.
@@ -62,33 +62,46 @@ class TritonServer:
         startup_timeout_s: how long to wait for the models to load.
     """
 
+    host: str = "127.0.0.1"
+    http_port: int | None = None
+    grpc_port: int | None = None
+    metrics_port: int | None = None
+    instances: int = 1
+    dynamic_batching: bool = True
+    torch_threads: int = 1
+    startup_timeout_s: float = 180.0
+
+
+class TritonServer:
+    """One ``tritonserver`` process serving the CPU rendering of a model repository.
+
+    Args:
+        repository: the production model repository (``model_repository/``).
+        cache_dir: where the rendered repository, backends, log and state file go.
+        options: host, ports, instances and the rest; defaults when None.
+    """
+
     def __init__(
         self,
         repository: Path,
         cache_dir: Path = DEFAULT_CACHE,
-        host: str = "127.0.0.1",
-        http_port: int | None = None,
-        grpc_port: int | None = None,
-        metrics_port: int | None = None,
-        instances: int = 1,
-        dynamic_batching: bool = True,
-        torch_threads: int = 1,
-        startup_timeout_s: float = 180.0,
+        options: TritonOptions | None = None,
     ) -> None:
+        o = options or TritonOptions()
         self.repository = Path(repository).resolve()
         self.cache_dir = Path(cache_dir).resolve()
-        self.host = host
+        self.host = o.host
         self.ports: dict[str, int | None] = {
-            "http": http_port,
-            "grpc": grpc_port,
-            "metrics": metrics_port,
+            "http": o.http_port,
+            "grpc": o.grpc_port,
+            "metrics": o.metrics_port,
         }
         self.render_options: dict[str, Any] = {
-            "instances": instances,
-            "dynamic_batching": dynamic_batching,
-            "torch_threads": torch_threads,
+            "instances": o.instances,
+            "dynamic_batching": o.dynamic_batching,
+            "torch_threads": o.torch_threads,
         }
-        self.startup_timeout_s = startup_timeout_s
+        self.startup_timeout_s = o.startup_timeout_s
         self.rendered = self.cache_dir / "repo"
         self.log_path = self.cache_dir / "tritonserver.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -242,9 +255,11 @@ class TritonServer:
 
 
 @contextlib.contextmanager
-def run_triton(repository: Path, **options: Any) -> Iterator[TritonServer]:
-    """Start a server for ``repository`` (options as :class:`TritonServer`), stop it on exit."""
-    server = TritonServer(repository, **options)
+def run_triton(
+    repository: Path, cache_dir: Path = DEFAULT_CACHE, options: TritonOptions | None = None
+) -> Iterator[TritonServer]:
+    """Start a server for ``repository`` (arguments as :class:`TritonServer`), stop it on exit."""
+    server = TritonServer(repository, cache_dir, options)
     server.start()
     try:
         yield server

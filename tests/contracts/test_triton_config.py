@@ -15,6 +15,7 @@ from contracts.triton_config import (
     HEADER,
     LABELS_FILE,
     ConfigFileError,
+    allow_any_input_size,
     input_size,
     production_config,
     read_config,
@@ -40,7 +41,7 @@ def test_production_config_describes_the_exported_model() -> None:
     assert (inp.name, inp.data_type, list(inp.dims)) == (
         tensors.INPUT_NAME,
         mc.TYPE_UINT8,
-        [112, 150, 3],
+        [-1, -1, 3],  # versions may differ in input size
     )
     assert (out.name, out.data_type, list(out.dims)) == (
         tensors.OUTPUT_NAME,
@@ -53,7 +54,16 @@ def test_production_config_describes_the_exported_model() -> None:
     assert cfg.parameters["INFERENCE_MODE"].string_value == "true"
     warmup = cfg.model_warmup[0].inputs[tensors.INPUT_NAME]
     assert list(warmup.dims) == [112, 150, 3] and warmup.zero_data
-    assert served_versions(cfg) == [2] and input_size(cfg) == (112, 150)
+    assert served_versions(cfg) == [2] and input_size(cfg) is None
+
+
+def test_a_fixed_input_size_is_opened_up_once() -> None:
+    cfg = production_config("m", (64, 64), NUM_CLASSES, version=1)
+    cfg.input[0].dims[:] = [64, 64, 3]  # as exported before versions could differ in size
+    assert input_size(cfg) == (64, 64)
+    assert allow_any_input_size(cfg) is True
+    assert list(cfg.input[0].dims) == [-1, -1, 3] and input_size(cfg) is None
+    assert allow_any_input_size(cfg) is False
 
 
 def test_served_version_is_the_only_one_named() -> None:

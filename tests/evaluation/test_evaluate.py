@@ -48,7 +48,7 @@ def test_every_row_is_scored_and_thresholds_are_chosen_on_validation(ev):
     for key, variant in ev.variants.items():
         for target in th.TARGETS:
             point = variant.points[target]
-            sens, spec = th.rates(
+            sens, _spec = th.rates(
                 th.scores(variant.val, target), th.positives(val_labels, target), point.threshold
             )
             assert sens >= 0.95 and sens == point.val_sensitivity, (key, target)
@@ -122,7 +122,7 @@ def test_evaluates_a_csv_of_its_own_with_validation_from_the_recorded_split(
     assert other.temperature == pytest.approx(ev.temperature)
 
 
-@pytest.mark.parametrize("which, version", [("cnn", 1), ("tta", 2), ("ensemble", 3)])
+@pytest.mark.parametrize(("which", "version"), [("cnn", 1), ("tta", 2), ("ensemble", 3)])
 def test_exported_model_gives_the_evaluated_probabilities(ev, repository, which, version):
     folder = repository / str(version)
     meta = json.loads((folder / "metadata.json").read_text())

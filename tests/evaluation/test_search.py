@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -88,7 +89,7 @@ def test_two_trial_search_writes_a_fit_config(tmp_path, tiny_base, monkeypatch):
 def test_bad_search_files_are_named(tmp_path, tiny_base):
     bad = tmp_path / "s.yaml"
     bad.write_text(yaml.safe_dump({"base_config": str(tiny_base), "space": {"model.lr": {}}}))
-    with pytest.raises(ConfigError, match="space.model.lr needs type"):
+    with pytest.raises(ConfigError, match=re.escape("space.model.lr needs type")):
         SearchConfig.load(bad)
     bad.write_text(yaml.safe_dump({"base_config": "nope.yaml", "space": {}}))
     with pytest.raises(ConfigError, match="does not exist"):

@@ -24,7 +24,13 @@ from contracts.repository import served_version
 from contracts.tensors import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_NAME
 from models import create_classifier
 from training.__main__ import main as training_main
-from training.export import PARITY_TOLERANCE, export, export_model, parity_batch
+from training.export import (
+    PARITY_TOLERANCE,
+    ExportOptions,
+    export,
+    export_model,
+    parity_batch,
+)
 from training.module import LesionClassifier
 
 pytestmark = pytest.mark.slow
@@ -44,7 +50,9 @@ def _load_scripted(path: Path) -> torch.jit.ScriptModule:
 def test_export_writes_a_self_describing_version(checkpoint, real_lesions_dir, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        version = export(checkpoint, tmp_path, parity_images=real_lesions_dir)
+        version = export(
+            checkpoint, tmp_path, options=ExportOptions(parity_images=real_lesions_dir)
+        )
     assert not [w for w in caught if "torch.jit" in str(w.message)], "TorchScript warnings leaked"
     assert version == tmp_path / DEFAULT_MODEL_NAME / "1"
 
@@ -79,7 +87,7 @@ def test_export_writes_a_self_describing_version(checkpoint, real_lesions_dir, t
 
 
 def test_config_pbtxt_matches_the_exported_model(checkpoint, real_lesions_dir, tmp_path):
-    version = export(checkpoint, tmp_path, parity_images=real_lesions_dir)
+    version = export(checkpoint, tmp_path, options=ExportOptions(parity_images=real_lesions_dir))
     model_dir = version.parent
     cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
     meta = json.loads((version / "metadata.json").read_text())
@@ -87,8 +95,9 @@ def test_config_pbtxt_matches_the_exported_model(checkpoint, real_lesions_dir, t
 
     assert cfg.name == model_dir.name == DEFAULT_MODEL_NAME
     assert cfg.backend == "pytorch"
+    # Any height and width: versions of one model may differ in input size.
     assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [
-        (INPUT_NAME, mc.TYPE_UINT8, [height, width, 3])
+        (INPUT_NAME, mc.TYPE_UINT8, [-1, -1, 3])
     ]
     assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [
         (OUTPUT_NAME, mc.TYPE_FP32, [len(CLASSES)])
@@ -110,12 +119,17 @@ def test_config_pbtxt_matches_the_exported_model(checkpoint, real_lesions_dir, t
         cfg.max_batch_size,
         *cfg.output[0].dims,
     ]
+    with torch.no_grad():  # and at another size, as the config allows
+        other = _load_scripted(version / "model.pt")(torch.zeros((2, height + 16, width + 8, 3)))
+    assert list(other.shape) == [2, len(CLASSES)]
 
 
 def test_exports_get_new_versions_and_never_overwrite(checkpoint, real_lesions_dir, tmp_path):
-    first = export(checkpoint, tmp_path, parity_images=real_lesions_dir)
+    first = export(checkpoint, tmp_path, options=ExportOptions(parity_images=real_lesions_dir))
     before = {p.name: _sha(p) for p in first.iterdir()}
-    second = export(checkpoint, tmp_path, parity_images=real_lesions_dir, temperature=2.0)
+    second = export(
+        checkpoint, tmp_path, options=ExportOptions(parity_images=real_lesions_dir, temperature=2.0)
+    )
     assert second.name == "2" and {p.name: _sha(p) for p in first.iterdir()} == before
     assert served_version(tmp_path / DEFAULT_MODEL_NAME) == 1  # a new export waits for promotion
 
@@ -148,18 +162,29 @@ class DriftsWhenScripted(nn.Module):
 
 def test_parity_failure_writes_nothing(real_lesions_dir, tmp_path):
     images = parity_batch(real_lesions_dir, (48, 64))
-    with pytest.raises(ConfigError, match="differ by .* nothing was written"):
+    with pytest.raises(ConfigError, match=r"differ by .* nothing was written"):
         export_model(DriftsWhenScripted(), tmp_path, (48, 64), images)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_incompatible_input_size_is_refused(checkpoint, real_lesions_dir, tmp_path):
-    export(checkpoint, tmp_path, parity_images=real_lesions_dir)
+def test_versions_of_one_model_may_differ_in_input_size(checkpoint, real_lesions_dir, tmp_path):
+    first = export(checkpoint, tmp_path, options=ExportOptions(parity_images=real_lesions_dir))
+    model_dir = first.parent
+    config_before = (model_dir / "config.pbtxt").read_text()
     other = create_classifier("compact_cnn").eval()
-    images = parity_batch(real_lesions_dir, (40, 40), n=2)
-    with pytest.raises(ConfigError, match="share its tensor shapes"):
-        export_model(other, tmp_path, (40, 40), images)
-    assert sorted(p.name for p in (tmp_path / DEFAULT_MODEL_NAME).iterdir() if p.is_dir()) == ["1"]
+    second = export_model(other, tmp_path, (40, 40), parity_batch(real_lesions_dir, (40, 40), n=2))
+    assert second.name == "2"
+    assert json.loads((second / "metadata.json").read_text())["input_size"] == [40, 40]
+    assert (model_dir / "config.pbtxt").read_text() == config_before  # already any size
+
+    # A repository exported before versions could differ: its fixed size is opened up.
+    cfg = text_format.Parse(config_before, mc.ModelConfig())
+    cfg.input[0].dims[:] = [*json.loads((first / "metadata.json").read_text())["input_size"], 3]
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+    third = export_model(other, tmp_path, (44, 60), parity_batch(real_lesions_dir, (44, 60), n=2))
+    upgraded = text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert third.name == "3" and list(upgraded.input[0].dims) == [-1, -1, 3]
+    assert list(upgraded.version_policy.specific.versions) == [1]  # still serving the first
 
 
 def _edited(checkpoint: Path, tmp_path: Path, edit) -> Path:
@@ -249,11 +274,16 @@ def test_run_summary_supplies_wandb_run_and_figures(checkpoint, real_lesions_dir
     (run / "summary.json").write_text(json.dumps(summary))
     repo = tmp_path / "repo"
     meta = json.loads(
-        (export(ckpt, repo, parity_images=real_lesions_dir) / "metadata.json").read_text()
+        (
+            export(ckpt, repo, options=ExportOptions(parity_images=real_lesions_dir))
+            / "metadata.json"
+        ).read_text()
     )
     assert meta["wandb_run_id"] == "abc123"
     assert meta["metrics"]["val/sensitivity_mel"] == 0.5
     assert meta["metrics"]["val/balanced_accuracy"] != 0.123  # the checkpoint's own score wins
     assert "test/auroc" not in meta["metrics"]  # figures of another checkpoint
-    flagged = export(ckpt, repo, parity_images=real_lesions_dir, wandb_run_id="xyz")
+    flagged = export(
+        ckpt, repo, options=ExportOptions(parity_images=real_lesions_dir, wandb_run_id="xyz")
+    )
     assert json.loads((flagged / "metadata.json").read_text())["wandb_run_id"] == "xyz"

@@ -103,7 +103,7 @@ def test_dropout_is_active_in_training_only(name: str) -> None:
 
 
 def test_unknown_model_names_the_choices() -> None:
-    with pytest.raises(ConfigError, match="unknown model 'resnet7'.*compact_cnn"):
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet7'.*compact_cnn"):
         models.create("resnet7")
 
 

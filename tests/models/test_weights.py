@@ -90,7 +90,7 @@ def test_efficientnet_rejects_tensors_swapped_in_place(tmp_path: Path) -> None:
     items[1], items[2] = items[2], items[1]  # bn1.weight <-> bn1.bias, both [32]
     path = tmp_path / "swapped.pth"
     torch.save(dict(items), path)
-    with pytest.raises(ConfigError, match="at 2 positions.*#1 bn1.bias"):
+    with pytest.raises(ConfigError, match=r"at 2 positions.*#1 bn1\.bias"):
         models.create("efficientnet_lite0", weights_path=str(path))
 
 

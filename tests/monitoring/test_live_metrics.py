@@ -32,6 +32,25 @@ def test_live_metrics_known_answer() -> None:
     assert empty["balanced_accuracy"] is None and empty["referral_rate"] is None
 
 
+def test_answers_without_referral_advice_count_as_neither() -> None:
+    """``refer`` None (the version had no validated thresholds): out of both referral figures,
+    still in the class figures."""
+    rows = [
+        Outcome("mel", True, "mel"),
+        Outcome("nv", False, "nv"),
+        Outcome("mel", None, "mel"),  # no advice
+        Outcome("nv", None, None),  # no advice, no feedback yet
+    ]
+    m = live_metrics(rows)
+    assert (m["predictions"], m["confirmed"]) == (4, 3)
+    assert m["sensitivity"]["mel"] == {"value": 1.0, "cases": 2}
+    assert m["referral_rate"] == pytest.approx(1 / 2, abs=1e-6)
+    assert m["referral_sensitivity"] == {"value": 1.0, "cases": 1}
+    none = live_metrics([Outcome("mel", None, "mel")])
+    assert none["referral_rate"] is None
+    assert none["referral_sensitivity"] == {"value": None, "cases": 0}
+
+
 def test_iso_weeks_and_grouping() -> None:
     assert iso_week(datetime(2026, 1, 1)) == "2026-W01"  # a Thursday: week 1 of 2026
     assert iso_week(datetime(2027, 1, 1)) == "2026-W53"  # a Friday: still 2026's last week

@@ -38,17 +38,16 @@ def with_alpha(jpeg: Path) -> bytes:
     return out.getvalue()
 
 
+@pytest.fixture
+def gateway(make_gateway: Any, triton: Any, fresh_database: str) -> Any:
+    """A gateway of the session's Triton on an empty database of each kind."""
+    return make_gateway(fresh_database, triton.grpc_url)
+
+
 def test_records_become_a_dataset_training_loads(
-    make_gateway: Any,
-    triton: Any,
-    fresh_database: str,
-    real_lesions_dir: Path,
-    lesion_rows: list[dict],
-    ham_dir: Path,
-    tmp_path: Path,
+    gateway: Any, real_lesions_dir: Path, lesion_rows: list[dict], ham_dir: Path, tmp_path: Path
 ) -> None:
-    database_url = fresh_database
-    gateway = make_gateway(database_url, triton.grpc_url)
+    database_url = gateway.settings.database_url
     image_dir = gateway.settings.image_dir
     rows = lesion_rows[::4]  # one photo of each class
     photo = {r["image_id"]: (real_lesions_dir / f"{r['image_id']}.jpg").read_bytes() for r in rows}

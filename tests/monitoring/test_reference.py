@@ -18,7 +18,8 @@ from contracts.labels import BODY_SITES, CLASSES
 from tests.fixtures_serving import MODEL_SIZE
 from tests.monitoring.helpers import with_datamodule
 from training import data
-from training.export import export
+from training.evaluation import thresholds as th
+from training.export import ExportOptions, export
 from training.reference_stats import BRIGHTNESS_EDGES, image_stats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +51,11 @@ def test_export_stores_the_reference_of_the_recorded_split(
 ) -> None:
     recorded = {"data_dir": str(ham_dir), "val_fraction": 0.2, "test_fraction": 0.1, "seed": 7}
     ckpt = with_datamodule(smoke_ckpt, tmp_path / "fit.ckpt", **recorded)
-    version = export(ckpt, tmp_path / "repo", parity_images=real_lesions_dir, reference_images=60)
+    version = export(
+        ckpt,
+        tmp_path / "repo",
+        options=ExportOptions(parity_images=real_lesions_dir, reference_images=60),
+    )
     reference = json.loads((version / "metadata.json").read_text())["reference"]
 
     frame = data.validate(data.load_ham10000(ham_dir), str(ham_dir))
@@ -76,6 +81,22 @@ def test_export_stores_the_reference_of_the_recorded_split(
     assert 100 < features["brightness"]["mean"] < 200
     assert len(reference["version"]) == 12
 
+    # The referral operating points, chosen on the same recorded validation split by the
+    # evaluation's rule: as many positives as that split holds, the target held with confidence.
+    thresholds = json.loads((version / "metadata.json").read_text())["thresholds"]
+    val_labels = split["val"]["label"]
+    positives = {
+        "mel": int((val_labels == "mel").sum()),
+        "malignant": int(val_labels.isin(["akiec", "bcc", "mel"]).sum()),
+    }
+    for target, n in positives.items():
+        point = thresholds[target]
+        assert point["rule"] == th.RULE and point["confidence"] == th.DEFAULT_CONFIDENCE
+        assert point["val_positives"] == n and 0 < point["threshold"] <= 1
+        lower = th.sensitivity_lower_bound(round(point["val_sensitivity"] * n), n, 0.95)
+        assert point["val_sensitivity_lower_bound"] == pytest.approx(lower)
+        assert lower >= 0.95 or point["val_sensitivity"] == 1.0  # reached, or all referred
+
 
 def test_export_without_the_data_writes_null_and_warns(
     smoke_ckpt: Path, real_lesions_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -83,10 +104,15 @@ def test_export_without_the_data_writes_null_and_warns(
     monkeypatch.delenv("HAM10000_DIR", raising=False)
     ckpt = with_datamodule(smoke_ckpt, tmp_path / "fit.ckpt", data_dir=str(tmp_path / "gone"))
     with pytest.warns(UserWarning, match=r"reference: null.*missing here.*--reference-data"):
-        version = export(ckpt, tmp_path / "repo", parity_images=real_lesions_dir)
+        version = export(
+            ckpt, tmp_path / "repo", options=ExportOptions(parity_images=real_lesions_dir)
+        )
     assert json.loads((version / "metadata.json").read_text())["reference"] is None
+    assert json.loads((version / "metadata.json").read_text())["thresholds"] == {}
     with pytest.warns(UserWarning, match="records no data module"):
-        version = export(smoke_ckpt, tmp_path / "repo", parity_images=real_lesions_dir)
+        version = export(
+            smoke_ckpt, tmp_path / "repo", options=ExportOptions(parity_images=real_lesions_dir)
+        )
     assert json.loads((version / "metadata.json").read_text())["reference"] is None
 
 
@@ -113,9 +139,9 @@ def test_reference_data_overrides_a_missing_recorded_folder(
     version = export(
         ckpt,
         tmp_path / "repo",
-        parity_images=real_lesions_dir,
-        reference_data=ham_dir,
-        reference_images=20,
+        options=ExportOptions(
+            parity_images=real_lesions_dir, reference_data=ham_dir, reference_images=20
+        ),
     )
     reference = json.loads((version / "metadata.json").read_text())["reference"]
     assert reference["data"]["data_dir"] == str(ham_dir)

@@ -98,7 +98,12 @@ def test_triton_killed_during_load(
     own_triton: TritonServer, make_gateway: Any, photos: list[bytes], tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'kill.db'}"
-    live = make_gateway(url, own_triton.grpc_url, triton_timeout_s=DEADLINE_S)
+    live = make_gateway(
+        url,
+        own_triton.grpc_url,
+        triton_timeout_s=DEADLINE_S,
+        model_repository=own_triton.repository,
+    )
     loop = LoadLoop(live.url, API_KEY, photos, concurrency=8, timeout_s=30).start()
     wait_until(lambda: loop.result.statuses[201] >= 20, 60, "20 predictions before the fault")
     kill_hard(own_triton)

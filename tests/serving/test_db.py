@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from serving.db import Database, DatabaseUnavailable, crud
+from serving.db.engine import alembic_config, migrating
 from serving.db.tables import Base, Feedback, Prediction
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])]
@@ -38,7 +40,9 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
     database.dispose()
 
 
-def prediction(pid: str, request_id: str | None = None, client: str = "c1") -> Prediction:
+def prediction(
+    pid: str, request_id: str | None = None, client: str = "c1", refer: bool | None = False
+) -> Prediction:
     return Prediction(
         id=pid,
         client_id=client,
@@ -58,7 +62,7 @@ def prediction(pid: str, request_id: str | None = None, client: str = "c1") -> P
         image_stored=False,
         probabilities={"nv": 1.0},
         top_class="nv",
-        refer=False,
+        refer=refer,
         answer={"id": pid},
     )
 
@@ -70,6 +74,48 @@ def test_migrations_build_exactly_the_models(db: Database) -> None:
     assert {"predictions", "feedback", "feedback_events", "alembic_version"} <= tables
     with db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+def test_0002_lets_refer_be_null_and_keeps_records_and_feedback(db: Database) -> None:
+    """A database made by 0001 with records and feedback: 0002 keeps every row (SQLite
+    rebuilds the table, which must not cascade into the feedback), then stores answers
+    without referral advice; going back to 0001 refuses while such answers exist."""
+    config = alembic_config()
+
+    def migrate(action: str, target: str) -> None:
+        with migrating(db.engine) as conn:
+            config.attributes["connection"] = conn
+            getattr(command, action)(config, target)
+
+    migrate("upgrade", "0001")
+
+    async def before() -> None:
+        await db.run(crud.add_prediction, prediction("p1", refer=True))
+        await db.run(crud.record_feedback, "p1", "mel", "histo", "c1")
+
+    asyncio.run(before())
+    db.upgrade()
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        assert conn.execute(text("SELECT count(*) FROM feedback")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM feedback_events")).scalar() == 1
+    if db.engine.url.get_backend_name() == "sqlite":
+        with db.engine.connect() as conn:  # enforcement is back on after the migration
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+    async def after() -> None:
+        await db.run(crud.add_prediction, prediction("p2", refer=None))
+        stored, latest = await db.run(crud.get_prediction, "p1")
+        assert stored == {"id": "p1"} and latest.diagnosis == "mel"
+
+    asyncio.run(after())
+    with db.sessions.begin() as s:
+        assert {p.id: p.refer for p in s.query(Prediction)} == {"p1": True, "p2": None}
+    with pytest.raises(RuntimeError, match="without referral advice"):
+        migrate("downgrade", "0001")
+    with db.engine.connect() as conn:  # refused and rolled back: still 0002, nothing lost
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT count(*) FROM predictions")).scalar() == 2
 
 
 def test_sqlite_runs_in_wal_with_foreign_keys(tmp_path: Path) -> None:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import create_engine, select
+from sqlalchemy import text as sql
+from sqlalchemy.engine import make_url
 
 from contracts.images import eval_resize, read_image
 from contracts.labels import CLASS_NAMES, CLASSES, MALIGNANT
 from contracts.rules import apply_rules, load_rules
-from serving.db.tables import FeedbackEvent
+from serving.db.tables import FeedbackEvent, Prediction
 from serving.triton.client import TritonClassifier
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -202,7 +208,7 @@ def test_models_lists_the_served_version_with_metadata(gateway: Any) -> None:
     assert version["ready"] is True
     assert version["metadata"]["input_size"] == list(SIZE)
     assert version["metadata"]["classes"] == list(CLASSES)
-    assert model["inputs"][0]["shape"] == ["-1", "112", "150", "3"]
+    assert model["inputs"][0]["shape"] == ["-1", "-1", "-1", "3"]  # each version: its metadata
 
 
 def test_health_readiness_metrics_and_docs(
@@ -213,6 +219,8 @@ def test_health_readiness_metrics_and_docs(
         ready = anonymous.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["checks"] == {"triton": "ready", "database": "ready"}
+        assert ready.json()["referral_advice"] is True
+        assert ready.json()["referral"] == "validated thresholds from metadata.json of version 1"
         assert anonymous.get("/metrics").status_code == 401
         pid = upload(c, photo(real_lesions_dir, lesion_rows[9]), body_location="face").json()["id"]
         c.get(f"/v1/predictions/{pid}")
@@ -230,3 +238,123 @@ def test_health_readiness_metrics_and_docs(
     assert 'skin_rule_exclusions_total{cls="df",rule_id="face-no-df"}' in text
     assert "skin_predictions_total{" in text and "skin_stage_duration_seconds_bucket" in text
     assert 'skin_uploads_rejected_total{status="415"}' in text
+    assert 'skin_referrals_total{refer="none"}' not in text  # every answer had advice
+
+
+def without_thresholds(model_repository: Path, target: Path, keep: dict[str, Any]) -> Path:
+    """A repository for the gateway to read (Triton keeps serving ``model_repository``): the
+    served version's metadata.json with only the referral thresholds in ``keep``."""
+    meta = json.loads((model_repository / "skin_lesion" / "1" / "metadata.json").read_text())
+    meta["thresholds"] = keep
+    version = target / "skin_lesion" / "1"
+    version.mkdir(parents=True)
+    (version / "metadata.json").write_text(json.dumps(meta))
+    return target
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of this test's own: a SQLite file, or a new database in the
+    session's PostgreSQL cluster (whose ``skin`` database other tests fill)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'no-advice.db'}"
+        return
+    url = make_url(request.getfixturevalue("postgres_url"))
+    name = f"no_advice_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sql(f"CREATE DATABASE {name}"))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sql(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture
+def no_advice_gateway(
+    make_gateway: Any, triton: Any, model_repository: Path, database_url: str, tmp_path: Path
+) -> Any:
+    """A gateway on the session's Triton that reads a metadata.json with ``"thresholds": {}``
+    (the shared repository is left as it is)."""
+    repo = without_thresholds(model_repository, tmp_path / "repo", {})
+    return make_gateway(database_url, triton.grpc_url, model_repository=repo)
+
+
+def test_a_version_without_thresholds_ranks_but_gives_no_referral_advice(
+    no_advice_gateway: Any, triton: Any, real_lesions_dir: Path, lesion_rows: list[dict]
+) -> None:
+    """Exported without an operating point (``"thresholds": {}``): the replica is ready and
+    answers rankings and exclusions, each with ``refer: null`` and why, stored as such; no
+    threshold nobody validated stands in."""
+    live = no_advice_gateway
+    rules = load_rules(ROOT / "configs" / "body_location_rules.yaml")
+    with live.client(key=None) as anonymous:
+        ready = anonymous.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"triton": "ready", "database": "ready"},
+        "referral": "no validated thresholds in version 1 (none for malignant, mel)",
+        "referral_advice": False,
+    }
+    row = next(r for r in lesion_rows if r["dx"] == "mel")
+    before = live.count()
+    with live.client() as c:
+        r = upload(c, photo(real_lesions_dir, row), body_location="face")
+        assert r.status_code == 201, r.text
+        body = r.json()
+        stored = c.get(f"/v1/predictions/{body['id']}").json()
+        monitoring = c.get("/v1/monitoring").json()
+        metrics = c.get("/metrics").text
+    raw = direct_probs(triton, real_lesions_dir, row)
+    expected = apply_rules(raw, "face", rules)
+    assert [x["code"] for x in body["ranking"]] == [code for code, _ in expected.ranking]
+    assert [x["probability"] for x in body["ranking"]] == pytest.approx(
+        [p for _, p in expected.ranking], abs=1e-6
+    )
+    assert [e["rule_id"] for e in body["excluded"]] == ["face-no-df"]
+    referral = body["referral"]
+    assert referral["refer"] is None
+    assert referral["thresholds"] == {} and referral["threshold_source"] == "none"
+    assert referral["reason"].startswith(
+        "no referral advice: model version 1 has no validated operating point"
+    )
+    assert "python -m training evaluate" in referral["reason"]
+    p_mal = raw[[CLASSES.index(c) for c in MALIGNANT]].sum()
+    assert referral["scores"]["malignant"] >= p_mal - 1e-6
+    # The record: stored, the same answer, and no decision in the refer column either.
+    assert live.count() == before + 1
+    assert {k: stored[k] for k in body} == body
+    with live.engine.connect() as conn:
+        refer = conn.execute(select(Prediction.refer).where(Prediction.id == body["id"]))
+        assert refer.scalar_one() is None
+    # Neither referred nor not: no referral rate from answers without advice.
+    assert monitoring["live"]["predictions"] >= 1
+    assert monitoring["live"]["referral_rate"] is None
+    assert 'skin_referrals_total{refer="none"} 1.0' in metrics
+
+
+def test_half_an_operating_point_is_none(
+    make_gateway: Any,
+    triton: Any,
+    model_repository: Path,
+    real_lesions_dir: Path,
+    lesion_rows: list[dict],
+    tmp_path: Path,
+) -> None:
+    """A threshold for mel but none for malignant: no advice at all, no default fills the gap.
+    (An unreadable metadata.json gives none either: tests/serving/test_settings_security.py.)"""
+    repo = without_thresholds(model_repository, tmp_path / "repo", {"mel": {"threshold": 0.2}})
+    live = make_gateway(f"sqlite:///{tmp_path / 'half.db'}", triton.grpc_url, model_repository=repo)
+    with live.client() as c:
+        ready = c.get("/readyz")
+        r = upload(c, photo(real_lesions_dir, lesion_rows[0]))
+    assert ready.status_code == 200 and ready.json()["referral_advice"] is False
+    assert ready.json()["referral"] == "no validated thresholds in version 1 (none for malignant)"
+    assert r.status_code == 201, r.text
+    referral = r.json()["referral"]
+    assert referral["refer"] is None and referral["thresholds"] == {}
+    assert "no threshold for malignant in its metadata.json" in referral["reason"]
+    assert live.count() == 1

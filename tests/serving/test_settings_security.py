@@ -13,7 +13,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from serving.referral import decide
+from contracts.metadata import VersionMetadata
+from serving.model_info import referral_setup
+from serving.referral import decide, no_advice
 from serving.security import client_id, ensure_dev_key, hash_key, main, match_key, new_key
 from serving.settings import Settings, get_settings
 
@@ -97,6 +99,35 @@ def test_referral_thresholds_are_inclusive_and_use_the_larger_score() -> None:
     # The rules moved mass onto malignant classes: the larger score decides.
     after = {"akiec": 0.2, "bcc": 0.2, "mel": 0.2, "nv": 0.4}
     assert decide([0.1, 0.1, 0.1, 0.3, 0.1, 0.2, 0.1], after, thresholds).refer
+
+
+def test_referral_needs_a_validated_threshold_for_every_target() -> None:
+    """Only metadata.json's thresholds count; a missing one means no advice, never a default."""
+    meta = VersionMetadata(name="skin_lesion", input_size=(112, 150))
+    meta.thresholds = {"mel": {"threshold": 0.2}, "malignant": {"threshold": 0.45}}
+    full = referral_setup(meta, "3")
+    assert (full.thresholds, full.source, full.no_advice) == (
+        {"malignant": 0.45, "mel": 0.2},
+        "metadata.json",
+        None,
+    )
+    gaps = [
+        ({}, "malignant, mel"),
+        ({"mel": {"threshold": 0.2}}, "malignant"),
+        ({"mel": {"threshold": 0.2}, "malignant": {"threshold": 1.5}}, "malignant"),
+    ]
+    for thresholds, missing in gaps:
+        meta.thresholds = thresholds
+        setup = referral_setup(meta, "3")
+        assert (setup.thresholds, setup.source) == ({}, "none")
+        assert setup.status == f"no validated thresholds in version 3 (none for {missing})"
+        assert setup.no_advice is not None
+        assert setup.no_advice.startswith("no referral advice: model version 3 has no validated")
+    unreadable = referral_setup(None, "3")
+    assert unreadable.thresholds == {} and "cannot be read" in str(unreadable.no_advice)
+    r = no_advice([0.1, 0.1, 0.1, 0.1, 0.3, 0.2, 0.1], {"mel": 0.35}, "why")
+    assert (r.refer, r.thresholds, r.reason) == (None, {}, "why")
+    assert r.scores == {"malignant": 0.5, "mel": 0.35}  # the larger of before and after
 
 
 @pytest.mark.slow

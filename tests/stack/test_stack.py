@@ -58,8 +58,22 @@ def test_stack_trains_exports_serves_and_answers(
     meta = yaml.safe_load((tmp_path / "model_repository/skin_lesion/1/metadata.json").read_text())
     assert meta["synthetic"] is True
     assert meta["thresholds"]["mel"]["threshold"] > 0  # the evaluation's operating point
-    # A second run finds the exported model and does not train again.
+    # A second run finds the config's exported model and does not train again.
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "already holds a model: not training" in again.stdout
+    assert "tiny.yaml is exported as version 1: not training" in again.stdout
     assert not (tmp_path / "model_repository/skin_lesion/2").exists()
+
+    # Another config (another input size, another run folder): trained, exported as version 2
+    # and served; the stack answers with it.
+    config["trainer"]["default_root_dir"] = str(tmp_path / "runs-other")
+    config["model"]["image_size"] = [40, 56]
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(config))
+    other = [*cmd[:4], "other.yaml", *cmd[5:]]
+    other[other.index("--port") + 1] = str(free_port())
+    done = subprocess.run(other, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "serving version 2 (other.yaml)" in done.stdout
+    meta2 = yaml.safe_load((tmp_path / "model_repository/skin_lesion/2/metadata.json").read_text())
+    assert meta2["input_size"] == [40, 56]
+    assert "model version 2," in done.stdout.split(f"check: {photo.name} -> ", 1)[1]

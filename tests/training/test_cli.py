@@ -186,6 +186,21 @@ def test_real_fit_then_test_summary(real_run: dict) -> None:
 
 
 @pytest.mark.slow
+def test_real_fit_logs_one_line_per_epoch(real_run: dict) -> None:
+    summary = json.loads((real_run["run_dir"] / "summary.json").read_text())
+    lines = [x for x in real_run["stdout"].splitlines() if x.startswith("epoch ")]
+    assert len(lines) == 1  # one epoch, one line
+    fields = lines[0].split("  ")
+    assert fields[0] == "epoch 1/1"
+    logged = dict(f.rsplit(" ", 1) for f in fields[1:] if f.startswith(("val/", "train/")))
+    val_ba = summary["val"]["metrics"]["balanced_accuracy"]
+    assert float(logged["val/balanced_accuracy"]) == pytest.approx(val_ba, abs=5e-4)
+    assert "train/loss_epoch" in logged and "val/loss" in logged
+    assert fields[-2].endswith(" img/s") and float(fields[-2].split()[0]) > 0
+    assert fields[-1].startswith("epoch ") and "ETA" not in lines[0]  # the last epoch
+
+
+@pytest.mark.slow
 def test_test_subcommand_takes_the_image_size_from_the_checkpoint(
     real_run: dict, ham_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -41,7 +41,7 @@ def test_ham10000_layout_finds_images_in_both_part_folders(small_ham):
 
 
 def test_generic_csv_relative_and_absolute_paths_and_aliases(small_ham, tmp_path):
-    root, rows = small_ham
+    root, _rows = small_ham
     images = sorted(root.glob("*/*.jpg"))[:3]
     clinic = tmp_path / "clinic"
     (clinic / "photos").mkdir(parents=True)

@@ -92,7 +92,7 @@ def test_too_few_lesions_for_the_fractions():
     assert splits["test"].empty and set(splits["val"]["label"]) == {"nv", "df"}
 
 
-@pytest.mark.parametrize("val, test", [(0.5, 0.5), (-0.1, 0.2), (1.0, 0.0)])
+@pytest.mark.parametrize(("val", "test"), [(0.5, 0.5), (-0.1, 0.2), (1.0, 0.0)])
 def test_impossible_fractions(val, test):
     with pytest.raises(ConfigError, match="sum to less than 1"):
         data.grouped_split(_table([("nv", 1)] * 5), val, test)

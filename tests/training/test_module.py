@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import lightning as L
@@ -66,7 +67,7 @@ def test_warmup_cosine_rises_linearly_then_decays_to_zero() -> None:
     factors = [warmup_cosine(s, warmup_steps=4, total_steps=20) for s in range(20)]
     assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert factors[4] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))
+    assert all(a >= b for a, b in pairwise(factors[4:]))
     assert factors[-1] < 0.01
     assert warmup_cosine(0, warmup_steps=0, total_steps=10) == pytest.approx(1.0)
 

@@ -10,7 +10,6 @@ import base64
 import hashlib
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ CONFIG = ROOT / "configs" / "default.yaml"
 
 
 @pytest.fixture(scope="module")
-def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def offline_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A fit + test on the synthetic set with the default config's W&B logger."""
     tmp = tmp_path_factory.mktemp("wandb")
     with pytest.MonkeyPatch.context() as mp:
@@ -55,7 +54,7 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         torch.use_deterministic_algorithms(flags)
     (run_dir,) = (tmp / "wandb").glob("offline-run-*")
     summary = json.loads((tmp / "run" / "summary.json").read_text())
-    yield {"cli": cli, "run_dir": run_dir, "records": wandb_records(run_dir), "summary": summary}
+    return {"cli": cli, "run_dir": run_dir, "records": wandb_records(run_dir), "summary": summary}
 
 
 def _merged(records: list[dict], kind: str) -> dict:

@@ -17,7 +17,8 @@ def test_folder_to_csv_equals_eager_and_resumes(
 ):
     ids, _ = lesions
     out = tmp_path / "predictions.csv"
-    args = ["--input", str(real_lesions_dir), "--output", str(out), "--triton-url", triton.grpc_url]
+    args = ["--input", str(real_lesions_dir), "--output", str(out), "--triton-url", triton.grpc_url,
+            "--repository", str(triton.repository)]  # fmt: skip
     assert main([*args, "--batch-size", "8"]) == 0
     table = pd.read_csv(out).set_index("image_id")
     assert sorted(table.index) == sorted(ids)
@@ -40,7 +41,7 @@ def test_folder_to_csv_equals_eager_and_resumes(
 
 def test_csv_inputs_and_undecodable_images(triton, real_lesions_dir, tmp_path, capsys):
     out = tmp_path / "from_ids.csv"
-    url = ["--triton-url", triton.grpc_url]
+    url = ["--triton-url", triton.grpc_url, "--repository", str(triton.repository)]
     # HAM10000-style CSV: image_id column, images found below the CSV's folder.
     assert main(["--input", str(real_lesions_dir / "labels.csv"), "--output", str(out), *url]) == 0
     assert len(pd.read_csv(out)) == 28

@@ -20,7 +20,7 @@ from contracts.tensors import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_NAME
 from contracts.triton_config import read_config
 from serving.triton.client import AsyncTritonClassifier, TritonClassifier, TritonUnavailable
 from serving.triton.install import TritonServerError, find_install
-from serving.triton.server import TritonServer, run_triton
+from serving.triton.server import TritonOptions, TritonServer, run_triton
 from serving.triton.state import STATE_FILE
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -75,19 +75,21 @@ def test_taken_port_is_a_clear_error(model_repository, tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(TritonServerError, match=f"port {port} .* is taken"):
-            TritonServer(model_repository, cache_dir=tmp_path, grpc_port=port).start()
+            TritonServer(
+                model_repository, cache_dir=tmp_path, options=TritonOptions(grpc_port=port)
+            ).start()
 
 
 def test_model_that_fails_to_load_shows_the_log(model_repository, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(model_repository, repo)
     (repo / DEFAULT_MODEL_NAME / "1" / "model.pt").write_bytes(b"not a TorchScript file")
-    with pytest.raises(TritonServerError, match="(?s)exited.*failed to load.*skin_lesion"):
+    with pytest.raises(TritonServerError, match=r"(?s)exited.*failed to load.*skin_lesion"):
         TritonServer(repo, cache_dir=tmp_path / "cache").start()
 
 
 def test_empty_repository_is_a_clear_error(tmp_path):
-    with pytest.raises(TritonServerError, match="no model in .* export one"):
+    with pytest.raises(TritonServerError, match=r"no model in .* export one"):
         TritonServer(tmp_path, cache_dir=tmp_path / "cache").start()
 
 

@@ -190,7 +190,7 @@ def test_clinician_uploads_a_real_photo_and_reads_the_answer(
     assert set(rows) == set(report["features"])
     for name, f in report["features"].items():
         psi_text = rows[name].find_element(By.CSS_SELECTOR, ".psi").text
-        assert psi_text == ("–" if f["psi"] is None else f"{f['psi']:.3f}"), name
+        assert psi_text == ("\N{EN DASH}" if f["psi"] is None else f"{f['psi']:.3f}"), name
         assert rows[name].find_element(By.CSS_SELECTOR, ".status").text == f["status"]
     box = browser.find_element(By.ID, "retraining")
     assert box.get_attribute("data-recommended") == str(report["retraining"]["recommended"]).lower()

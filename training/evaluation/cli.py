@@ -29,6 +29,7 @@ from training.evaluation.bootstrap import N_RESAMPLES
 from training.evaluation.config import RULES_PATH, SPLITS, EvaluationConfig
 from training.evaluation.report import write
 from training.evaluation.run import evaluate
+from training.evaluation.thresholds import DEFAULT_CONFIDENCE
 from training.export.variants import EXPORTABLE, export_variant
 
 
@@ -62,6 +63,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--name", help="report name (default: the run's or version's)")
     p.add_argument("--out", default="reports", help="reports folder")
     p.add_argument("--target-sensitivity", type=float, default=0.95)
+    p.add_argument(
+        "--threshold-confidence",
+        type=float,
+        default=DEFAULT_CONFIDENCE,
+        help="one-sided confidence that the referral thresholds reach --target-sensitivity "
+        "(lower Clopper-Pearson bound of the validation sensitivity); 0: reach it on the "
+        "validation cases only",
+    )
     p.add_argument("--n-resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false")
@@ -86,7 +95,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace) -> EvaluationConfig:
     """The evaluation the command line asks for."""
-    if args.export == "tta" and not args.tta or args.export == "ensemble" and not args.ensemble:
+    if (args.export == "tta" and not args.tta) or (args.export == "ensemble" and not args.ensemble):
         raise ConfigError(f"--export {args.export} needs --{args.export} to evaluate it first")
     compare = args.compare
     if compare == "served":
@@ -102,6 +111,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluationConfig:
         },
         name=args.name,
         target_sensitivity=args.target_sensitivity,
+        threshold_confidence=args.threshold_confidence or None,
         n_resamples=args.n_resamples,
         seed=args.seed,
         calibrate=args.calibrate,

@@ -9,6 +9,7 @@ from typing import Any
 
 from contracts.errors import ConfigError
 from training.evaluation.bootstrap import N_RESAMPLES
+from training.evaluation.thresholds import DEFAULT_CONFIDENCE
 
 RULES_PATH = Path(__file__).resolve().parents[2] / "configs" / "body_location_rules.yaml"
 SPLITS = ("train", "val", "test")
@@ -25,7 +26,10 @@ class EvaluationConfig:
         data_dir: the recorded split's data (default: the recorded folder, else HAM10000_DIR).
         split_overrides: data-module settings instead of the recorded ones (``seed``, ...).
         name: report name (default: the run's or version's name).
-        target_sensitivity: the sensitivity the referral thresholds reach on validation.
+        target_sensitivity: the sensitivity the referral thresholds must reach.
+        threshold_confidence: the one-sided confidence with which they reach it (the lower
+            Clopper-Pearson bound of the validation sensitivity); None: reach it on the
+            validation cases only.
         n_resamples: bootstrap resamples of lesions; 0 for no intervals.
         seed: bootstrap seed.
         calibrate: fit a temperature on validation (for a version: on top of its own).
@@ -47,6 +51,7 @@ class EvaluationConfig:
     split_overrides: Mapping[str, Any] | None = None
     name: str | None = None
     target_sensitivity: float = 0.95
+    threshold_confidence: float | None = DEFAULT_CONFIDENCE
     n_resamples: int = N_RESAMPLES
     seed: int = 0
     calibrate: bool = True

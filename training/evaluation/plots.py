@@ -8,15 +8,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
 
-from contracts.images import read_image  # noqa: E402
-from contracts.labels import CLASSES  # noqa: E402
-from training.evaluation import thresholds as th  # noqa: E402
-from training.evaluation.calibration import reliability  # noqa: E402
+from contracts.images import read_image
+from contracts.labels import CLASSES
+from training.evaluation import thresholds as th
+from training.evaluation.calibration import reliability
 
 DPI = 110
 

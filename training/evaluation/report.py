@@ -26,7 +26,7 @@ WANDB_PROJECT = os.environ.get("WANDB_PROJECT", "skin-lesion")
 
 def _f(value: float | None, digits: int = 3) -> str:
     if value is None or math.isnan(value):
-        return "–"
+        return "\N{EN DASH}"  # a missing value, as the web pages show it
     return f"{value:.{digits}f}"
 
 
@@ -38,6 +38,17 @@ def _ci(iv: Interval) -> str:
 
 def _diff(iv: Interval) -> str:
     return f"{iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
+
+
+def _confidence_rule(settings: dict[str, Any]) -> str:
+    confidence = settings.get("threshold_confidence")
+    if not confidence:
+        return " on the validation cases"
+    return (
+        f" with {confidence:.0%} confidence (the one-sided Clopper-Pearson lower bound of the "
+        "validation sensitivity reaches it, so the target holds on new cases with that "
+        "confidence)"
+    )
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -133,8 +144,8 @@ def render(ev: Evaluation, figs: dict[str, Path]) -> str:
         "## Side by side",
         "",
         f"Operating point (op.): the threshold on P(mel) chosen on validation to reach a "
-        f"sensitivity of {s['target_sensitivity']:.2f}, applied here; the malignant group uses "
-        "P(akiec+bcc+mel) the same way. Intervals resample lesions "
+        f"sensitivity of {s['target_sensitivity']:.2f}{_confidence_rule(s)}, applied here; the "
+        "malignant group uses P(akiec+bcc+mel) the same way. Intervals resample lesions "
         f"({s['n_resamples']} resamples, seed {s['bootstrap_seed']}). "
         "ECE: 15 bins, top-class confidence.",
         "",

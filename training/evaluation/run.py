@@ -91,6 +91,7 @@ def _settings(
         **recorded.settings,
         "dataset_version": recorded.dataset_version,
         "target_sensitivity": config.target_sensitivity,
+        "threshold_confidence": config.threshold_confidence,
         "n_resamples": config.n_resamples,
         "bootstrap_seed": config.seed,
         "limit_per_class": config.limit_per_class,
@@ -108,7 +109,9 @@ def _score(
     scores = {}
     for v in rows:
         if v.points is None:
-            v.points = th.operating_points(v.val, y_val, config.target_sensitivity)
+            v.points = th.operating_points(
+                v.val, y_val, config.target_sensitivity, config.threshold_confidence
+            )
         scores[v.key] = scoring.score(
             v.name, v.test, cases, v.points, config.n_resamples, config.seed
         )

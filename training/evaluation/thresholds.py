@@ -1,8 +1,16 @@
-"""Operating points: the threshold on a score that reaches a target sensitivity.
+"""Operating points: the threshold on a score that reaches a target sensitivity, with confidence.
 
 Chosen on the validation split, reported on the test split, stored in the exported model's
 ``metadata.json`` under ``thresholds`` for the gateway's referral. A case is referred when its
 score is *at or above* the threshold.
+
+The rule (``RULE``): the highest threshold whose validation sensitivity has a one-sided
+Clopper-Pearson lower confidence bound (at ``confidence``, 0.95 by default) of at least the
+target. A threshold that only *hits* the target on the validation cases misses it on new cases
+about half the time (the validation sensitivity is an estimate from a few hundred positives);
+requiring the lower bound to reach it makes the target hold on new data with that confidence.
+The price is paid in specificity, and the report shows it. ``confidence=None`` gives the plain
+rule (the target hit exactly on validation), kept for comparison.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from scipy.stats import beta
 
 from contracts.errors import DataError
 from contracts.labels import CLASS_INDEX, CLASSES, MALIGNANT, MELANOMA
@@ -19,6 +28,9 @@ from contracts.labels import CLASS_INDEX, CLASSES, MALIGNANT, MELANOMA
 MALIGNANT_INDICES: tuple[int, ...] = tuple(CLASS_INDEX[c] for c in CLASSES if c in MALIGNANT)
 # The two referral scores: P(mel), and the summed probability of the malignant group.
 TARGETS: tuple[str, ...] = ("mel", "malignant")
+RULE = "clopper_pearson_lower_bound"
+EXACT_RULE = "validation_sensitivity"
+DEFAULT_CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -32,8 +44,12 @@ class OperatingPoint:
     target_sensitivity: float
     val_sensitivity: float
     val_specificity: float
+    rule: str = EXACT_RULE
+    confidence: float | None = None
+    val_positives: int | None = None
+    val_sensitivity_lower_bound: float | None = None
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -67,41 +83,81 @@ def rates(score: np.ndarray, positive: np.ndarray, threshold: float) -> tuple[fl
     return sens, spec
 
 
+def sensitivity_lower_bound(caught: int, positives: int, confidence: float) -> float:
+    """One-sided Clopper-Pearson lower bound of a sensitivity of ``caught / positives``."""
+    if caught <= 0:
+        return 0.0
+    return float(beta.ppf(1.0 - confidence, caught, positives - caught + 1))
+
+
 def choose_threshold(
-    score: np.ndarray, positive: np.ndarray, target_sensitivity: float = 0.95
+    score: np.ndarray,
+    positive: np.ndarray,
+    target_sensitivity: float = 0.95,
+    confidence: float | None = DEFAULT_CONFIDENCE,
 ) -> OperatingPoint:
-    """The highest threshold whose sensitivity on these cases reaches ``target_sensitivity``.
+    """The highest threshold that reaches ``target_sensitivity`` by the module's rule.
 
     The highest such threshold is the one that costs the least specificity. It is the k-th
-    highest positive score, k = ceil(target * positives), so at least k positives are referred.
+    highest positive score, so at least k positives are referred: with ``confidence``, the
+    smallest k whose lower confidence bound of k / positives reaches the target (all positives
+    when even that is not enough: ``val_sensitivity_lower_bound`` then says by how much it
+    falls short); without, k = ceil(target * positives).
 
     Raises:
         DataError: no positive cases (the threshold would be meaningless).
-        ValueError: a target outside (0, 1].
+        ValueError: a target or confidence outside (0, 1].
     """
     if not 0.0 < target_sensitivity <= 1.0:
         raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
+    if confidence is not None and not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     score = np.asarray(score, dtype=np.float64)
     positive = np.asarray(positive, dtype=bool)
     pos_scores = np.sort(score[positive])[::-1]
-    if pos_scores.size == 0:
+    n = int(pos_scores.size)
+    if n == 0:
         raise DataError(
             "no positive cases to choose a threshold on: the split needs melanomas (and "
             "malignant lesions); use a larger validation split"
         )
     # The 1e-9 keeps 0.95 * 20 = 19.000000000000004 from becoming 20.
-    k = max(1, math.ceil(target_sensitivity * pos_scores.size - 1e-9))
+    k = max(1, math.ceil(target_sensitivity * n - 1e-9))
+    if confidence is not None:
+        k = next(
+            (
+                j
+                for j in range(k, n + 1)
+                if sensitivity_lower_bound(j, n, confidence) >= target_sensitivity
+            ),
+            n,
+        )
     threshold = float(pos_scores[k - 1])
     sens, spec = rates(score, positive, threshold)
-    return OperatingPoint(threshold, float(target_sensitivity), sens, spec)
+    caught = int(((score >= threshold) & positive).sum())
+    return OperatingPoint(
+        threshold,
+        float(target_sensitivity),
+        sens,
+        spec,
+        rule=EXACT_RULE if confidence is None else RULE,
+        confidence=confidence,
+        val_positives=n,
+        val_sensitivity_lower_bound=(
+            None if confidence is None else sensitivity_lower_bound(caught, n, confidence)
+        ),
+    )
 
 
 def operating_points(
-    probs: np.ndarray, labels: np.ndarray, target_sensitivity: float = 0.95
+    probs: np.ndarray,
+    labels: np.ndarray,
+    target_sensitivity: float = 0.95,
+    confidence: float | None = DEFAULT_CONFIDENCE,
 ) -> dict[str, OperatingPoint]:
     """One operating point per referral target (``mel``, ``malignant``), chosen on these cases."""
     return {
-        t: choose_threshold(scores(probs, t), positives(labels, t), target_sensitivity)
+        t: choose_threshold(scores(probs, t), positives(labels, t), target_sensitivity, confidence)
         for t in TARGETS
     }
 
@@ -122,6 +178,10 @@ def points_from_metadata(stored: dict[str, Any]) -> dict[str, OperatingPoint] | 
             float(stored[t].get("target_sensitivity", math.nan)),
             float(stored[t].get("val_sensitivity", math.nan)),
             float(stored[t].get("val_specificity", math.nan)),
+            rule=str(stored[t].get("rule", EXACT_RULE)),
+            confidence=stored[t].get("confidence"),
+            val_positives=stored[t].get("val_positives"),
+            val_sensitivity_lower_bound=stored[t].get("val_sensitivity_lower_bound"),
         )
         for t in TARGETS
     }

@@ -9,7 +9,7 @@ re-exported here).
 """
 
 from training.export.checkpoint import Loaded, checkpoint_metrics, load_checkpoint
-from training.export.cli import export, main
+from training.export.cli import ExportOptions, export, main
 from training.export.provenance import git_state
 from training.export.torchscript import (
     PARITY_IMAGES,
@@ -27,6 +27,7 @@ from training.export.writer import export_model
 __all__ = [
     "PARITY_IMAGES",
     "PARITY_TOLERANCE",
+    "ExportOptions",
     "Loaded",
     "LogProbabilities",
     "ProbabilityModel",

@@ -48,8 +48,11 @@ def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist: pass the .ckpt file written by fit")
     try:
+        # A blind catch on purpose: torch.load documents no error type for a bad file, and
+        # corrupt ones raise RuntimeError, UnpicklingError, EOFError, KeyError, IndexError,
+        # UnicodeDecodeError, ...; every one means "not a readable checkpoint".
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file; all mean the same
+    except Exception as exc:  # noqa: BLE001 (see above)
         raise ConfigError(
             f"{path} cannot be read as a PyTorch checkpoint ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}): pass a .ckpt written by "

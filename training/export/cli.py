@@ -26,53 +26,73 @@ from contracts.metadata import read_metadata
 from contracts.repository import served_version
 from contracts.tensors import DEFAULT_MODEL_NAME
 from training.export.checkpoint import load_checkpoint
+from training.export.operating_point import validation_thresholds
 from training.export.torchscript import parity_images as read_parity_images
 from training.export.writer import export_model, writable
 from training.reference_stats import MAX_IMAGES, reference_for_checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """How :func:`export` checks and describes a version; the defaults suit most exports.
+
+    Args:
+        parity_images: real images for the parity check (default: REAL_LESIONS_DIR, else
+            HAM10000_DIR).
+        wandb_run_id: the W&B run that produced the checkpoint, if it does not record one.
+        temperature: softmax temperature stored inside the model.
+        reference_data: a HAM10000-layout folder for the validation split (thresholds) and
+            the drift reference (default: the recorded folder, else HAM10000_DIR).
+        reference_images: images read per split for it.
+    """
+
+    parity_images: str | Path | None = None
+    wandb_run_id: str | None = None
+    temperature: float = 1.0
+    reference_data: str | Path | None = None
+    reference_images: int = MAX_IMAGES
 
 
 def export(
     checkpoint: str | Path,
     repository: str | Path = "model_repository",
     name: str = DEFAULT_MODEL_NAME,
-    parity_images: str | Path | None = None,
-    wandb_run_id: str | None = None,
-    temperature: float = 1.0,
-    reference_data: str | Path | None = None,
-    reference_images: int = MAX_IMAGES,
+    options: ExportOptions | None = None,
 ) -> Path:
     """Export a LesionClassifier checkpoint as the next version of ``name``; see the module doc.
 
-    ``metadata.json`` gets the training data's reference statistics for drift monitoring
-    (``training.reference_stats``), from the recorded split on ``reference_data`` or the
-    recorded folder or ``HAM10000_DIR``; ``null`` with a warning when none can be read.
+    ``metadata.json`` gets the referral operating points chosen on the checkpoint's validation
+    split (``training.export.operating_point``) and the training data's reference statistics
+    for drift monitoring (``training.reference_stats``), both from the recorded split on
+    ``options.reference_data`` or the recorded folder or ``HAM10000_DIR``; ``{}`` and ``null``
+    with a warning when it cannot be read.
 
     Args:
         checkpoint: the ``.ckpt`` file written by ``python -m training fit``.
         repository: the model repository folder.
         name: the model's name in the repository.
-        parity_images: real images for the parity check (default: REAL_LESIONS_DIR, else
-            HAM10000_DIR).
-        wandb_run_id: the W&B run that produced the checkpoint, if it does not record one.
-        temperature: softmax temperature stored inside the model.
-        reference_data: a HAM10000-layout folder for the drift reference.
-        reference_images: images read per split for it.
+        options: parity images, W&B run, temperature, drift reference; defaults when None.
 
     Returns:
         The new version's folder, e.g. ``model_repository/skin_lesion/3``.
     """
+    o = options or ExportOptions()
     writable(Path(repository))  # fail before the slow part
     loaded = load_checkpoint(checkpoint)
-    images = read_parity_images(parity_images, loaded.input_size)
+    images = read_parity_images(o.parity_images, loaded.input_size)
     reference = reference_for_checkpoint(
-        checkpoint, loaded.classifier, loaded.input_size, reference_data, reference_images
+        checkpoint, loaded.classifier, loaded.input_size, o.reference_data, o.reference_images
+    )
+    thresholds = validation_thresholds(
+        checkpoint, loaded.classifier, loaded.input_size, o.temperature, o.reference_data
     )
     metadata = dataclasses.replace(
         loaded.metadata,
         name=name,
-        temperature=temperature,
+        temperature=o.temperature,
+        thresholds=thresholds,
         reference=reference,
-        wandb_run_id=wandb_run_id or loaded.metadata.wandb_run_id,
+        wandb_run_id=o.wandb_run_id or loaded.metadata.wandb_run_id,
     )
     return export_model(loaded.classifier, repository, loaded.input_size, images, metadata)
 
@@ -110,11 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.checkpoint,
             args.repository,
             args.name,
-            args.parity_images,
-            args.wandb_run_id,
-            args.temperature,
-            args.reference_data,
-            args.reference_images,
+            ExportOptions(
+                parity_images=args.parity_images,
+                wandb_run_id=args.wandb_run_id,
+                temperature=args.temperature,
+                reference_data=args.reference_data,
+                reference_images=args.reference_images,
+            ),
         )
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)

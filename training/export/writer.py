@@ -28,6 +28,7 @@ from contracts.triton_config import (
     CONFIG_FILE,
     LABELS_FILE,
     ConfigFileError,
+    allow_any_input_size,
     input_size,
     production_config,
     read_config,
@@ -57,20 +58,24 @@ def writable(repository: Path) -> Path:
 
 
 def _check_compatible(model_dir: Path, size: tuple[int, int]) -> bool:
-    """True when a config exists and fits; ConfigError when it exists and does not."""
+    """True when a config exists and fits; ConfigError when it exists and does not.
+
+    Versions may differ in input size; a config written before they could (fixed height and
+    width) is changed to take any size when a version of another size arrives.
+    """
     try:
         cfg = read_config(model_dir / CONFIG_FILE)
     except ConfigFileError as exc:
         if (model_dir / CONFIG_FILE).exists():
             raise ConfigError(str(exc)) from None
         return False
-    if input_size(cfg) != size or list(cfg.output[0].dims) != [NUM_CLASSES]:
+    if list(cfg.output[0].dims) != [NUM_CLASSES]:
         raise ConfigError(
-            f"{model_dir / CONFIG_FILE} serves images of {input_size(cfg)} with "
-            f"{list(cfg.output[0].dims)} outputs; this model takes {size} and gives "
-            f"[{NUM_CLASSES}]: all versions of one Triton model share its tensor shapes, so "
-            "export under another --name"
+            f"{model_dir / CONFIG_FILE} serves {list(cfg.output[0].dims)} outputs; this model "
+            f"gives [{NUM_CLASSES}]: export under another --name"
         )
+    if input_size(cfg) not in (None, size) and allow_any_input_size(cfg):
+        write_config(model_dir / CONFIG_FILE, cfg)
     return True
 
 

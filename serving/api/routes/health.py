@@ -7,8 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Response, status
 
-from serving.api.deps import StateDep, metrics_access
+from serving.api.deps import AppState, StateDep, metrics_access
 from serving.api.schemas import Readiness
+from serving.triton.client import TritonError
 
 router = APIRouter(tags=["health"])
 
@@ -19,9 +20,22 @@ async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
+async def _referral(state: AppState) -> tuple[str, bool | None]:
+    """Whether answers carry referral advice, in one line (Triton must be ready)."""
+    try:
+        served = await state.catalog.served()
+    except TritonError as e:
+        return f"unknown: the served version cannot be resolved ({type(e).__name__})", None
+    return served.referral_status, served.no_advice is None
+
+
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(state: StateDep, response: Response) -> Any:
-    """Ready when Triton has the model loaded AND the database answers (no API key)."""
+    """Ready when Triton has the model loaded AND the database answers (no API key).
+
+    ``referral`` says whether answers carry referral advice: a version without validated
+    thresholds still serves rankings, so it does not make the replica unready.
+    """
     triton_ok, db_ok = await asyncio.gather(state.triton.ready(), state.db.ping())
     checks = {
         "triton": "ready"
@@ -29,11 +43,13 @@ async def readyz(state: StateDep, response: Response) -> Any:
         else f"model {state.settings.model_name!r} not ready at {state.settings.triton_url}",
         "database": "ready" if db_ok else "unavailable",
     }
+    referral, advice = await _referral(state) if triton_ok else (None, None)
+    answer = {"checks": checks, "referral": referral, "referral_advice": advice}
     if not (triton_ok and db_ok):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         response.headers["Retry-After"] = str(state.settings.retry_after_s)
-        return {"status": "not ready", "checks": checks}
-    return {"status": "ready", "checks": checks}
+        return {"status": "not ready", **answer}
+    return {"status": "ready", **answer}
 
 
 @router.get("/metrics", include_in_schema=False, dependencies=[Depends(metrics_access)])

@@ -15,7 +15,13 @@ from prometheus_client import Gauge
 from contracts.drift import INSUFFICIENT, DriftBounds, drift_report
 from serving.api.deps import AppState, ClientDep, StateDep
 from serving.db import monitoring as queries
-from serving.live_metrics import Outcome, by_version_and_week, live_metrics, validation_figures
+from serving.live_metrics import (
+    Outcome,
+    by_version_and_week,
+    live_metrics,
+    referral_rate,
+    validation_figures,
+)
 from serving.model_info import version_metadata
 from serving.retraining import RetrainingBounds, recommend
 
@@ -157,7 +163,8 @@ async def timeline(
     bucket: Literal["hour", "day", "week"] = "day",
 ) -> dict[str, Any]:
     """Per hour, day or week of the last ``days`` days: predictions, mean brightness and
-    contrast, referral rate, predicted-class shares and each feature's PSI (null where a
+    contrast, referral rate (among answers with referral advice; null without any),
+    predicted-class shares and each feature's PSI (null where a
     bucket holds fewer than ``min_window`` values)."""
     monitor = get_monitor(request)
     served = await state.catalog.served()
@@ -180,7 +187,7 @@ async def timeline(
                 "confirmed": len(values["diagnosis"]),
                 "brightness_mean": round(sum(values["brightness"]) / n, 3),
                 "contrast_mean": round(sum(values["contrast"]) / n, 3),
-                "referral_rate": round(sum(r.refer for r in group) / n, 6),
+                "referral_rate": referral_rate(r.refer for r in group)["value"],
                 "psi": {
                     k: None if f["status"] == INSUFFICIENT else f["psi"]
                     for k, f in features.items()
