@@ -1,7 +1,6 @@
 """Fixtures of tests/monitoring (defined in fixtures.py, shared with tests/web)."""
 
 from tests.monitoring.fixtures import (  # noqa: F401 - fixtures, registered by import
-    fresh_database,
     ham_datamodule,
     ham_split,
     monitored,

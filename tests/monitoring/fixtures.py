@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from contracts.labels import CLASS_INDEX
 from tests.factories import smoke_checkpoint
@@ -100,21 +97,3 @@ def smoke_ckpt(tmp_path_factory: Any, real_lesions_dir: Path) -> Path:
     )
     path = tmp_path_factory.mktemp("ckpt") / "smoke.ckpt"
     return smoke_checkpoint(path, images, [CLASS_INDEX[d] for d in table.dx])
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database of this test's own: a SQLite file, or a new database in the
-    session's PostgreSQL cluster (whose ``skin`` database other tests fill)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    url = make_url(request.getfixturevalue("postgres_url"))
-    name = f"fresh_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, select
-from sqlalchemy import text as sql
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
 from contracts.images import eval_resize, read_image
 from contracts.labels import CLASS_NAMES, CLASSES, MALIGNANT
@@ -252,34 +248,14 @@ def without_thresholds(model_repository: Path, target: Path, keep: dict[str, Any
     return target
 
 
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])]
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database of this test's own: a SQLite file, or a new database in the
-    session's PostgreSQL cluster (whose ``skin`` database other tests fill)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'no-advice.db'}"
-        return
-    url = make_url(request.getfixturevalue("postgres_url"))
-    name = f"no_advice_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sql(f"CREATE DATABASE {name}"))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sql(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
-
-
 @pytest.fixture
 def no_advice_gateway(
-    make_gateway: Any, triton: Any, model_repository: Path, database_url: str, tmp_path: Path
+    make_gateway: Any, triton: Any, model_repository: Path, fresh_database: str, tmp_path: Path
 ) -> Any:
     """A gateway on the session's Triton that reads a metadata.json with ``"thresholds": {}``
     (the shared repository is left as it is)."""
     repo = without_thresholds(model_repository, tmp_path / "repo", {})
-    return make_gateway(database_url, triton.grpc_url, model_repository=repo)
+    return make_gateway(fresh_database, triton.grpc_url, model_repository=repo)
 
 
 def test_a_version_without_thresholds_ranks_but_gives_no_referral_advice(
