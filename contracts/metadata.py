@@ -17,7 +17,15 @@ from typing import Any
 
 from contracts.images import RESIZE_POLICY
 from contracts.labels import CLASSES, NUM_CLASSES
-from contracts.tensors import INPUT_DATATYPE, INPUT_NAME, OUTPUT_DATATYPE, OUTPUT_NAME
+from contracts.quality import QualityThresholds
+from contracts.tensors import (
+    INPUT_DATATYPE,
+    INPUT_NAME,
+    OOD_DATATYPE,
+    OOD_OUTPUT_NAME,
+    OUTPUT_DATATYPE,
+    OUTPUT_NAME,
+)
 from contracts.triton_config import write_text_atomic
 
 METADATA_FILE = "metadata.json"
@@ -46,6 +54,10 @@ class VersionMetadata:
         metrics: the checkpoint's logged metrics (``val/balanced_accuracy``, ...).
         reference: training-data statistics for drift monitoring, or None.
         parity: ``{"max_abs_diff", "tolerance", "images"}`` of eager vs TorchScript.
+        gate: what refuses an image that is not a dermoscopic lesion photo, or None (versions
+            exported before the gate): ``{"quality": {QualityThresholds fields, "percentiles",
+            "images"}, "ood": {"score", "threshold", "target_false_refusal", ...}}``. A version
+            with ``gate.ood`` has the second output :data:`contracts.tensors.OOD_OUTPUT_NAME`.
         extra: every other key (``tta``, ``ensemble``, ``evaluation``, future keys).
     """
 
@@ -69,7 +81,41 @@ class VersionMetadata:
     torch_version: str | None = None
     torchscript: str | None = None
     reference: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_ood_output(self) -> bool:
+        """Whether the model has the out-of-distribution score output (``gate.ood``)."""
+        return self.ood_threshold() is not None
+
+    def ood_threshold(self) -> float | None:
+        """The score over which an image is refused, or None without the output."""
+        ood = (self.gate or {}).get("ood")
+        value = ood.get("threshold") if isinstance(ood, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        return None
+
+    def quality_thresholds(self) -> QualityThresholds | None:
+        """The quality checks' thresholds chosen at export, or None (older versions).
+
+        Raises:
+            MetadataError: ``gate.quality`` exists but lacks a threshold.
+        """
+        quality = (self.gate or {}).get("quality")
+        if quality is None:
+            return None
+        try:
+            return QualityThresholds.from_dict(quality)
+        except (ValueError, AttributeError) as exc:
+            raise MetadataError(
+                f"{self.name} version {self.version}: gate.quality: {exc}"
+            ) from None
+
+    def output_names(self) -> list[str]:
+        """The model's outputs, in order."""
+        return [OUTPUT_NAME, OOD_OUTPUT_NAME] if self.has_ood_output else [OUTPUT_NAME]
 
     def referral_thresholds(self) -> dict[str, float]:
         """``{target: threshold}`` for the targets with a valid threshold in (0, 1]."""
@@ -94,7 +140,12 @@ class VersionMetadata:
             ],
             "outputs": [
                 {"name": OUTPUT_NAME, "datatype": OUTPUT_DATATYPE, "shape": [-1, NUM_CLASSES]}
-            ],
+            ]
+            + (
+                [{"name": OOD_OUTPUT_NAME, "datatype": OOD_DATATYPE, "shape": [-1, 1]}]
+                if self.has_ood_output
+                else []
+            ),
             "input_format": "RGB uint8 NHWC, resized with contracts.images.eval_resize",
             "resize_policy": RESIZE_POLICY,
         }
@@ -129,8 +180,9 @@ class VersionMetadata:
             raise MetadataError(f"{source} has no usable input_size (got {size!r})")
         known = {f.name for f in fields(cls)} - {"extra", "input_size", "classes"}
         values = {k: raw[k] for k in known if k in raw and raw[k] is not None}
-        if not isinstance(values.get("thresholds", {}), dict):
-            raise MetadataError(f"{source}: thresholds must be an object")
+        for key in ("thresholds", "gate"):
+            if not isinstance(values.get(key, {}), dict):
+                raise MetadataError(f"{source}: {key} must be an object")
         extra = {
             k: v
             for k, v in raw.items()
