@@ -103,3 +103,35 @@ class FeedbackEvent(Base):
     confirmation: Mapped[str] = mapped_column(String(16))
     client_id: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Refusal(Base):
+    """An upload the gate refused to diagnose (``contracts.quality``): counted, never in the
+    drift windows. The image is kept only with consent, like a prediction's; migration 0003.
+
+    ``mode`` is how it was answered: ``reject`` (422) or ``flag`` (201, ranking withheld).
+    """
+
+    __tablename__ = "refusals"
+    __table_args__ = (UniqueConstraint("client_id", "request_id", name="uq_refusals_request"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+    client_id: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(200))
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(32), index=True)
+    message: Mapped[str] = mapped_column(String(1000))
+    mode: Mapped[str] = mapped_column(String(8))
+    model_name: Mapped[str | None] = mapped_column(String(200))
+    model_version: Mapped[str | None] = mapped_column(String(32))
+    ood_score: Mapped[float | None] = mapped_column(Float)
+    features: Mapped[dict[str, float] | None] = mapped_column(JSON)  # contracts.quality
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    image_format: Mapped[str | None] = mapped_column(String(8))
+    image_width: Mapped[int | None] = mapped_column(Integer)
+    image_height: Mapped[int | None] = mapped_column(Integer)
+    image_stored: Mapped[bool] = mapped_column(Boolean, default=False)
+    answer: Mapped[dict[str, Any]] = mapped_column(JSON)  # what the client was sent

@@ -113,8 +113,8 @@ def test_0002_lets_refer_be_null_and_keeps_records_and_feedback(db: Database) ->
         assert {p.id: p.refer for p in s.query(Prediction)} == {"p1": True, "p2": None}
     with pytest.raises(RuntimeError, match="without referral advice"):
         migrate("downgrade", "0001")
-    with db.engine.connect() as conn:  # refused and rolled back: still 0002, nothing lost
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+    with db.engine.connect() as conn:  # refused and rolled back: still at head, nothing lost
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
         assert conn.execute(text("SELECT count(*) FROM predictions")).scalar() == 2
 
 
