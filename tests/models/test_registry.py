@@ -41,6 +41,8 @@ def test_expected_models_are_registered() -> None:
     for name in (
         "compact_cnn",
         "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
         "resnet18",
         "resnet50",
         "mobilenet_v3_small",

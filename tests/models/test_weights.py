@@ -23,15 +23,17 @@ CATS = {281, 282, 283, 284, 285}
 COFFEE = {967, 968, 504}
 
 
-@pytest.fixture(scope="module")
-def imagenet_classifier() -> ImageClassifier:
-    return ImageClassifier(efficientnet.imagenet_model(), IMAGENET_MEAN, IMAGENET_STD).eval()
+@pytest.fixture(scope="module", params=efficientnet.VARIANTS)
+def imagenet_classifier(request: pytest.FixtureRequest) -> ImageClassifier:
+    net = efficientnet.imagenet_model(variant=request.param)
+    return ImageClassifier(net, IMAGENET_MEAN, IMAGENET_STD).eval()
 
 
 @pytest.mark.parametrize("size", [(224, 224), models.get_spec("efficientnet_lite0").input_size])
 def test_shipped_efficientnet_weights_recognise_photos(
     imagenet_classifier: ImageClassifier, size: tuple[int, int]
 ) -> None:
+    """Lite0, Lite1 and Lite2: each package's weights recognise a cat and a cup of coffee."""
     x = torch.from_numpy(
         np.stack([eval_resize(data.chelsea(), size), eval_resize(data.coffee(), size)])
     )
@@ -41,6 +43,17 @@ def test_shipped_efficientnet_weights_recognise_photos(
     assert top[0] in CATS, f"chelsea (a cat) classified as ImageNet class {top[0]}"
     assert top[1] in COFFEE, f"coffee classified as ImageNet class {top[1]}"
     assert probs[0, sorted(CATS)].sum() > 0.5 and probs[1, sorted(COFFEE)].sum() > 0.5
+
+
+@pytest.mark.parametrize("variant", efficientnet.VARIANTS[1:])
+def test_lite1_and_lite2_are_not_lite0(variant: str) -> None:
+    """Each variant loads its own package's tensors (386 of them), not Lite0's 296."""
+    net = models.create(variant, num_classes=7, pretrained=True)
+    assert len(net.state_dict()) == 386
+    shipped = torch.load(efficientnet.shipped_weights_path(variant), weights_only=True)
+    assert torch.equal(net.state_dict()["conv_stem.weight"], shipped["_conv_stem.weight"])
+    lite0 = efficientnet.imagenet_model().state_dict()
+    assert not torch.equal(net.state_dict()["conv_stem.weight"], lite0["conv_stem.weight"])
 
 
 def test_random_efficientnet_does_not_recognise_photos() -> None:
