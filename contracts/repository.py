@@ -26,6 +26,7 @@ from contracts.triton_config import (
     ConfigFileError,
     read_config,
     served_versions,
+    set_outputs,
     set_served_version,
     write_config,
 )
@@ -115,9 +116,29 @@ def _require_version(model_dir: Path, version: int) -> None:
         )
 
 
+def served_outputs(model_dir: Path, version: int) -> list[str]:
+    """The outputs ``version`` returns, from its ``metadata.json``
+    (:meth:`VersionMetadata.output_names`).
+
+    Raises:
+        VersionError: its ``metadata.json`` is missing or unreadable: which outputs the model
+            returns, and so the config Triton needs, is unknown.
+    """
+    try:
+        return read_metadata(model_dir / str(version)).output_names()
+    except MetadataError as exc:
+        raise VersionError(
+            f"version {version} of {model_dir.name} cannot be served: {exc}. Its outputs (and "
+            "the config Triton needs) are unknown without it; re-export the model"
+        ) from None
+
+
 def _serve(model_dir: Path, version: int) -> None:
+    """Make the config serve ``version``, with the outputs that version returns."""
+    outputs = served_outputs(model_dir, version)
     cfg = read_config(model_dir / CONFIG_FILE)
     set_served_version(cfg, version)
+    set_outputs(cfg, outputs)
     write_config(model_dir / CONFIG_FILE, cfg)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from contracts.tensors import INPUT_NAME, OUTPUT_NAME
+from contracts.tensors import INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
 
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
@@ -38,6 +39,7 @@ def production_config(
     num_classes: int,
     version: int,
     max_batch_size: int = MAX_BATCH_SIZE,
+    outputs: Sequence[str] = (OUTPUT_NAME,),
 ) -> mc.ModelConfig:
     """The config NVIDIA's Triton container serves ``model.pt`` with, on GPU.
 
@@ -52,6 +54,7 @@ def production_config(
         num_classes: length of the probability vector.
         version: the version to serve (``version_policy.specific``).
         max_batch_size: largest batch one execution may receive.
+        outputs: the served version's outputs (``VersionMetadata.output_names()``).
     """
     height, width = input_size
     cfg = mc.ModelConfig(name=name, backend="pytorch", max_batch_size=max_batch_size)
@@ -59,6 +62,7 @@ def production_config(
     cfg.output.add(
         name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[num_classes], label_filename=LABELS_FILE
     )
+    set_outputs(cfg, outputs)
     cfg.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
     cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1)
     set_served_version(cfg, version)
@@ -76,6 +80,41 @@ def set_served_version(cfg: mc.ModelConfig, version: int) -> None:
     """Make ``version`` the only one Triton serves."""
     cfg.version_policy.Clear()
     cfg.version_policy.specific.versions.append(version)
+
+
+def set_outputs(cfg: mc.ModelConfig, names: Sequence[str]) -> bool:
+    """Make the config list exactly the outputs ``names`` (the served version's, from its
+    ``VersionMetadata.output_names()``): the probabilities, and the out-of-distribution score
+    ``[1]`` for a gated version. Triton's PyTorch backend maps the model's returned tensors to
+    the config's outputs by their ``__<index>`` names, so the config must name what the served
+    version returns: export, promote and rollback set them with the version.
+
+    Returns:
+        True when the outputs changed.
+
+    Raises:
+        ConfigFileError: a name other than the probabilities and the score, no probabilities,
+            or a config without the probabilities output to keep.
+    """
+    unknown = [n for n in names if n not in (OUTPUT_NAME, OOD_OUTPUT_NAME)]
+    if unknown or not names or names[0] != OUTPUT_NAME:
+        raise ConfigFileError(
+            f"outputs {list(names)}: a version has {OUTPUT_NAME!r} first and may have "
+            f"{OOD_OUTPUT_NAME!r}"
+        )
+    probabilities = [t for t in cfg.output if t.name == OUTPUT_NAME]
+    if not probabilities:
+        raise ConfigFileError(f"config of {cfg.name!r} has no output named {OUTPUT_NAME!r}")
+    before = [t.name for t in cfg.output]
+    if before == list(names):
+        return False
+    kept = mc.ModelOutput()
+    kept.CopyFrom(probabilities[0])
+    del cfg.output[:]
+    cfg.output.append(kept)
+    if OOD_OUTPUT_NAME in names:
+        cfg.output.add(name=OOD_OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[1])
+    return True
 
 
 def served_versions(cfg: mc.ModelConfig) -> list[int]:

@@ -6,6 +6,8 @@ real model in seconds.
 
 from __future__ import annotations
 
+import csv
+import os
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -18,7 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from contracts.errors import DataError
 from contracts.images import eval_resize, index_images, read_image
-from contracts.labels import NUM_CLASSES
+from contracts.labels import CLASSES, NUM_CLASSES
 from contracts.tensors import DEFAULT_MODEL_NAME
 from training.export import ExportOptions, export
 from training.module import LesionClassifier
@@ -67,15 +69,79 @@ def smoke_checkpoint(
     return Path(path)
 
 
+# Training images a smoke export's gate reads: enough for every class, a second at most.
+SMOKE_GATE_IMAGES = 32
+METADATA_FILES = ("HAM10000_metadata.csv", "labels.csv")
+
+
+def ham_layout(
+    folder: str | Path, images_dir: str | Path, lesions_per_class: int | None = None
+) -> Path:
+    """A HAM10000-layout folder (``HAM10000_metadata.csv`` + links to the images) of the images
+    under ``images_dir``: the rows of its own HAM10000_metadata.csv or labels.csv (the first
+    ``lesions_per_class`` lesions of each class by lesion id, all when None), else every image
+    labelled by its position (``CLASSES[i % 7]``, one lesion each). Export rebuilds a split on
+    it (``ExportOptions(reference_data=...)``) for the referral thresholds, the drift
+    reference and the gate of a smoke checkpoint, which records no data module.
+
+    Raises:
+        DataError: no images under ``images_dir``.
+    """
+    source, out = Path(images_dir), Path(folder)
+    index = index_images(source)
+    if not index:
+        raise DataError(f"no JPEG/PNG images under {images_dir}")
+    found = [source / n for n in METADATA_FILES if (source / n).is_file()]
+    if found:
+        with open(found[0], newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["image_id"] in index]
+    else:
+        rows = [
+            {"image_id": stem, "dx": CLASSES[i % NUM_CLASSES], "lesion_id": stem}
+            for i, stem in enumerate(sorted(index))
+        ]
+    if lesions_per_class is not None:
+        keep = set()
+        for dx in CLASSES:
+            lesions = sorted({r["lesion_id"] for r in rows if r["dx"] == dx})
+            keep.update(lesions[:lesions_per_class])
+        rows = [r for r in rows if r["lesion_id"] in keep]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    columns = ["image_id", "dx", "lesion_id"] + [
+        c for c in ("localization", "age", "sex", "dx_type") if rows and c in rows[0]
+    ]
+    with open(out / "HAM10000_metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    for r in rows:
+        target = Path(index[r["image_id"]])
+        link = out / "images" / target.name
+        if not link.exists():
+            os.symlink(target.resolve(), link)
+    return out
+
+
 def smoke_repository(
     repository: str | Path,
     images_dir: str | Path,
     size: tuple[int, int] = (48, 64),
     n_images: int = 8,
     name: str = DEFAULT_MODEL_NAME,
+    gate: bool = True,
 ) -> Path:
     """Train a smoke checkpoint on the first ``n_images`` of ``images_dir`` and export it into
     ``repository``: a real model for other parts' tests (a Triton to talk to) in one call.
+
+    With ``gate`` (the default, as ``python -m training export``) the version has the
+    out-of-distribution output and ``gate`` in its metadata.json, computed as export does on a
+    split of ``images_dir`` (:func:`ham_layout`; the 28 real lesions: 14 training, 7
+    validation images) from at most :data:`SMOKE_GATE_IMAGES` training images: about 2.5 s
+    more. Thresholds fitted on so few images refuse some real lesion photos (the OOD threshold
+    is the largest of 7 validation scores, the quality bounds about the extremes of 14 photos;
+    13 of 417 uploads of the 28 photos in tests/reliability's promotion test): a test that
+    expects every real photo diagnosed passes ``gate=False`` (the probabilities alone, as
+    versions exported before the gate).
 
     Returns:
         The exported version's folder.
@@ -88,4 +154,10 @@ def smoke_repository(
         ckpt = smoke_checkpoint(
             Path(tmp) / "smoke.ckpt", images, [i % NUM_CLASSES for i in range(len(paths))]
         )
-        return export(ckpt, repository, name, ExportOptions(parity_images=images_dir))
+        options = ExportOptions(
+            parity_images=images_dir,
+            gate=gate,
+            gate_images=SMOKE_GATE_IMAGES,
+            reference_data=ham_layout(Path(tmp) / "data", images_dir) if gate else None,
+        )
+        return export(ckpt, repository, name, options)

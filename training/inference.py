@@ -20,7 +20,8 @@ def predict(
     """``model``'s outputs ``[N, 7]`` (float64) on the images of ``frame``, in row order.
 
     Args:
-        model: ``uint8 [N, H, W, 3]`` -> logits or probabilities.
+        model: ``uint8 [N, H, W, 3]`` -> logits or probabilities (of a gated model,
+            ``(probabilities, ood_score)``, the probabilities).
         frame: rows with a ``path`` column (``training.data`` columns).
         size: ``(height, width)`` the model takes.
         batch_size: images per forward pass.
@@ -33,5 +34,9 @@ def predict(
     dataset = LesionDataset(frame, eval_transform(size))
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     model.eval()
-    outputs = [model(batch["image"]).float().numpy() for batch in loader]
+    outputs = [_first(model(batch["image"])).float().numpy() for batch in loader]
     return np.concatenate(outputs).astype(np.float64)
+
+
+def _first(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else output

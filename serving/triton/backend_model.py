@@ -4,6 +4,11 @@ Copied as ``model.py`` into each version of the locally rendered repository
 (``serving.triton.render``); it is not imported by the project. Tensors cross the backend
 boundary through DLPack: with numpy 2, ``pb_utils.Tensor(name, ndarray)`` sends empty tensors.
 All requests of one ``execute`` call (a dynamic batch) go through the network as one batch.
+
+A gated version's model returns a tuple ``(probabilities, ood_score)``, an older one the
+probabilities alone; as with the native PyTorch backend, an output ``<name>__<i>`` of the
+config is the model's ``i``-th returned tensor. Each response carries the outputs its request
+asks for (all the config lists when it names none).
 """
 
 import json
@@ -32,7 +37,9 @@ class TritonPythonModel:
         self.torch, self.dlpack = torch, dlpack
         torch.set_num_threads(int(params.get("TORCH_NUM_THREADS", "1")))
         self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
+        # name -> index of the model's returned tensor (``probabilities__0``, ``ood_score__1``).
+        self.outputs = {o["name"]: _index(o["name"], i) for i, o in enumerate(config["output"])}
+        self.version = args["model_version"]
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         path = os.path.join(version_dir, "model.pt")
         # The config takes any image size (versions may differ); this version takes its own.
@@ -52,16 +59,26 @@ class TritonPythonModel:
         ]
         fits = [tuple(x.shape[1:3]) == self.size for x in images]
         good = [x for x, ok in zip(images, fits, strict=True) if ok]
-        probs = None
+        results: list[Any] = []
         if good:
             try:
                 with torch.inference_mode():
-                    probs = self.model(torch.cat(good) if len(good) > 1 else good[0])
+                    out = self.model(torch.cat(good) if len(good) > 1 else good[0])
             except Exception as exc:  # noqa: BLE001 (per-request error, never crash the model: Triton)
                 return [_error(f"model failed: {exc}") for _ in requests]
-        parts = iter(torch.split(probs, [len(x) for x in good]) if probs is not None else [])
+            results = list(out) if isinstance(out, tuple | list) else [out]
+        missing = [n for n, i in self.outputs.items() if i >= len(results) and good]
+        if missing:
+            message = (
+                f"version {self.version} returns {len(results)} output(s), the config lists "
+                f"{missing}: promote or roll back with `python -m serving.versions`, which sets "
+                "the config's outputs from the version's metadata.json"
+            )
+            return [_error(message) for _ in requests]
+        sizes = [len(x) for x in good]
+        parts = iter(zip(*(torch.split(r, sizes) for r in results), strict=True) if good else [])
         responses = []
-        for image, ok in zip(images, fits, strict=True):
+        for request, image, ok in zip(requests, images, fits, strict=True):
             if not ok:
                 height, width = self.size
                 responses.append(
@@ -71,11 +88,24 @@ class TritonPythonModel:
                     )
                 )
                 continue
-            tensor = pb_utils.Tensor.from_dlpack(
-                self.output_name, dlpack.to_dlpack(next(parts).contiguous())
-            )
-            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+            part = next(parts)
+            asked = list(request.requested_output_names()) or list(self.outputs)
+            tensors = [
+                pb_utils.Tensor.from_dlpack(
+                    name, dlpack.to_dlpack(part[self.outputs[name]].contiguous())
+                )
+                for name in asked
+                if name in self.outputs
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
+
+
+def _index(name: str, position: int) -> int:
+    """The returned tensor an output names: ``<name>__<i>`` is the ``i``-th, as in Triton's
+    PyTorch backend; a name without the suffix is taken by its position in the config."""
+    suffix = name.rsplit("__", 1)[-1]
+    return int(suffix) if "__" in name and suffix.isdigit() else position
 
 
 def _error(message: str) -> Any:

@@ -18,6 +18,7 @@ from contracts.tensors import (
     DEFAULT_MODEL_NAME,
     INPUT_DATATYPE,
     INPUT_NAME,
+    OOD_OUTPUT_NAME,
     OUTPUT_NAME,
 )
 
@@ -88,10 +89,35 @@ def input_size(metadata: dict[str, Any]) -> tuple[int, int] | None:
     raise TritonError(f"model metadata has no input {INPUT_NAME!r}: {metadata}")
 
 
-def _request(batch: np.ndarray, module: Any) -> tuple[list[Any], list[Any]]:
+def _request(
+    batch: np.ndarray, module: Any, outputs: tuple[str, ...] = (OUTPUT_NAME,)
+) -> tuple[list[Any], list[Any]]:
     tensor = module.InferInput(INPUT_NAME, list(batch.shape), INPUT_DATATYPE)
     tensor.set_data_from_numpy(batch)
-    return [tensor], [module.InferRequestedOutput(OUTPUT_NAME)]
+    return [tensor], [module.InferRequestedOutput(name) for name in outputs]
+
+
+WITH_SCORE = (OUTPUT_NAME, OOD_OUTPUT_NAME)
+
+
+def _with_score(result: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities [N, 7], ood_score [N])`` of an answer that has both outputs."""
+    probs, score = result.as_numpy(OUTPUT_NAME), result.as_numpy(OOD_OUTPUT_NAME)
+    if probs is None or score is None:
+        raise TritonError(f"Triton's answer lacks {OUTPUT_NAME!r} or {OOD_OUTPUT_NAME!r}")
+    return probs, score.reshape(len(score))
+
+
+def _no_score_output(error: TritonError, version: int | None) -> TritonError:
+    """A clearer error when the (served) version has no score output: exported without the
+    gate (``gate.ood`` absent from its metadata.json)."""
+    if isinstance(error, TritonBadRequest) and OOD_OUTPUT_NAME in str(error):
+        which = f"version {version}" if version else "the served version"
+        return TritonBadRequest(
+            f"{which} has no {OOD_OUTPUT_NAME!r} output (exported without the "
+            f"out-of-distribution gate: no gate.ood in its metadata.json); call predict: {error}"
+        )
+    return error
 
 
 class _Classifier:
@@ -121,9 +147,15 @@ class _Classifier:
             "client_timeout": self.timeout_s,
         }
 
-    def _infer_args(self, batch: np.ndarray, version: int | None, module: Any) -> dict[str, Any]:
-        inputs, outputs = _request(check_batch(batch), module)
-        return {**self._model_args(version), "inputs": inputs, "outputs": outputs}
+    def _infer_args(
+        self,
+        batch: np.ndarray,
+        version: int | None,
+        module: Any,
+        outputs: tuple[str, ...] = (OUTPUT_NAME,),
+    ) -> dict[str, Any]:
+        inputs, requested = _request(check_batch(batch), module, outputs)
+        return {**self._model_args(version), "inputs": inputs, "outputs": requested}
 
     def _error(self, exc: InferenceServerException) -> TritonError:
         return map_error(exc, self.url, self.model_name)
@@ -146,6 +178,23 @@ class TritonClassifier(_Classifier):
         except InferenceServerException as exc:
             raise self._error(exc) from None
         return cast(np.ndarray, result.as_numpy(OUTPUT_NAME))
+
+    def predict_with_score(
+        self, batch: np.ndarray, version: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities ``float32 [N, 7]`` and out-of-distribution scores ``float32 [N]``
+        (higher = further from the training photos; refuse over the version's
+        ``gate.ood.threshold``) for a ``uint8 [N, H, W, 3]`` batch.
+
+        Raises:
+            TritonBadRequest: also when the version has no score output (no gate).
+        """
+        args = self._infer_args(batch, version, grpcclient, WITH_SCORE)
+        try:
+            result = self.client.infer(**args)
+        except InferenceServerException as exc:
+            raise _no_score_output(self._error(exc), version) from None
+        return _with_score(result)
 
     def ready(self, version: int | None = None) -> bool:
         """True when the server answers and the model (version) is loaded; never raises."""
@@ -194,6 +243,23 @@ class AsyncTritonClassifier(_Classifier):
         except InferenceServerException as exc:
             raise self._error(exc) from None
         return cast(np.ndarray, result.as_numpy(OUTPUT_NAME))
+
+    async def predict_with_score(
+        self, batch: np.ndarray, version: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities ``float32 [N, 7]`` and out-of-distribution scores ``float32 [N]``
+        (higher = further from the training photos; refuse over the version's
+        ``gate.ood.threshold``) for a ``uint8 [N, H, W, 3]`` batch.
+
+        Raises:
+            TritonBadRequest: also when the version has no score output (no gate).
+        """
+        args = self._infer_args(batch, version, aioclient, WITH_SCORE)
+        try:
+            result = await self.client.infer(**args)
+        except InferenceServerException as exc:
+            raise _no_score_output(self._error(exc), version) from None
+        return _with_score(result)
 
     async def ready(self, version: int | None = None) -> bool:
         """True when the server answers and the model (version) is loaded; never raises."""

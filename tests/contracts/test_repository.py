@@ -25,7 +25,8 @@ from contracts.repository import (
     served_version,
     versions,
 )
-from contracts.triton_config import CONFIG_FILE, production_config, write_config
+from contracts.tensors import OOD_OUTPUT_NAME, OUTPUT_NAME
+from contracts.triton_config import CONFIG_FILE, production_config, read_config, write_config
 
 
 def add_version(model_dir: Path, version: int, **meta: object) -> None:
@@ -80,6 +81,31 @@ def test_rollback_returns_to_the_version_served_before(model_dir: Path) -> None:
     with pytest.raises(VersionError, match="no earlier served version"):
         rollback(model_dir)
     assert served_stack(history(model_dir)) == [1]
+
+
+def test_the_config_lists_the_outputs_of_the_served_version(model_dir: Path) -> None:
+    """A gated version (``gate.ood`` in its metadata.json) returns a score besides the
+    probabilities; Triton's config must say so while it is served, and not after a rollback."""
+    add_version(model_dir, 4, gate={"ood": {"score": "msp", "threshold": -0.2}})
+
+    def outputs() -> list[tuple[str, list[int]]]:
+        return [(t.name, list(t.dims)) for t in read_config(model_dir / CONFIG_FILE).output]
+
+    plain = [(OUTPUT_NAME, [NUM_CLASSES])]
+    assert outputs() == plain
+    promote(model_dir, 4)
+    assert outputs() == [*plain, (OOD_OUTPUT_NAME, [1])]
+    assert rollback(model_dir) == (4, 1)
+    assert outputs() == plain
+    assert read_config(model_dir / CONFIG_FILE).output[0].label_filename == "labels.txt"
+
+
+def test_a_version_without_readable_metadata_is_not_served(model_dir: Path) -> None:
+    (model_dir / "2" / "metadata.json").write_text("{not json")
+    with pytest.raises(VersionError, match=r"version 2 of skin_lesion cannot be served: cannot"):
+        promote(model_dir, 2)
+    assert served_version(model_dir) == 1
+    assert [e["action"] for e in history(model_dir)] == ["first_export"]
 
 
 def test_rollback_refuses_a_deleted_version(model_dir: Path) -> None:

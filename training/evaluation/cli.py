@@ -30,6 +30,7 @@ from training.evaluation.config import RULES_PATH, SPLITS, EvaluationConfig
 from training.evaluation.report import write
 from training.evaluation.run import evaluate
 from training.evaluation.thresholds import DEFAULT_CONFIDENCE
+from training.export.cli import add_gate_arguments
 from training.export.variants import EXPORTABLE, export_variant
 
 
@@ -90,6 +91,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repository", default="model_repository")
     p.add_argument("--export-name", help="model name in the repository (default skin_lesion)")
     p.add_argument("--parity-images", help="real images for the export's parity check")
+    add_gate_arguments(p)
     return p.parse_args(argv)
 
 
@@ -140,7 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.export:
         version = export_variant(
-            ev, args.export, args.repository, args.export_name, args.parity_images
+            ev,
+            args.export,
+            args.repository,
+            args.export_name,
+            args.parity_images,
+            gate=args.gate,
+            ood_score=args.ood_score,
+            gate_images=args.gate_images,
         )
         print(f"exported {args.export} as {version}")
     if ev.gate is not None:

@@ -21,7 +21,7 @@ from contracts.metadata import METADATA_FILE, MetadataError, VersionMetadata, re
 from training import data
 from training.export.checkpoint import load_checkpoint
 from training.export.torchscript import quiet_torchscript
-from training.export.wrapper import LogProbabilities
+from training.export.wrapper import FirstOutput, LogProbabilities
 from training.export.writer import MODEL_FILE
 from training.recorded_split import datamodule_hparams
 
@@ -90,6 +90,8 @@ def load_source(path: str | Path) -> ModelSource:
         raise ConfigError(str(exc)) from None
     with quiet_torchscript():
         model = torch.jit.load(str(path / MODEL_FILE), map_location="cpu").eval()
+    if meta.has_ood_output:  # a gated version also returns its out-of-distribution score
+        model = FirstOutput(model).eval()
     checkpoint = (meta.checkpoint or {}).get("path")
     return ModelSource(
         name=f"{meta.name or path.parent.name}_v{meta.version or path.name}",

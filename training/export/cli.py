@@ -11,6 +11,12 @@ A new export gets the next version number and is not served until promoted
 never overwritten: it is built in a private folder and renamed into place under the model's
 lock. Eager and TorchScript outputs are compared on real images first; a version that differs
 by more than 1e-5 is not written.
+
+With the gate (the default; ``--no-gate`` to leave it out) the model has a second output, an
+out-of-distribution score per image (``--ood-score``, default mahalanobis), and
+``metadata.json``'s ``gate`` holds its threshold (at most 1 % of validation images over it)
+and the image-quality thresholds, all computed from the checkpoint's recorded split
+(``training.export.gate``; up to ``--gate-images`` training images are read for it).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from contracts.metadata import read_metadata
 from contracts.repository import served_version
 from contracts.tensors import DEFAULT_MODEL_NAME
 from training.export.checkpoint import load_checkpoint
+from training.export.gate import GATE_IMAGES, check_options, gate_for_checkpoint
+from training.export.ood import DEFAULT_OOD_SCORE, OOD_SCORES
 from training.export.operating_point import validation_thresholds
 from training.export.torchscript import parity_images as read_parity_images
 from training.export.writer import export_model, writable
@@ -44,6 +52,11 @@ class ExportOptions:
         reference_data: a HAM10000-layout folder for the validation split (thresholds) and
             the drift reference (default: the recorded folder, else HAM10000_DIR).
         reference_images: images read per split for it.
+        gate: compute the gate (quality thresholds, the out-of-distribution score output and
+            its threshold) from the recorded split; False exports the probabilities alone.
+        ood_score: the score kind, one of :data:`training.export.ood.OOD_SCORES`.
+        gate_images: training images read (seeded, stratified) for the quality thresholds
+            and the mahalanobis Gaussians; the threshold uses every validation image.
     """
 
     parity_images: str | Path | None = None
@@ -51,6 +64,9 @@ class ExportOptions:
     temperature: float = 1.0
     reference_data: str | Path | None = None
     reference_images: int = MAX_IMAGES
+    gate: bool = True
+    ood_score: str = DEFAULT_OOD_SCORE
+    gate_images: int = GATE_IMAGES
 
 
 def export(
@@ -65,7 +81,10 @@ def export(
     split (``training.export.operating_point``) and the training data's reference statistics
     for drift monitoring (``training.reference_stats``), both from the recorded split on
     ``options.reference_data`` or the recorded folder or ``HAM10000_DIR``; ``{}`` and ``null``
-    with a warning when it cannot be read.
+    with a warning when it cannot be read. From the same split, unless ``options.gate`` is
+    False, the gate (``training.export.gate``): the model then also returns the
+    out-of-distribution score, and ``metadata.json``'s ``gate`` holds its threshold and the
+    image-quality thresholds (``null``, with a warning and no score output, without data).
 
     Args:
         checkpoint: the ``.ckpt`` file written by ``python -m training fit``.
@@ -77,6 +96,8 @@ def export(
         The new version's folder, e.g. ``model_repository/skin_lesion/3``.
     """
     o = options or ExportOptions()
+    if o.gate:
+        check_options(o.ood_score, o.gate_images)
     writable(Path(repository))  # fail before the slow part
     loaded = load_checkpoint(checkpoint)
     images = read_parity_images(o.parity_images, loaded.input_size)
@@ -86,15 +107,34 @@ def export(
     thresholds = validation_thresholds(
         checkpoint, loaded.classifier, loaded.input_size, o.temperature, o.reference_data
     )
+    gate = None
+    if o.gate:
+        gate = gate_for_checkpoint(
+            checkpoint,
+            loaded.classifier,
+            loaded.input_size,
+            o.reference_data,
+            temperature=o.temperature,
+            kind=o.ood_score,
+            max_images=o.gate_images,
+        )
     metadata = dataclasses.replace(
         loaded.metadata,
         name=name,
         temperature=o.temperature,
         thresholds=thresholds,
         reference=reference,
+        gate=gate.metadata if gate else None,
         wandb_run_id=o.wandb_run_id or loaded.metadata.wandb_run_id,
     )
-    return export_model(loaded.classifier, repository, loaded.input_size, images, metadata)
+    return export_model(
+        loaded.classifier,
+        repository,
+        loaded.input_size,
+        images,
+        metadata,
+        gated=gate.model if gate else None,
+    )
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -119,7 +159,31 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--reference-images", type=int, default=MAX_IMAGES, help="images read per split for it"
     )
+    add_gate_arguments(p)
     return p.parse_args(argv)
+
+
+def add_gate_arguments(p: argparse.ArgumentParser) -> None:
+    """``--no-gate``, ``--ood-score`` and ``--gate-images`` (export and evaluate --export)."""
+    p.add_argument(
+        "--no-gate",
+        dest="gate",
+        action="store_false",
+        help="export the probabilities alone: no out-of-distribution score, no gate "
+        "thresholds (gate=%(default)s without this flag)",
+    )
+    p.add_argument(
+        "--ood-score",
+        choices=OOD_SCORES,
+        default=DEFAULT_OOD_SCORE,
+        help="the model's out-of-distribution score",
+    )
+    p.add_argument(
+        "--gate-images",
+        type=int,
+        default=GATE_IMAGES,
+        help="training images read for the quality thresholds and the score's Gaussians",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 temperature=args.temperature,
                 reference_data=args.reference_data,
                 reference_images=args.reference_images,
+                gate=args.gate,
+                ood_score=args.ood_score,
+                gate_images=args.gate_images,
             ),
         )
     except (ConfigError, DataError) as exc:
@@ -143,9 +210,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     meta = read_metadata(path)
     served = served_version(path.parent) == meta.version
+    ood = (meta.gate or {}).get("ood") or {}
+    gate = (
+        f"; OOD {ood['score']} threshold {ood['threshold']:.4g} (refuses "
+        f"{100 * ood['validation_false_refusal']:.2f} % of {ood['validation_images']} "
+        "validation images)"
+        if meta.has_ood_output
+        else "; no gate"
+    )
     print(
         f"exported {args.name} version {meta.version} to {path} (parity "
-        f"{(meta.parity or {})['max_abs_diff']:.2g}); "
+        f"{(meta.parity or {})['max_abs_diff']:.2g}{gate}); "
         + (
             "it is served"
             if served

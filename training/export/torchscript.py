@@ -77,11 +77,47 @@ def to_torchscript(model: nn.Module, example: torch.Tensor) -> tuple[torch.jit.S
                 return torch.jit.trace(model, example, check_trace=False), "trace"
 
 
-def parity(eager: nn.Module, scripted: nn.Module, images: np.ndarray) -> float:
-    """Max abs difference of probabilities, on the whole batch and on one image alone."""
+def _worst(a: float, b: float) -> float:
+    """The larger difference, NaN winning (``max`` would drop a NaN second argument)."""
+    return a if a != a else (b if b != b or b > a else a)
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(probabilities, ood_score or None)`` of a served module (one output or two)."""
+    out = model(x)
+    if isinstance(out, tuple | list):
+        return out[0], (out[1] if len(out) > 1 else None)
+    return out, None
+
+
+def parity_outputs(
+    eager: nn.Module, scripted: nn.Module, images: np.ndarray
+) -> tuple[float, float | None]:
+    """Eager vs TorchScript, on the whole batch and on one image alone.
+
+    Returns:
+        ``(max abs difference of the probabilities, max relative difference of the OOD score
+        or None without one)``; the score's difference is relative to ``max(1, |eager|)``,
+        so absolute below 1 (see ``training.export.ood.SCORE_TOLERANCE``).
+
+    Raises:
+        ConfigError: one model has the score output and the other not.
+    """
     batch = torch.from_numpy(images)
-    diff = 0.0
+    diff, score_diff = 0.0, None
     with torch.no_grad(), quiet_torchscript():
         for x in (batch, batch[:1]):
-            diff = max(diff, float((eager(x) - scripted(x)).abs().max()))
-    return diff
+            (p_eager, s_eager), (p_script, s_script) = _outputs(eager, x), _outputs(scripted, x)
+            diff = _worst(diff, float((p_eager - p_script).abs().max()))
+            if (s_eager is None) != (s_script is None):
+                raise ConfigError("the TorchScript model and the eager one differ in outputs")
+            if s_eager is not None and s_script is not None:
+                rel = (s_eager - s_script).abs() / s_eager.abs().clamp_min(1.0)
+                score_diff = _worst(score_diff or 0.0, float(rel.max()))
+    return diff, score_diff
+
+
+def parity(eager: nn.Module, scripted: nn.Module, images: np.ndarray) -> float:
+    """Max abs difference of probabilities, on the whole batch and on one image alone (the
+    first output of a gated model; :func:`parity_outputs` also compares its score)."""
+    return parity_outputs(eager, scripted, images)[0]

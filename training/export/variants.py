@@ -13,15 +13,19 @@ from typing import Any
 
 import torch.nn as nn
 
-from contracts.errors import ConfigError
+from contracts.errors import ConfigError, DataError
 from contracts.metadata import VersionMetadata
 from contracts.tensors import DEFAULT_MODEL_NAME
 from training.ensemble import Ensemble
 from training.evaluation import thresholds as th
 from training.evaluation.results import Evaluation
+from training.export.checkpoint import load_checkpoint
+from training.export.gate import GATE_IMAGES, Gate, check_options, compute_gate, no_gate
+from training.export.ood import DEFAULT_OOD_SCORE
 from training.export.torchscript import parity_images as read_parity_images
 from training.export.wrapper import LogProbabilities, ProbabilityModel
 from training.export.writer import export_model
+from training.recorded_split import rebuild_split
 from training.reference_stats import MAX_IMAGES, reference_for_checkpoint
 from training.tta import TTA
 
@@ -66,6 +70,50 @@ def _reference(ev: Evaluation, module: nn.Module, max_images: int) -> dict[str, 
     return reference_for_checkpoint(src.checkpoint, module, src.input_size, data_dir, max_images)
 
 
+def _gate(
+    ev: Evaluation, which: str, module: nn.Module, temperature: float, kind: str, max_images: int
+) -> Gate | None:
+    """The gate (``training.export.gate``) of the exported variant: its threshold chosen on
+    the validation cases the evaluation chose the referral thresholds on, the Gaussians and
+    quality thresholds from the training split of the same recorded split; None (with a
+    warning) without a checkpoint to take the network from, or on synthetic data.
+
+    The score comes from the checkpoint's network (split at its last linear layer); for TTA,
+    an ensemble or an exported version, the served probabilities stay the variant's own.
+    """
+    src = ev.source
+    if src.kind == "checkpoint":
+        network = src.logits
+    elif src.checkpoint is not None:
+        network = load_checkpoint(src.checkpoint).classifier
+    else:
+        return no_gate(f"{src.path} names no checkpoint found here to take the network from")
+    served = None if which == "cnn" and src.kind == "checkpoint" else module
+    data_dir = ev.settings.get("data_dir")
+    overrides = {k: ev.settings.get(k) for k in ("seed", "val_fraction", "test_fraction")}
+    try:
+        split = rebuild_split(
+            src.datamodule,
+            src.input_size,
+            data_dir if data_dir and Path(data_dir).is_dir() else None,
+            overrides,
+        )
+        if split.synthetic:
+            return no_gate("the evaluated split is synthetic (a gate fitted on it refuses photos)")
+        return compute_gate(
+            split.splits["train"],
+            ev.val_cases.frame,
+            network,
+            src.input_size,
+            temperature=temperature,
+            kind=kind,
+            max_images=max_images,
+            served=served,
+        )
+    except DataError as exc:
+        return no_gate(str(exc))
+
+
 def variant_metadata(
     ev: Evaluation, which: str, name: str, temperature: float, extra: dict[str, Any]
 ) -> VersionMetadata:
@@ -93,13 +141,16 @@ def variant_metadata(
     )
 
 
-def export_variant(
+def export_variant(  # noqa: PLR0913 (the evaluate command's export options)
     ev: Evaluation,
     which: str = "cnn",
     repository: str | Path = "model_repository",
     name: str | None = None,
     parity_images: str | Path | None = None,
     reference_images: int = MAX_IMAGES,
+    gate: bool = True,
+    ood_score: str = DEFAULT_OOD_SCORE,
+    gate_images: int = GATE_IMAGES,
 ) -> Path:
     """Write ``ev``'s ``which`` (cnn, tta, ensemble) as the next version of ``name``.
 
@@ -111,14 +162,29 @@ def export_variant(
         parity_images: real images for the parity check (default: REAL_LESIONS_DIR, else
             HAM10000_DIR).
         reference_images: images read per split for the drift reference.
+        gate: add the gate (out-of-distribution score output, quality thresholds), as
+            ``python -m training export`` does; False exports the probabilities alone.
+        ood_score: the score kind (``training.export.ood.OOD_SCORES``).
+        gate_images: training images read for the gate.
 
     Returns:
         The version folder.
     """
     if which not in ev.variants:
         raise ConfigError(f"{which!r} was not evaluated: add --{which} to the evaluation")
+    if gate:
+        check_options(ood_score, gate_images)
     module, temperature, extra = _module(ev, which)
     metadata = variant_metadata(ev, which, name or DEFAULT_MODEL_NAME, temperature, extra)
     metadata.reference = _reference(ev, module, reference_images)
     images = read_parity_images(parity_images, ev.source.input_size)
-    return export_model(module.eval(), repository, ev.source.input_size, images, metadata)
+    computed = _gate(ev, which, module, temperature, ood_score, gate_images) if gate else None
+    metadata.gate = computed.metadata if computed else None
+    return export_model(
+        module.eval(),
+        repository,
+        ev.source.input_size,
+        images,
+        metadata,
+        gated=computed.model if computed else None,
+    )

@@ -2,7 +2,9 @@
 
 ``ProbabilityModel`` is the exported contract (``uint8 [N, H, W, 3]`` -> probabilities);
 ``LogProbabilities`` turns any probability model (an exported ``model.pt``, TTA, an ensemble)
-back into logits, so the evaluation and export treat every model alike.
+back into logits, so the evaluation and export treat every model alike; ``FirstOutput`` gives
+the probabilities of a gated version's ``model.pt`` (``training.export.ood.GatedModel``, which
+also returns a score).
 """
 
 from __future__ import annotations
@@ -43,3 +45,14 @@ class LogProbabilities(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # The floor keeps an exact 0 finite; exp(-69) is below float32's resolution near 1.
         return torch.log(self.model(images).float().clamp_min(1e-30))
+
+
+class FirstOutput(nn.Module):
+    """The probabilities of a gated model (``(probabilities, ood_score)``): its first output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)[0]

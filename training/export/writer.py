@@ -14,6 +14,7 @@ import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,8 +36,9 @@ from contracts.triton_config import (
     write_config,
     write_text_atomic,
 )
+from training.export.ood import SCORE_TOLERANCE, GatedModel
 from training.export.provenance import git_state
-from training.export.torchscript import PARITY_TOLERANCE, parity, to_torchscript
+from training.export.torchscript import PARITY_TOLERANCE, parity_outputs, to_torchscript
 from training.export.wrapper import ProbabilityModel
 
 MODEL_FILE = "model.pt"
@@ -79,13 +81,14 @@ def _check_compatible(model_dir: Path, size: tuple[int, int]) -> bool:
     return True
 
 
-def export_model(
+def export_model(  # noqa: PLR0913 (gated: the served module of a version with the gate)
     classifier: nn.Module,
     repository: str | Path,
     size: tuple[int, int],
     images: np.ndarray,
     metadata: VersionMetadata | None = None,
     tolerance: float = PARITY_TOLERANCE,
+    gated: GatedModel | None = None,
 ) -> Path:
     """Script ``classifier`` (``uint8 NHWC`` -> logits), check parity, write the next version.
 
@@ -101,34 +104,60 @@ def export_model(
             ``version``, ``parity``, ``git``, ``created_at``, ``torch_version`` and
             ``torchscript``.
         tolerance: largest accepted eager-vs-TorchScript difference of probabilities.
+        gated: the module to serve instead of ``ProbabilityModel(classifier, temperature)``
+            when the version has the out-of-distribution output (``metadata.gate.ood``): the
+            :class:`GatedModel` its threshold was chosen with (``training.export.gate``). Its
+            score must match TorchScript's within :data:`SCORE_TOLERANCE` (relative).
 
     Returns:
         The new version's folder.
 
     Raises:
-        ConfigError: parity failure, unwritable repository, incompatible existing config, or
-            ``metadata`` for another input size.
+        ConfigError: parity failure, unwritable repository, incompatible existing config,
+            ``metadata`` for another input size, or ``gated`` and ``metadata.gate.ood`` not
+            given together (or at another temperature).
     """
     metadata = metadata or VersionMetadata(DEFAULT_MODEL_NAME, size)
     if tuple(metadata.input_size) != tuple(size):
         raise ConfigError(f"metadata describes {metadata.input_size} images, the model {size}")
+    if (gated is not None) != metadata.has_ood_output:
+        raise ConfigError(
+            "a gated model needs gate.ood (with its threshold) in the metadata, and gate.ood a "
+            f"gated model: got {'a' if gated is not None else 'no'} gated model and "
+            f"{'a' if metadata.has_ood_output else 'no'} gate.ood threshold"
+        )
+    as_buffer = float(torch.tensor(float(metadata.temperature)))  # float32, as in the model
+    if gated is not None and float(gated.temperature) != as_buffer:
+        raise ConfigError(
+            f"the gated model's temperature {float(gated.temperature)} is not the metadata's "
+            f"{metadata.temperature}"
+        )
     model_dir = writable(Path(repository)) / metadata.name
-    model = ProbabilityModel(classifier, metadata.temperature).eval()
+    model = gated if gated is not None else ProbabilityModel(classifier, metadata.temperature)
+    model.eval()
     if images.shape[1:] != (*size, 3) or images.dtype != np.uint8:
         raise DataError(f"parity images must be uint8 [N, {size[0]}, {size[1]}, 3]")
     scripted, method = to_torchscript(model, torch.from_numpy(images[:2]))
-    diff = parity(model, scripted, images)
-    if not diff <= tolerance:
+    diff, score_diff = parity_outputs(model, scripted, images)
+    if not diff <= tolerance or (score_diff is not None and not score_diff <= SCORE_TOLERANCE):
+        what = (
+            f"by {diff:.3g} (> {tolerance:g})"
+            if not diff <= tolerance
+            else f"in the OOD score by {score_diff:.3g} (relative, > {SCORE_TOLERANCE:g})"
+        )
         raise ConfigError(
-            f"TorchScript and eager outputs differ by {diff:.3g} (> {tolerance:g}) on "
+            f"TorchScript and eager outputs differ {what} on "
             f"{len(images)} real images: nothing was written. The network has operations "
             "TorchScript changes; make it scriptable or exportable deterministically"
         )
+    checked: dict[str, Any] = {"max_abs_diff": diff, "tolerance": tolerance, "images": len(images)}
+    if score_diff is not None:
+        checked.update(ood_max_rel_diff=score_diff, ood_tolerance=SCORE_TOLERANCE)
     metadata = dataclasses.replace(
         metadata,
         git=git_state(),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        parity={"max_abs_diff": diff, "tolerance": tolerance, "images": len(images)},
+        parity=checked,
         torch_version=torch.__version__,
         torchscript=method,
     )
@@ -142,7 +171,9 @@ def export_model(
             version = _place(tmp, model_dir, metadata)
             write_text_atomic(model_dir / LABELS_FILE, "\n".join(CLASSES) + "\n")
             if not has_config:
-                config = production_config(metadata.name, size, NUM_CLASSES, version)
+                config = production_config(
+                    metadata.name, size, NUM_CLASSES, version, outputs=metadata.output_names()
+                )
                 write_config(model_dir / CONFIG_FILE, config)
                 record(model_dir, "first_export", version, None)
             else:

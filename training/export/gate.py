@@ -1,0 +1,287 @@
+"""The gate of an exported version, computed from the split its checkpoint was trained with.
+
+``metadata.json``'s ``gate`` holds two things, both chosen here at export:
+
+- ``quality``: the image-quality thresholds (:func:`contracts.quality.fit_quality_thresholds`)
+  from up to ``max_images`` training images (seeded, stratified by class), each measured as
+  the gateway measures an upload: geometry of the original file, the rest on its
+  ``eval_resize`` at the version's input size.
+- ``ood``: the out-of-distribution score of :class:`training.export.ood.GatedModel`. For
+  ``mahalanobis`` the class Gaussians are fitted on the same training images' penultimate
+  features; the threshold is then chosen on EVERY validation image so that at most
+  :data:`TARGET_FALSE_REFUSAL` of them would be refused (:func:`training.export.ood.
+  choose_threshold`), and the rate achieved is recorded.
+
+When the split cannot be rebuilt here (no recorded data module, data missing, synthetic data)
+export warns and writes no gate, like the referral thresholds (``gate: null``; the gateway
+then applies its own settings or none).
+
+Cost, measured on the project's 2-core CPU while a training run shared it: EfficientNet-Lite0
+at 112x150, 2000 training and 1376 validation HAM10000 images, 250 s with ``mahalanobis`` (one
+forward pass over both) and 85 s with ``energy`` (the training images are only read for the
+quality thresholds); the tests' smoke export (14 + 7 images, compact_cnn), about 2 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from contracts.errors import ConfigError, DataError
+from contracts.images import eval_resize, read_image
+from contracts.labels import CLASS_INDEX
+from contracts.quality import (
+    HIGH_PERCENTILE,
+    LOW_PERCENTILE,
+    ImageFeatures,
+    fit_quality_thresholds,
+    measure,
+)
+from training.export.ood import (
+    DEFAULT_OOD_SCORE,
+    OOD_SCORES,
+    GatedModel,
+    check_split,
+    choose_threshold,
+    fit_gaussians,
+    gaussians_metadata,
+    split_classifier,
+)
+from training.recorded_split import datamodule_hparams, rebuild_split
+from training.reference_stats import data_unreachable
+
+log = logging.getLogger(__name__)
+
+GATE_IMAGES = 2000
+TARGET_FALSE_REFUSAL = 0.01
+BATCH_SIZE = 64
+
+
+@dataclass
+class Gate:
+    """A computed gate: the module to serve and what ``metadata.json`` says of it.
+
+    Attributes:
+        model: the :class:`GatedModel` (eval mode) the thresholds were chosen with.
+        metadata: ``VersionMetadata.gate``: ``{"quality": {...}, "ood": {...}}``.
+        seconds: wall time the computation took (reading images included).
+    """
+
+    model: GatedModel
+    metadata: dict[str, Any]
+    seconds: float
+
+
+def check_options(kind: str, max_images: int) -> None:
+    """Raise ConfigError for an unknown score kind or a non-positive image count."""
+    if kind not in OOD_SCORES:
+        raise ConfigError(f"--ood-score {kind!r} is unknown; choose one of {', '.join(OOD_SCORES)}")
+    if max_images < 1:
+        raise ConfigError(
+            f"--gate-images must be at least 1, got {max_images}: use --no-gate to export "
+            "without the gate"
+        )
+
+
+def stratified_sample(frame: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` rows, each class in its share of ``frame`` (largest remainders; at least one row of
+    every class, so more than ``n`` when ``n`` is below the number of classes), seeded, in
+    ``frame``'s order; all rows when there are no more than ``n``."""
+    if len(frame) <= n:
+        return frame
+    counts = frame["label"].value_counts().sort_index()
+    quota = n * counts / len(frame)
+    take = np.minimum(counts, np.maximum(1, np.floor(quota))).astype(int)
+    for label in (quota - np.floor(quota)).sort_values(ascending=False, kind="stable").index:
+        if take.sum() >= n:
+            break
+        take[label] += int(take[label] < counts[label])
+    parts = [
+        frame[frame["label"] == label].sample(n=int(k), random_state=seed)
+        for label, k in take.items()
+    ]
+    return pd.concat(parts).sort_index()
+
+
+def _batches(paths: list[str], size: tuple[int, int]) -> Any:
+    """``(uint8 [B, H, W, 3] tensor, [(width, height), ...])`` per batch of image files."""
+    for start in range(0, len(paths), BATCH_SIZE):
+        originals = [read_image(p) for p in paths[start : start + BATCH_SIZE]]
+        resized = np.stack([eval_resize(img, size) for img in originals])
+        yield torch.from_numpy(resized), [(img.shape[1], img.shape[0]) for img in originals]
+
+
+@torch.no_grad()
+def compute_gate(  # noqa: PLR0913 (keyword-only options, ExportOptions' gate fields)
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    classifier: nn.Module,
+    input_size: tuple[int, int],
+    *,
+    temperature: float = 1.0,
+    kind: str = DEFAULT_OOD_SCORE,
+    max_images: int = GATE_IMAGES,
+    seed: int = 0,
+    served: nn.Module | None = None,
+) -> Gate:
+    """The gate of ``classifier`` trained on ``train`` and validated on ``val`` (module doc).
+
+    Args:
+        train: training rows (``training.data`` columns, readable ``path``).
+        val: validation rows; every one is scored to choose the threshold.
+        classifier: ``uint8 [N, H, W, 3] -> logits`` (an ``ImageClassifier``), eval mode.
+        input_size: the version's ``(height, width)``.
+        temperature: the version's softmax temperature.
+        kind: the score, one of :data:`training.export.ood.OOD_SCORES`.
+        max_images: training images read for the quality thresholds and the Gaussians.
+        seed: seed of the training sample.
+        served: the served logits when they are not ``classifier``'s (TTA, ensemble).
+
+    Raises:
+        ConfigError: bad options, or a classifier that cannot be split (mahalanobis).
+        DataError: an empty split, or unreadable images.
+    """
+    check_options(kind, max_images)
+    if train.empty or val.empty:
+        raise DataError(
+            f"the gate needs training and validation images (got {len(train)} and {len(val)})"
+        )
+    start = time.perf_counter()
+    classifier.eval()
+    detector = split_classifier(classifier)
+    sample = stratified_sample(train, max_images, seed)
+    quality: list[ImageFeatures] = []
+    features = []
+    for i, (images, sizes) in enumerate(_batches(sample["path"].tolist(), input_size)):
+        quality += [measure(img, w, h) for img, (w, h) in zip(images.numpy(), sizes, strict=True)]
+        # The first batch proves the split gives the classifier's own logits.
+        if i == 0:
+            features.append(check_split(detector, classifier, images)[1].double().numpy())
+        elif kind == "mahalanobis":
+            features.append(detector(images)[1].double().numpy())
+    ood: dict[str, Any] = {"score": kind}
+    gaussians = None
+    if kind == "mahalanobis":
+        labels = np.array([CLASS_INDEX[c] for c in sample["label"]])
+        gaussians = fit_gaussians(np.concatenate(features), labels)
+        ood.update(gaussians_metadata(gaussians))
+    model = GatedModel(detector, kind, temperature, gaussians, served).eval()
+    scores = np.concatenate(
+        [model(x)[1].double().numpy().ravel() for x, _ in _batches(list(val["path"]), input_size)]
+    )
+    threshold, achieved, rank = choose_threshold(scores, TARGET_FALSE_REFUSAL)
+    if rank == len(scores) and len(scores) < 1 / TARGET_FALSE_REFUSAL - 1:
+        log.warning(
+            "only %d validation images: the OOD threshold is their largest score, and "
+            "the %.0f %% false-refusal bound does not hold",
+            len(scores),
+            100 * TARGET_FALSE_REFUSAL,
+        )
+    ood.update(
+        threshold=threshold,
+        target_false_refusal=TARGET_FALSE_REFUSAL,
+        validation_false_refusal=achieved,
+        validation_images=len(scores),
+        rank=rank,
+        fit_images=len(sample) if kind == "mahalanobis" else 0,
+        feature_dim=int(features[0].shape[1]),
+    )
+    thresholds = fit_quality_thresholds(quality, input_size)
+    metadata = {
+        "quality": {
+            **thresholds.to_dict(),
+            "percentiles": [LOW_PERCENTILE, HIGH_PERCENTILE],
+            "images": len(quality),
+        },
+        "ood": ood,
+    }
+    seconds = time.perf_counter() - start
+    log.info(
+        "gate: %s threshold %.4g refuses %.2f %% of %d validation images; quality from %d "
+        "training images (%.1f s)",
+        kind,
+        threshold,
+        100 * achieved,
+        len(scores),
+        len(quality),
+        seconds,
+    )
+    return Gate(model, metadata, seconds)
+
+
+def gate_for_checkpoint(  # noqa: PLR0913 (keyword-only options, as compute_gate)
+    checkpoint: str | Path | None,
+    classifier: nn.Module,
+    input_size: tuple[int, int],
+    data_dir: str | Path | None = None,
+    *,
+    temperature: float = 1.0,
+    kind: str = DEFAULT_OOD_SCORE,
+    max_images: int = GATE_IMAGES,
+    served: nn.Module | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Gate | None:
+    """The gate on the split ``checkpoint`` was trained with (rebuilt on ``data_dir``, else the
+    recorded folder, else ``HAM10000_DIR``); None with a warning when that split cannot be
+    rebuilt here or is synthetic (never raises for that).
+
+    Args:
+        checkpoint: the ``.ckpt`` whose recorded data module gives the split (None: none).
+        classifier, input_size, temperature, kind, max_images, served: as
+            :func:`compute_gate`.
+        data_dir: a HAM10000-layout folder to rebuild the split on.
+        overrides: split settings to use instead of the recorded ones (the evaluation's
+            ``seed``, ``val_fraction``, ``test_fraction``), as ``rebuild_split`` takes them.
+
+    Raises:
+        ConfigError: unknown ``kind`` or ``max_images < 1``; a classifier that cannot be split.
+    """
+    check_options(kind, max_images)
+    recorded = datamodule_hparams(checkpoint)
+    why = (
+        f"{checkpoint} records no data module (not trained by `python -m training fit`)"
+        if not recorded and data_dir is None
+        else data_unreachable(recorded, data_dir)
+    )
+    if why is None:
+        try:
+            split = rebuild_split(
+                recorded, input_size, str(data_dir) if data_dir else None, overrides
+            )
+            if split.synthetic:
+                why = "the rebuilt split is synthetic (a gate fitted on it refuses real photos)"
+            else:
+                return compute_gate(
+                    split.splits["train"],
+                    split.splits["val"],
+                    classifier,
+                    input_size,
+                    temperature=temperature,
+                    kind=kind,
+                    max_images=max_images,
+                    served=served,
+                )
+        except DataError as exc:
+            why = str(exc)
+    return no_gate(why)
+
+
+def no_gate(why: str) -> None:
+    """Warn (and log) that the version gets no gate, and why; returns None."""
+    message = (
+        f"metadata.json gets `gate: null` (the model has no out-of-distribution output and the "
+        f"gateway only its own quality settings for this version): {why}. Pass "
+        "--reference-data DIR (the HAM10000-layout folder it was trained on) or set "
+        "HAM10000_DIR, or export with --no-gate to say so"
+    )
+    warnings.warn(message, stacklevel=3)
+    log.warning(message)

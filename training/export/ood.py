@@ -1,0 +1,278 @@
+"""The out-of-distribution score inside the exported model: the second output of a gated version.
+
+A version exported with the gate serves :class:`GatedModel` instead of
+:class:`training.export.wrapper.ProbabilityModel`: ``uint8 [N, H, W, 3]`` in,
+``(probabilities [N, 7], ood_score [N, 1])`` out, the probabilities exactly those of
+``ProbabilityModel`` (``softmax(logits / T)``) and the score higher the further an image is from
+the training photos. The score kinds (``metadata.json``'s ``gate.ood.score``):
+
+- ``mahalanobis`` (default): the classifier is split at its last ``nn.Linear``
+  (:func:`split_classifier`); its penultimate features ``f`` are compared with one Gaussian per
+  class fitted on training-split features (class means ``mu_c``, one shared covariance with
+  Ledoit-Wolf shrinkage): ``min_c (f - mu_c)^T P (f - mu_c)``, ``P`` the precision. The means
+  and the precision's Cholesky factor ``L`` (``P = L L^T``) are buffers of the model, so the
+  distance is ``min_c ||f L - mu_c L||^2``: one matrix product, no cancellation.
+- ``energy``: ``-T * logsumexp(logits / T)`` (Liu et al. 2020), from the same logits.
+- ``msp``: ``-max_c p_c``, the negated maximum softmax probability.
+
+Where the threshold comes from (the validation split) is :mod:`training.export.gate`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from contracts.errors import ConfigError, DataError
+from contracts.labels import NUM_CLASSES
+
+OOD_SCORES: tuple[str, ...] = ("mahalanobis", "energy", "msp")
+DEFAULT_OOD_SCORE = "mahalanobis"
+# Eager and TorchScript scores may differ by this much, relative to the score's magnitude
+# (absolute below 1): float32 sums over hundreds of features are reordered by the JIT.
+SCORE_TOLERANCE = 1e-4
+
+
+class FeatureClassifier(nn.Module):
+    """A classifier split at its last linear layer: image -> ``(logits, features)``.
+
+    ``head(body(x))`` is the original classifier's ``x -> logits``, computed once; ``features``
+    ``[N, D]`` is what the head reads (its dropout is the identity in eval mode).
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(image).float()
+        return self.head(features).float(), features
+
+
+def split_classifier(classifier: nn.Module) -> FeatureClassifier:
+    """Split any classifier (``ImageClassifier`` of a registered net) at its last ``nn.Linear``.
+
+    The classifier is deep-copied; in the copy its last ``nn.Linear`` (in registration order,
+    which for every registered net is the one that produces the logits) becomes ``nn.Identity``,
+    so the copy yields the penultimate features and the removed layer is the head.
+    :func:`check_split` verifies on real images that ``head(body(x))`` equals the classifier.
+
+    Args:
+        classifier: ``uint8 [N, H, W, 3] -> logits [N, C]``.
+
+    Raises:
+        ConfigError: the classifier has no ``nn.Linear`` (e.g. an exported TorchScript model).
+    """
+    linears = [name for name, m in classifier.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(
+            f"{type(classifier).__name__} has no nn.Linear layer to take penultimate features "
+            "from: the mahalanobis score needs the trained network (a checkpoint), not an "
+            "exported TorchScript model; choose --ood-score energy or msp, or --no-gate"
+        )
+    body = copy.deepcopy(classifier).eval()
+    *parents, leaf = linears[-1].split(".")
+    owner = body.get_submodule(".".join(parents)) if parents else body
+    head = getattr(owner, leaf)
+    setattr(owner, leaf, nn.Identity())
+    return FeatureClassifier(body, head).eval()
+
+
+@torch.no_grad()
+def check_split(
+    detector: FeatureClassifier, classifier: nn.Module, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's ``(logits, features)`` of ``images``, checked against the classifier.
+
+    Raises:
+        ConfigError: the features are not ``[N, D]`` or the logits differ from the
+            classifier's (the last linear layer is not the one giving the logits).
+    """
+    logits, features = detector(images)
+    expected = classifier(images).float()
+    if features.dim() != 2 or features.shape[0] != images.shape[0]:
+        raise ConfigError(
+            f"the classifier's last linear layer reads a {list(features.shape)} tensor, not "
+            "[N, D] features: this network cannot be split for the mahalanobis score; choose "
+            "--ood-score energy or msp"
+        )
+    if logits.shape != expected.shape or not torch.allclose(logits, expected, atol=1e-5):
+        raise ConfigError(
+            "the classifier's last linear layer is not the one that gives its logits (head of "
+            "the split differs from the classifier): choose --ood-score energy or msp"
+        )
+    return logits, features
+
+
+@dataclass(frozen=True)
+class Gaussians:
+    """Class-conditional Gaussians with one shared covariance, fitted on training features.
+
+    Attributes:
+        means: ``[K, D]`` means of the ``K`` classes that had images (float64).
+        whitening: ``[D, D]`` lower Cholesky factor ``L`` of the precision, ``P = L L^T``.
+        classes: the class index of each row of ``means``.
+        shrinkage: Ledoit-Wolf weight of the scaled identity in the covariance, 0-1.
+        images: feature vectors fitted on.
+    """
+
+    means: np.ndarray
+    whitening: np.ndarray
+    classes: tuple[int, ...]
+    shrinkage: float
+    images: int
+
+    @property
+    def precision(self) -> np.ndarray:
+        return np.asarray(self.whitening @ self.whitening.T)
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of each feature vector to each class, ``[N, K]``
+        (float64, the textbook ``(f - mu)^T P (f - mu)``; for checks, not for serving)."""
+        diff = np.asarray(features, np.float64)[:, None, :] - self.means[None]
+        return np.asarray(np.einsum("nkd,de,nke->nk", diff, self.precision, diff))
+
+
+def fit_gaussians(
+    features: np.ndarray, labels: np.ndarray, shrinkage: float | None = None
+) -> Gaussians:
+    """Fit :class:`Gaussians`: per-class means, pooled within-class covariance, shrunk.
+
+    Args:
+        features: ``[N, D]`` training features.
+        labels: ``[N]`` class indices.
+        shrinkage: weight of the scaled identity ``tr(S)/D * I`` in the covariance; None
+            chooses it by Ledoit-Wolf (needed when ``N`` is not much larger than ``D``).
+
+    Raises:
+        DataError: fewer than two images, mismatched lengths, or constant features.
+    """
+    x = np.asarray(features, np.float64)
+    y = np.asarray(labels).astype(int)
+    if x.ndim != 2 or len(x) != len(y):
+        raise DataError(f"features {x.shape} and labels {y.shape} do not match")
+    if len(x) < 2:
+        raise DataError(f"{len(x)} training image(s): too few to fit the mahalanobis score")
+    classes = tuple(int(c) for c in np.unique(y))
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    residuals = x - means[np.searchsorted(classes, y)]
+    cov = residuals.T @ residuals / len(x)
+    scale = float(np.trace(cov)) / x.shape[1]
+    if not scale > 0:
+        raise DataError(
+            "the network's features are constant on the training images: an untrained or "
+            "broken model cannot be gated by the mahalanobis score; choose --ood-score msp"
+        )
+    if shrinkage is None:
+        from sklearn.covariance import ledoit_wolf_shrinkage
+
+        shrinkage = float(ledoit_wolf_shrinkage(residuals, assume_centered=True))
+    if not 0 <= shrinkage <= 1:
+        raise ConfigError(f"shrinkage must be in [0, 1], got {shrinkage}")
+    shrunk = (1 - shrinkage) * cov + (shrinkage + 1e-9) * scale * np.eye(x.shape[1])
+    whitening = np.linalg.cholesky(np.linalg.inv(shrunk))
+    return Gaussians(means, whitening, classes, float(shrinkage), len(x))
+
+
+class GatedModel(nn.Module):
+    """``uint8 [N, H, W, 3]`` -> ``(probabilities [N, C], ood_score [N, 1])``: a gated version.
+
+    The probabilities are ``ProbabilityModel``'s (``softmax(logits / temperature)``); the score
+    is ``kind``'s (module doc), computed from the same forward pass.
+
+    Args:
+        detector: the classifier split by :func:`split_classifier`.
+        kind: one of :data:`OOD_SCORES`.
+        temperature: softmax temperature (also the energy's ``T``).
+        gaussians: the fitted class Gaussians; required for ``mahalanobis``.
+        classifier: a module giving the served logits when they are not the detector's (TTA,
+            an ensemble); the score then still comes from ``detector``.
+
+    Raises:
+        ConfigError: unknown ``kind``, non-positive temperature, or mahalanobis without
+            Gaussians.
+    """
+
+    def __init__(
+        self,
+        detector: FeatureClassifier,
+        kind: str = DEFAULT_OOD_SCORE,
+        temperature: float = 1.0,
+        gaussians: Gaussians | None = None,
+        classifier: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in OOD_SCORES:
+            raise ConfigError(f"unknown OOD score {kind!r}; choose one of {', '.join(OOD_SCORES)}")
+        if not temperature > 0:
+            raise ConfigError(f"temperature must be positive, got {temperature}")
+        if kind == "mahalanobis" and gaussians is None:
+            raise ConfigError("the mahalanobis score needs the fitted class Gaussians")
+        self.detector = detector
+        self.kind = kind
+        self.separate = classifier is not None
+        self.classifier = classifier if classifier is not None else nn.Identity()
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        empty = torch.zeros(0, 0)
+        means = torch.from_numpy(gaussians.means).float() if gaussians else empty
+        whitening = torch.from_numpy(gaussians.whitening).float() if gaussians else empty
+        self.register_buffer("means", means)
+        self.register_buffer("whitening", whitening)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self.detector(image)
+        served = self.classifier(image).float() if self.separate else logits
+        probabilities = torch.softmax(served / self.temperature, dim=1)
+        if self.kind == "mahalanobis":
+            z = torch.matmul(features, self.whitening)
+            centers = torch.matmul(self.means, self.whitening)
+            distances = (z.unsqueeze(1) - centers.unsqueeze(0)).pow(2).sum(dim=2)
+            score = distances.min(dim=1, keepdim=True).values
+        elif self.kind == "energy":
+            score = -self.temperature * torch.logsumexp(
+                logits / self.temperature, dim=1, keepdim=True
+            )
+        else:
+            score = -probabilities.max(dim=1, keepdim=True).values
+        return probabilities, score
+
+
+def choose_threshold(scores: np.ndarray, target: float) -> tuple[float, float, int]:
+    """The score over which an image is refused, so that at most ``target`` of images like
+    ``scores`` (the validation split's) are.
+
+    The ``k``-th smallest score, ``k = ceil((n + 1) (1 - target))``: for a new image
+    exchangeable with the ``n`` validation images, ``P(score > threshold) <= target`` (the
+    split-conformal bound), and on the validation images themselves at most
+    ``(n - k) / n < target`` are over it. With ``n < 1 / target - 1`` images, ``k > n``: the
+    largest score is taken, and the bound does not hold.
+
+    Returns:
+        ``(threshold, validation_false_refusal, k)``.
+
+    Raises:
+        DataError: no scores, or non-finite ones.
+    """
+    s = np.sort(np.asarray(scores, np.float64).ravel())
+    if not len(s) or not np.isfinite(s).all():
+        raise DataError(f"cannot choose an OOD threshold from {len(s)} scores (empty or NaN)")
+    if not 0 < target < 1:
+        raise ConfigError(f"the target false-refusal rate must be in (0, 1), got {target}")
+    k = min(int(np.ceil((len(s) + 1) * (1 - target) - 1e-9)), len(s))
+    threshold = float(s[k - 1])
+    return threshold, float(np.mean(s > threshold)), k
+
+
+def gaussians_metadata(g: Gaussians) -> dict[str, Any]:
+    """What ``gate.ood`` records of the fitted Gaussians."""
+    return {
+        "shrinkage": round(g.shrinkage, 6),
+        "classes": len(g.classes),
+        "missing_classes": NUM_CLASSES - len(g.classes),
+    }
