@@ -24,6 +24,11 @@ Other JPEGs (CMYK, YCCK) and every PNG go through Pillow.
 
 ``eval_resize`` is THE resize of the project: training's evaluation pipeline and the serving
 gateway both call it, so the two cannot drift apart.
+
+``prepare_decoded`` measures the model input once (``contracts.quality.measure``: one luminance
+for brightness, contrast and sharpness), for the record, drift monitoring and the quality gate
+alike. The gateway checks the geometry (``contracts.quality.check_geometry``) between
+``decode_image`` and ``prepare_decoded``, so an absurd image is never resized.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import simplejpeg
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from contracts.errors import DataError
+from contracts.quality import ImageFeatures, luminance, measure
 
 _MAGIC = {b"\xff\xd8\xff": "jpeg", b"\x89PNG\r\n\x1a\n": "png"}
 _PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG"}
@@ -68,12 +74,14 @@ class DecodedImage:
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """What goes to the model, plus the statistics the record keeps for drift monitoring."""
+    """What goes to the model, plus the statistics the record keeps for drift monitoring and
+    the features the quality gate checks."""
 
     model_input: np.ndarray  # uint8 [H, W, 3] at the model's input size
     decoded: DecodedImage
-    brightness: float  # mean luminance (0-255) of the model input
-    contrast: float  # std of that luminance
+    brightness: float  # mean luminance (0-255) of the model input, rounded to 0.001
+    contrast: float  # std of that luminance, rounded to 0.001
+    features: ImageFeatures  # contracts.quality.measure of the model input, not rounded
 
 
 def sniff_format(data: bytes) -> str:
@@ -197,8 +205,9 @@ def decode_image(data: bytes, max_pixels: int, sha256: str | None = None) -> Dec
 
 
 def luminance_stats(rgb: np.ndarray) -> tuple[float, float]:
-    """Mean and standard deviation of the luminance (ITU-R BT.601 weights), 0-255."""
-    y = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    """Mean and standard deviation of the luminance (ITU-R BT.601 weights), 0-255; the same
+    numbers as ``prepare_decoded``'s ``brightness`` and ``contrast``."""
+    y = luminance(rgb)
     return round(float(y.mean()), 3), round(float(y.std()), 3)
 
 
@@ -209,10 +218,21 @@ def prepare_image(
 
     CPU work: call it in a worker thread from async code.
     """
-    decoded = decode_image(data, max_pixels, sha256)
+    return prepare_decoded(decode_image(data, max_pixels, sha256), size)
+
+
+def prepare_decoded(decoded: DecodedImage, size: tuple[int, int]) -> PreparedImage:
+    """Resize a decoded upload for a model with input ``size = (height, width)`` and measure it
+    (the luminance is computed once, for the statistics and the quality features)."""
     model_input = eval_resize(decoded.rgb, size)
-    brightness, contrast = luminance_stats(model_input)
-    return PreparedImage(model_input, decoded, brightness, contrast)
+    features = measure(model_input, decoded.width, decoded.height)
+    return PreparedImage(
+        model_input,
+        decoded,
+        round(features.brightness, 3),
+        round(features.contrast, 3),
+        features,
+    )
 
 
 # Resize policy recorded in every exported model's metadata.json.

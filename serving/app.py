@@ -22,7 +22,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from sqlalchemy.exc import DataError
 
 from contracts.images import ImageRejected
@@ -30,7 +29,9 @@ from contracts.rules import load_rules
 from serving import web
 from serving.api.deps import AppState
 from serving.api.routes import health, model_versions, monitoring, predictions
+from serving.api.schemas import Problem, ValidationProblem
 from serving.db import Database, DatabaseUnavailable
+from serving.gate import GatePolicy
 from serving.limits import BodySizeLimit
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.model_info import ModelCatalog
@@ -57,7 +58,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     triton = AsyncTritonClassifier(
         settings.triton_url, settings.model_name, settings.triton_timeout_s
     )
-    catalog = ModelCatalog(triton, settings.model_repository, settings.model_info_ttl_s)
+    catalog = ModelCatalog(
+        triton,
+        settings.model_repository,
+        settings.model_info_ttl_s,
+        GatePolicy.from_settings(settings),
+    )
+    for name, on in (("QUALITY", settings.quality_checks), ("OOD", settings.ood_checks)):
+        if not on:
+            log.warning(
+                "SKIN_%s_CHECKS=off: uploads are diagnosed without these checks of the gate",
+                name,
+            )
     if "SKIN_REFERRAL_THRESHOLD" in os.environ:
         log.warning(
             "SKIN_REFERRAL_THRESHOLD is set but no longer used: referral thresholds come only "
@@ -72,6 +84,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         served = await catalog.served()
         log.info("serving %s version %s, input %s", served.name, served.version, served.input_size)
+        log.info("gate of %s (refusals answered: %s)", served.gate.status, settings.refusal_mode)
         if served.no_advice:
             log.warning("%s", served.no_advice)
     except TritonError as e:
@@ -84,21 +97,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await refresher
         await triton.close()
         db.dispose()
-
-
-class Problem(BaseModel):
-    """Every error the gateway itself answers: one sentence saying what is wrong and what to do."""
-
-    detail: str
-
-
-class InvalidField(BaseModel):
-    field: str
-    message: str
-
-
-class ValidationProblem(Problem):
-    errors: list[InvalidField]
 
 
 # What any API route may answer besides its own statuses, as the handlers here shape it.

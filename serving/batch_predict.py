@@ -7,8 +7,14 @@ The input is a folder (every JPEG/PNG below it, ``image_id`` = file name without
 or a CSV with a ``path`` column (relative to the CSV) or HAM10000's ``image_id`` column (images
 found below the CSV's folder). Images are decoded and resized with ``eval_resize`` to the input
 size of the version Triton serves. The output has ``image_id, path``, one probability column per
-class, ``predicted`` and ``model_version``. Interrupted runs resume: ids already in the output
-are skipped, and every batch is flushed to disk before the next is sent.
+class, ``predicted``, ``model_version`` and ``refusal``. Interrupted runs resume: ids already in
+the output are skipped, and every batch is flushed to disk before the next is sent.
+
+The gateway's gate applies (:mod:`serving.gate`, docs/gateway.md): an image that fails a quality
+check of the served version's ``metadata.json`` (under ``--repository``) is not sent to Triton,
+and one whose out-of-distribution score is over the version's threshold is not diagnosed. Their
+rows have the reason code in ``refusal`` and no probabilities or ``predicted``; a diagnosed row
+has an empty ``refusal``. ``--no-quality-checks`` and ``--no-ood-checks`` turn the gate off.
 """
 
 from __future__ import annotations
@@ -20,19 +26,22 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from contracts.errors import DataError
-from contracts.images import eval_resize, index_images, read_image
+from contracts.images import index_images, read_image
 from contracts.labels import CLASSES
-from contracts.metadata import MetadataError, read_metadata
+from contracts.metadata import METADATA_FILE, MetadataError, VersionMetadata, read_metadata
+from contracts.quality import Refusal
 from contracts.tensors import DEFAULT_MODEL_NAME
+from serving.gate import Gate, GatePolicy, check_score, gate_for, screen_pixels
 from serving.triton.client import DEFAULT_URL, TritonClassifier, TritonError, input_size
 from serving.triton.state import read_state
 
-COLUMNS = ["image_id", "path", *CLASSES, "predicted", "model_version"]
+COLUMNS = ["image_id", "path", *CLASSES, "predicted", "model_version", "refusal"]
 
 
 def read_table(source: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -106,8 +115,8 @@ def done_ids(output: Path) -> set[str]:
         header = next(reader, None)
         if header != COLUMNS:
             raise DataError(
-                f"{output} has columns {header}, expected {COLUMNS}: "
-                "write to a new --output (it is not a file this tool wrote)"
+                f"{output} has columns {header}, expected {COLUMNS}: write to a new --output "
+                "(it is not a file this tool wrote, or one written before the refusal column)"
             )
         return {row[0] for row in reader if row}
 
@@ -127,32 +136,66 @@ def _version_input_size(repository: Path, model: str, version: str) -> tuple[int
         ) from None
 
 
-def predict_folder(
+def _version_metadata(repository: Path, model: str, version: str) -> VersionMetadata | None:
+    path = repository / model / version / METADATA_FILE
+    try:
+        return read_metadata(path) if path.exists() else None
+    except MetadataError as exc:
+        print(f"warning: {exc}", file=sys.stderr)
+        return None
+
+
+def served_gate(
+    client: TritonClassifier, repository: Path, policy: GatePolicy, metadata: dict[str, Any]
+) -> Gate:
+    """The gate of the version Triton serves (its ``metadata.json`` under ``repository``),
+    with a warning on stderr for what it lacks."""
+    versions = [str(v) for v in metadata.get("versions") or []]
+    if not versions:
+        return gate_for(None, "?", GatePolicy(False, False))
+    version = max(versions, key=int)
+    outputs = [str(t.get("name")) for t in metadata.get("outputs") or []] or None
+    gate = gate_for(
+        _version_metadata(repository, client.model_name, version), version, policy, outputs
+    )
+    for warning in gate.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return gate
+
+
+def predict_folder(  # noqa: PLR0913 (the CLI's options)
     source: Path,
     output: Path,
     client: TritonClassifier,
     batch_size: int = 32,
     progress: bool = True,
     repository: Path = Path("model_repository"),
+    policy: GatePolicy | None = None,
 ) -> tuple[int, list[str]]:
     """Classify every image of ``source`` not yet in ``output``; returns (written, failures).
 
     Images are resized to the served version's input size: Triton's, or, for a model that
-    takes any size, the one in the version's ``metadata.json`` under ``repository``.
+    takes any size, the one in the version's ``metadata.json`` under ``repository``. The
+    version's gate refuses what the gateway would (``policy``: the checks on or off); a refused
+    image is written with its reason in ``refusal`` and counts as written.
     """
     metadata = client.model_metadata()
     version = ",".join(metadata.get("versions", []))
     size = input_size(metadata) or _version_input_size(repository, client.model_name, version)
+    gate = served_gate(client, repository, policy or GatePolicy(), metadata)
     done = done_ids(output)
     todo = [(i, p) for i, p in find_images(source) if i not in done]
     failures: list[str] = []
     written = 0
 
-    def load(item: tuple[str, str]) -> np.ndarray | None:
+    def load(item: tuple[str, str]) -> tuple[np.ndarray | None, Refusal | None] | None:
         try:
-            return eval_resize(read_image(item[1]), size)
+            return screen_pixels(read_image(item[1]), size, gate.quality)
         except (DataError, ValueError, OSError):
             return None
+
+    def refused_row(image_id: str, path: str, refusal: Refusal) -> list[str]:
+        return [image_id, path, *[""] * len(CLASSES), "", version, refusal.code]
 
     new_file = not output.exists() or output.stat().st_size == 0
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -165,21 +208,57 @@ def predict_folder(
         if new_file:
             writer.writerow(COLUMNS)
         for chunk in batches(todo, batch_size):
-            images = list(pool.map(load, chunk))
-            ok = [(item, img) for item, img in zip(chunk, images, strict=True) if img is not None]
-            failures += [
-                f"{i} ({p})" for (i, p), img in zip(chunk, images, strict=True) if img is None
-            ]
+            loaded = list(pool.map(load, chunk))
+            failures += [f"{i} ({p})" for (i, p), x in zip(chunk, loaded, strict=True) if x is None]
+            rows: dict[str, list[str]] = {}  # image_id -> row, written in the input's order
+            ok: list[tuple[tuple[str, str], np.ndarray]] = []
+            for item, x in zip(chunk, loaded, strict=True):
+                if x is None:
+                    continue
+                model_input, refusal = x
+                if refusal is not None or model_input is None:
+                    assert refusal is not None
+                    rows[item[0]] = refused_row(*item, refusal)
+                else:
+                    ok.append((item, model_input))
             if ok:
-                probs = client.predict(np.stack([img for _, img in ok]))
-                for ((image_id, path), _), row in zip(ok, probs, strict=True):
+                batch = np.stack([img for _, img in ok])
+                threshold = gate.ood_threshold
+                if threshold is None:
+                    probs, scores = client.predict(batch), None
+                else:
+                    probs, scores = client.predict_with_score(batch)
+                for n, ((image_id, path), _) in enumerate(ok):
+                    row = probs[n]
+                    score = None if scores is None else float(np.asarray(scores).reshape(-1)[n])
+                    refusal = None
+                    if score is not None and threshold is not None:
+                        refusal = check_score(score, threshold)
+                    if refusal is not None:
+                        rows[image_id] = refused_row(image_id, path, refusal)
+                        continue
                     cells = [f"{p:.6g}" for p in row]
-                    writer.writerow([image_id, path, *cells, CLASSES[int(row.argmax())], version])
+                    predicted = CLASSES[int(row.argmax())]
+                    rows[image_id] = [image_id, path, *cells, predicted, version, ""]
+            if rows:
+                writer.writerows(rows[i] for i, _ in chunk if i in rows)
                 f.flush()
                 os.fsync(f.fileno())
-                written += len(ok)
+                written += len(rows)
             bar.update(len(chunk))
     return written, failures
+
+
+def refusal_counts(output: Path) -> dict[str, int]:
+    """Rows of ``output`` with a refusal, by reason code."""
+    counts: dict[str, int] = {}
+    if not output.exists():
+        return counts
+    with open(output, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("refusal"):
+                counts[row["refusal"]] = counts.get(row["refusal"], 0) + 1
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +275,16 @@ def main(argv: list[str] | None = None) -> int:
         help="the model repository (each version's metadata.json gives its input size)",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="deadline of one batch, seconds")
+    p.add_argument(
+        "--no-quality-checks",
+        action="store_true",
+        help="diagnose images the version's quality checks would refuse",
+    )
+    p.add_argument(
+        "--no-ood-checks",
+        action="store_true",
+        help="diagnose images over the version's out-of-distribution threshold",
+    )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
@@ -203,8 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     url = args.triton_url or read_state().get("grpc_url") or DEFAULT_URL
     client = TritonClassifier(url, args.model_name, timeout_s=args.timeout)
     try:
+        policy = GatePolicy(not args.no_quality_checks, not args.no_ood_checks)
         written, failures = predict_folder(
-            args.input, args.output, client, args.batch_size, repository=args.repository
+            args.input,
+            args.output,
+            client,
+            args.batch_size,
+            repository=args.repository,
+            policy=policy,
         )
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -215,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         client.close()
     print(f"wrote {written} predictions to {args.output}")
+    refused = refusal_counts(args.output)
+    if refused:
+        reasons = ", ".join(f"{n} {code}" for code, n in sorted(refused.items()))
+        print(f"refused in {args.output} (no diagnosis; see the refusal column): {reasons}")
     if failures:
         print(
             f"{len(failures)} image(s) could not be decoded and were skipped: "

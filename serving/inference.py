@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import numpy as np
 
 from serving.triton.client import AsyncTritonClassifier, TritonUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def predict_with_retries(
@@ -33,6 +36,29 @@ async def predict_with_retries(
         TritonUnavailable: still unavailable after the retries, or the deadline passed.
         TritonModelNotReady, TritonBadRequest: at once, without retrying.
     """
+    return await _with_retries(
+        lambda: client.predict(batch, version), deadline_s, retries, backoff_s
+    )
+
+
+async def predict_with_score_retries(
+    client: AsyncTritonClassifier,
+    batch: np.ndarray,
+    version: int,
+    deadline_s: float,
+    retries: int,
+    backoff_s: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``client.predict_with_score(batch, version)``: probabilities ``[N, 7]`` and the
+    out-of-distribution scores ``[N]`` in one call, retried as :func:`predict_with_retries`."""
+    return await _with_retries(
+        lambda: client.predict_with_score(batch, version), deadline_s, retries, backoff_s
+    )
+
+
+async def _with_retries(
+    call: Callable[[], Awaitable[T]], deadline_s: float, retries: int, backoff_s: float
+) -> T:
     deadline = time.monotonic() + deadline_s
     attempt = 0
     while True:
@@ -41,7 +67,7 @@ async def predict_with_retries(
             raise TritonUnavailable(f"no answer from Triton within {deadline_s:.1f} s")
         try:
             async with asyncio.timeout(remaining):
-                return await client.predict(batch, version)
+                return await call()
         except TimeoutError:
             raise TritonUnavailable(f"no answer from Triton within {deadline_s:.1f} s") from None
         except TritonUnavailable as e:

@@ -19,6 +19,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from contracts.quality import REASON_CODES
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -66,8 +68,20 @@ class Metrics:
             "skin_triton_errors_total", "Failed calls to Triton", ["kind"], registry=r
         )
         self.rejected = Counter(
-            "skin_uploads_rejected_total", "Uploads refused", ["status"], registry=r
+            "skin_uploads_rejected_total",
+            "Uploads refused as unusable (not an image, too large, invalid field)",
+            ["status"],
+            registry=r,
         )
+        self.refusals = Counter(
+            "skin_refusals_total",
+            "Uploads the gate refused to diagnose, by reason (contracts.quality); these are "
+            "not in skin_predictions_total",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REASON_CODES:  # every reason listed from the start, at 0
+            self.refusals.labels(reason)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -6,7 +6,9 @@ folder, when the gateway can read it. There is no default threshold: a version w
 validated thresholds is served for its rankings, with no referral advice. The answer is
 cached for ``ttl_s`` seconds, and every prediction names the version explicitly, so a version
 rolled forward mid-request cannot mix one version's input size or thresholds with another's
-probabilities.
+probabilities. Each version also gets its gate (:mod:`serving.gate`): the quality thresholds
+and the out-of-distribution threshold of its ``metadata.json``, with the settings' overrides; what
+a version lacks is logged once as a warning when it is first resolved.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from contracts.metadata import (
     VersionMetadata,
     read_metadata,
 )
+from serving.gate import NO_GATE, Gate, GatePolicy, gate_for
 from serving.triton.client import AsyncTritonClassifier, TritonModelNotReady, input_size
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,8 @@ class ServedModel:
     """The version Triton serves, with what its ``metadata.json`` says (None: not readable).
 
     ``thresholds`` holds a validated threshold for every referral target, or is empty: then
-    the gateway gives no referral advice for this version and ``no_advice`` says why.
+    the gateway gives no referral advice for this version and ``no_advice`` says why. ``gate``
+    is what the gateway refuses for this version.
     """
 
     name: str
@@ -52,6 +56,7 @@ class ServedModel:
     metadata: VersionMetadata | None = None
     referral_status: str = ""  # for /readyz: where the thresholds come from, or why none
     no_advice: str | None = None  # the answers' reason when there is no referral advice
+    gate: Gate = NO_GATE
 
 
 @dataclass(frozen=True)
@@ -137,10 +142,13 @@ class ModelCatalog:
         client: AsyncTritonClassifier,
         repository: Path | None,
         ttl_s: float,
+        policy: GatePolicy | None = None,
     ) -> None:
         self.client, self.repository, self.ttl_s = client, repository, ttl_s
+        self.policy = policy or GatePolicy()
         self._cached: tuple[float, ServedModel] | None = None
         self._lock = asyncio.Lock()
+        self._warned: set[str] = set()  # versions whose gate warnings were logged
 
     async def served(self) -> ServedModel:
         """The served version, from cache when fresh.
@@ -186,6 +194,12 @@ class ModelCatalog:
                 list(file_meta.input_size),
                 size,
             )
+        outputs = [str(t.get("name")) for t in meta.get("outputs") or []] or None
+        gate = gate_for(file_meta, version, self.policy, outputs)
+        if version not in self._warned:  # once per version, not at every cache refresh
+            self._warned.add(version)
+            for warning in gate.warnings:
+                log.warning("%s", warning)
         return ServedModel(
             self.client.model_name,
             version,
@@ -195,6 +209,7 @@ class ModelCatalog:
             file_meta,
             referral.status,
             referral.no_advice,
+            gate,
         )
 
     async def describe(self) -> dict[str, Any]:

@@ -1,9 +1,15 @@
-"""Creating a prediction: idempotency, classification, the answer, its record and metrics.
+"""Creating a prediction: idempotency, the gate, classification, the answer, its record and
+metrics.
 
 ``POST /v1/predictions`` (:mod:`serving.api.routes.predictions`) parses the request into an
 :class:`Upload` and calls :func:`create_prediction`. The answer is returned only after its
 record is committed; a retry with the same request id gets the stored answer and creates no
 second record.
+
+An upload the gate refuses (:mod:`serving.gate`: a quality check, the model's out-of-distribution
+score, or several images in one request) gets no diagnosis: its answer is a refusal
+(``SKIN_REFUSAL_MODE``: a 422, or a 201 with the ranking withheld), recorded in ``refusals``,
+never in ``predictions``, so the drift windows and live figures never see it.
 """
 
 from __future__ import annotations
@@ -20,14 +26,17 @@ import anyio.to_thread
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 
-from contracts.images import ImageRejected, PreparedImage, prepare_image
+from contracts.images import DecodedImage, ImageRejected, PreparedImage
 from contracts.labels import CLASS_NAMES, CLASSES, MALIGNANT
+from contracts.quality import Refusal, multiple_images
 from contracts.rules import Rules, apply_rules
 from serving.api.deps import AppState
-from serving.api.schemas import PredictionCreate, PredictionPublic
+from serving.api.schemas import PredictionCreate, PredictionPublic, RefusalProblem
 from serving.db import crud
 from serving.db.tables import Prediction, utcnow
-from serving.inference import predict_with_retries
+from serving.db.tables import Refusal as RefusalRow
+from serving.gate import FLAG, REJECT, Screened, check_score, screen
+from serving.inference import predict_with_retries, predict_with_score_retries
 from serving.metrics import Metrics
 from serving.model_info import ServedModel
 from serving.referral import decide, no_advice
@@ -49,6 +58,7 @@ class Upload:
         request_id: the client's id for idempotent retries, if it sent one.
         client: the caller's client id (from its API key).
         started: ``time.perf_counter()`` when the request arrived, for ``timings.total_ms``.
+        other_images: the bytes of further ``image`` parts (refused: one image per request).
     """
 
     form: PredictionCreate
@@ -56,6 +66,7 @@ class Upload:
     request_id: str | None
     client: str
     started: float
+    other_images: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,14 +78,44 @@ class Classified:
     probs: np.ndarray  # [7], CLASSES order
     decode_s: float
     inference_s: float
+    ood_score: float | None = None  # the model's score, where the version has one
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An upload the gate refused, with what was measured before it was.
+
+    Args:
+        model: the version whose gate refused it (None: refused before any was asked).
+        refusal: the reason code and the sentence.
+        decoded: the decoded image (None: several images, none decoded).
+        prepared: the model input (None: refused on its geometry, before the resize).
+        features: what the checks measured.
+        bound: the threshold it crossed.
+        ood_score: the model's score, when the model was asked.
+    """
+
+    model: ServedModel | None
+    refusal: Refusal
+    decoded: DecodedImage | None = None
+    prepared: PreparedImage | None = None
+    features: dict[str, float] | None = None
+    bound: float | None = None
+    ood_score: float | None = None
+    decode_s: float = 0.0
+    inference_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class Created:
-    """What :func:`create_prediction` answers: a new record's answer, or a stored one."""
+    """What :func:`create_prediction` answers: a new record's answer, or a stored one.
+
+    ``rejected``: the answer is a refusal's 422 body (SKIN_REFUSAL_MODE=reject).
+    """
 
     answer: dict[str, Any]
     replayed: bool
+    rejected: bool = False
 
 
 def fingerprint(form: PredictionCreate, image_sha256: str) -> str:
@@ -92,46 +133,93 @@ def check_size(data: bytes, limit: int) -> None:
         )
 
 
-def replay(stored: tuple[str, dict[str, Any]], fp: str) -> Created:
-    """The stored answer of a retried request.
+def upload_digest(upload: Upload, digest: str) -> str:
+    """The image's sha256 (``digest``), or that of every image's in order when there are
+    several: what the fingerprint of a request holds."""
+    if not upload.other_images:
+        return digest
+    digests = [digest, *(hashlib.sha256(d).hexdigest() for d in upload.other_images)]
+    return hashlib.sha256(",".join(digests).encode()).hexdigest()
+
+
+def replay(stored: crud.StoredAnswer, fp: str) -> Created:
+    """The stored answer of a retried request (a prediction's, or a refusal's).
 
     Raises:
         RequestIdReused: the stored request was a different upload.
     """
-    stored_fp, answer = stored
-    if stored_fp != fp:
+    if stored.fingerprint != fp:
         raise RequestIdReused(
             "this request id was already used for a different upload: use a new request id "
             "for a new request (the same id only for retrying the same one)"
         )
-    return Created(answer, replayed=True)
+    return Created(stored.answer, replayed=True, rejected=stored.refused == REJECT)
 
 
-async def _prepare(
-    state: AppState, data: bytes, size: tuple[int, int], digest: str
-) -> PreparedImage:
+async def _screen(state: AppState, data: bytes, model: ServedModel, digest: str) -> Screened:
     return await anyio.to_thread.run_sync(
-        prepare_image,
+        screen,
         data,
-        size,
+        model.input_size,
         state.settings.max_pixels,
         digest,
+        model.gate.quality,
         limiter=state.decode_limiter,
     )
 
 
-async def _predict(state: AppState, prepared: PreparedImage, model: ServedModel) -> np.ndarray:
-    return await predict_with_retries(
+async def _predict(
+    state: AppState, prepared: PreparedImage, model: ServedModel
+) -> tuple[np.ndarray, float | None]:
+    """The probabilities of one image, and its out-of-distribution score when the version's
+    gate checks one (the same Triton call)."""
+    args = (
         state.triton,
         prepared.model_input[None],
         int(model.version),
         state.settings.triton_timeout_s,
         state.settings.triton_retries,
     )
+    if model.gate.ood_threshold is None:
+        return (await predict_with_retries(*args))[0], None
+    probs, scores = await predict_with_score_retries(*args)
+    return probs[0], float(np.asarray(scores).reshape(-1)[0])
 
 
-async def classify(state: AppState, data: bytes, digest: str) -> Classified:
-    """Decode for the served version and predict, following a version change once.
+async def _classify(
+    state: AppState, model: ServedModel, screened: Screened, decode_s: float
+) -> Classified | Refused:
+    """Refuse on the quality checks, or predict and refuse on the score, or classify."""
+    if screened.refusal is not None or screened.prepared is None:
+        assert screened.refusal is not None  # no model input only when refused
+        return Refused(
+            model,
+            screened.refusal,
+            screened.decoded,
+            screened.prepared,
+            screened.features(),
+            screened.bound,
+            decode_s=decode_s,
+        )
+    prepared = screened.prepared
+    t0 = time.perf_counter()
+    probs, score = await _predict(state, prepared, model)
+    inference_s = time.perf_counter() - t0
+    threshold = model.gate.ood_threshold
+    if score is not None and threshold is not None:
+        refusal = check_score(score, threshold)
+        if refusal is not None:
+            features = screened.features()
+            return Refused(
+                model, refusal, screened.decoded, prepared, features, threshold, score,
+                decode_s, inference_s,
+            )  # fmt: skip
+    return Classified(model, prepared, probs, decode_s, inference_s, score)
+
+
+async def classify(state: AppState, data: bytes, digest: str) -> Classified | Refused:
+    """Decode for the served version, run its gate and predict, following a version change
+    once. An image the quality checks refuse never reaches Triton.
 
     Raises:
         ImageRejected: the image cannot be used.
@@ -139,23 +227,20 @@ async def classify(state: AppState, data: bytes, digest: str) -> Classified:
     """
     model = await state.catalog.served()
     t0 = time.perf_counter()
-    prepared = await _prepare(state, data, model.input_size, digest)
-    t1 = time.perf_counter()
+    screened = await _screen(state, data, model, digest)
+    decode_s = time.perf_counter() - t0
     try:
-        probs = await _predict(state, prepared, model)
+        return await _classify(state, model, screened, decode_s)
     except TritonModelNotReady:
         # A promotion or rollback unloaded the version resolved for this request: resolve the
-        # served one again and predict once more (its input size may differ).
+        # served one again and predict once more (its input size and gate may differ).
         state.catalog.forget()
         fresh = await state.catalog.served()
         if fresh.version == model.version:
             raise
-        if fresh.input_size != model.input_size:
-            prepared = await _prepare(state, data, fresh.input_size, digest)
-        model = fresh
-        probs = await _predict(state, prepared, model)
-    t2 = time.perf_counter()
-    return Classified(model, prepared, probs[0], t1 - t0, t2 - t1)
+        if (fresh.input_size, fresh.gate.quality) != (model.input_size, model.gate.quality):
+            screened = await _screen(state, data, fresh, digest)
+        return await _classify(state, fresh, screened, decode_s)
 
 
 def build_answer(
@@ -266,8 +351,157 @@ def observe(metrics: Metrics, result: Classified, answer: dict[str, Any]) -> Non
         metrics.exclusions.labels(e["rule_id"], e["code"]).inc()
 
 
+def refusal_public(refused: Refused) -> dict[str, Any]:
+    """``RefusalPublic`` as JSON: the reason, its sentence and what was measured."""
+    r = refused.refusal
+    return {
+        "code": r.code,
+        "message": r.message,
+        "features": refused.features,
+        "ood_score": None if refused.ood_score is None else round(refused.ood_score, 6),
+        "threshold": refused.bound,
+    }
+
+
+def _image_info(refused: Refused, stored: bool) -> dict[str, Any]:
+    d, prepared = refused.decoded, refused.prepared
+    assert d is not None  # several images are always rejected, never flagged
+    return {
+        "sha256": d.sha256,
+        "format": d.format,
+        "width": d.width,
+        "height": d.height,
+        "brightness": prepared.brightness if prepared is not None else None,
+        "contrast": prepared.contrast if prepared is not None else None,
+        "stored": stored,
+    }
+
+
+@dataclass(frozen=True)
+class RefusalTicket:
+    """How one refusal is answered and recorded: ``mode`` (``reject`` or ``flag``), its id and
+    time, and whether the image is kept (consent, and one image to keep)."""
+
+    mode: str
+    id: str
+    created_at: datetime
+    stored: bool
+
+
+def refusal_answer(upload: Upload, refused: Refused, ticket: RefusalTicket) -> dict[str, Any]:
+    """The answer to a refused upload: the 422 body (``reject``), or a prediction's shape with
+    ``refused`` set and no ranking, top class or referral (``flag``)."""
+    model = refused.model
+    model_ref = {"name": model.name, "version": model.version} if model is not None else None
+    refusal_id, created_at = ticket.id, ticket.created_at
+    if ticket.mode == REJECT:
+        body = {
+            "detail": refused.refusal.message,
+            "code": refused.refusal.code,
+            "refusal": {
+                **refusal_public(refused),
+                "id": refusal_id,
+                "created_at": created_at,
+                "request_id": upload.request_id,
+                "model": model_ref,
+            },
+        }
+        return RefusalProblem.model_validate(body).model_dump(mode="json")
+    form = upload.form
+    answer = {
+        "id": refusal_id,
+        "created_at": created_at,
+        "request_id": upload.request_id,
+        "body_location": form.body_location,
+        "age": form.age,
+        "sex": form.sex,
+        "model": model_ref,
+        "top_class": None,
+        "ranking": [],
+        "excluded": [],
+        "referral": None,
+        "image": _image_info(refused, ticket.stored),
+        "timings": {
+            "decode_ms": round(refused.decode_s * 1000, 2),
+            "inference_ms": round(refused.inference_s * 1000, 2),
+            "total_ms": 0.0,
+        },
+        "refused": refusal_public(refused),
+    }
+    return PredictionPublic.model_validate(answer).model_dump(mode="json")
+
+
+def refusal_row(
+    upload: Upload, fp: str, refused: Refused, ticket: RefusalTicket, answer: dict[str, Any]
+) -> RefusalRow:
+    """The database record of a refusal (in ``refusals``, never in ``predictions``)."""
+    d, model = refused.decoded, refused.model
+    return RefusalRow(
+        id=ticket.id,
+        created_at=ticket.created_at,
+        client_id=upload.client,
+        request_id=upload.request_id,
+        request_fingerprint=fp,
+        reason=refused.refusal.code,
+        message=refused.refusal.message[:1000],
+        mode=ticket.mode,
+        model_name=model.name if model is not None else None,
+        model_version=model.version if model is not None else None,
+        ood_score=refused.ood_score,
+        features=refused.features,
+        image_sha256=d.sha256 if d is not None else None,
+        image_format=d.format if d is not None else None,
+        image_width=d.width if d is not None else None,
+        image_height=d.height if d is not None else None,
+        image_stored=ticket.stored,
+        answer=answer,
+    )
+
+
+def observe_refusal(metrics: Metrics, refused: Refused) -> None:
+    """Count a committed refusal in the Prometheus metrics (not as a prediction)."""
+    if refused.decoded is not None:
+        metrics.stage.labels("decode").observe(refused.decode_s)
+    if refused.inference_s:
+        metrics.stage.labels("inference").observe(refused.inference_s)
+    metrics.refusals.labels(refused.refusal.code).inc()
+
+
+async def refuse(state: AppState, upload: Upload, fp: str, refused: Refused) -> Created:
+    """Record a refusal (the image kept only with consent) and answer it.
+
+    Several images are always rejected (422): which one to flag would be a guess.
+    """
+    d = refused.decoded
+    ticket = RefusalTicket(
+        REJECT if d is None else state.settings.refusal_mode,
+        str(uuid.uuid4()),
+        utcnow(),
+        upload.form.consent_to_store_image and d is not None,
+    )
+    answer = refusal_answer(upload, refused, ticket)
+    if ticket.stored and d is not None:
+        await anyio.to_thread.run_sync(
+            store_image, upload.data, d.sha256, d.format, state.settings.image_dir
+        )
+    if ticket.mode == FLAG:
+        answer["timings"]["total_ms"] = round((time.perf_counter() - upload.started) * 1000, 2)
+    row = refusal_row(upload, fp, refused, ticket, answer)
+    try:
+        await state.db.run(crud.add_refusal, row)
+    except IntegrityError:
+        # A concurrent retry with the same request id committed first: answer as it did.
+        stored_answer = await state.db.run(crud.find_stored, upload.client, upload.request_id or "")
+        if stored_answer is None:
+            raise
+        return replay(stored_answer, fp)
+    observe_refusal(state.metrics, refused)
+    return Created(answer, replayed=False, rejected=ticket.mode == REJECT)
+
+
 async def create_prediction(state: AppState, upload: Upload) -> Created:
-    """Classify an upload, store the record (and the image, with consent), return the answer.
+    """Classify an upload, store the record (and the image, with consent), return the answer;
+    or refuse it (:func:`refuse`) when the gate says it is not a usable lesion photo.
 
     Raises:
         ImageRejected: too large, not a JPEG/PNG, or unreadable.
@@ -277,13 +511,19 @@ async def create_prediction(state: AppState, upload: Upload) -> Created:
     settings = state.settings
     check_size(upload.data, settings.max_upload_bytes)
     digest = hashlib.sha256(upload.data).hexdigest()
-    fp = fingerprint(upload.form, digest)
+    fp = fingerprint(upload.form, upload_digest(upload, digest))
     if upload.request_id is not None:
-        stored = await state.db.run(crud.find_request, upload.client, upload.request_id)
+        stored = await state.db.run(crud.find_stored, upload.client, upload.request_id)
         if stored is not None:
             return replay(stored, fp)
+    if upload.other_images:
+        return await refuse(
+            state, upload, fp, Refused(None, multiple_images(1 + len(upload.other_images)))
+        )
 
     result = await classify(state, upload.data, digest)
+    if isinstance(result, Refused):
+        return await refuse(state, upload, fp, result)
     created_at = utcnow()
     answer = build_answer(state.rules, upload, result, created_at)
     if upload.form.consent_to_store_image:
@@ -298,7 +538,7 @@ async def create_prediction(state: AppState, upload: Upload) -> Created:
         )
     except IntegrityError:
         # A concurrent retry with the same request id committed first: answer as it did.
-        stored = await state.db.run(crud.find_request, upload.client, upload.request_id or "")
+        stored = await state.db.run(crud.find_stored, upload.client, upload.request_id or "")
         if stored is None:
             raise
         return replay(stored, fp)

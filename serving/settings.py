@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -83,6 +83,38 @@ class Settings(BaseSettings):
     retrain_max_drop: float = Field(0.1, ge=0, le=1, description="live vs validation drop")
     retrain_min_referral_sensitivity: float = Field(0.85, ge=0, le=1, description="live floor")
     retrain_min_cases: int = Field(30, ge=1, description="confirmed cases a live bound needs")
+    # The gate (contracts.quality, docs/gateway.md "What is refused"): the thresholds come from
+    # the served version's metadata.json (chosen at export from the training images); each
+    # SKIN_QUALITY_* setting overrides one of them.
+    refusal_mode: Literal["reject", "flag"] = Field(
+        "reject",
+        description="how a refused upload is answered: reject (422 with the reason) or flag "
+        "(201 with `refused` and the ranking withheld)",
+    )
+    quality_checks: bool = Field(
+        True, description="run the image-quality checks (on/off); off: only the model's score"
+    )
+    ood_checks: bool = Field(
+        True, description="refuse on the model's out-of-distribution score, where it has one"
+    )
+    quality_min_short_side: int | None = Field(
+        None, ge=1, description="override: shorter side in pixels, at least"
+    )
+    quality_max_aspect: float | None = Field(
+        None, ge=1, description="override: long side / short side, at most"
+    )
+    quality_min_contrast: float | None = Field(
+        None, ge=0, description="override: luminance standard deviation, at least"
+    )
+    quality_min_brightness: float | None = Field(
+        None, ge=0, le=255, description="override: mean luminance (0-255), at least"
+    )
+    quality_max_brightness: float | None = Field(
+        None, ge=0, le=255, description="override: mean luminance (0-255), at most"
+    )
+    quality_min_sharpness: float | None = Field(
+        None, ge=0, description="override: variance of the Laplacian, at least"
+    )
 
     @field_validator("api_key_hashes", mode="before")
     @classmethod
@@ -130,6 +162,28 @@ class Settings(BaseSettings):
                 "SKIN_ALLOW_NO_AUTH=true for local development only"
             )
         return self
+
+    @model_validator(mode="after")
+    def _brightness_range(self) -> Settings:
+        low, high = self.quality_min_brightness, self.quality_max_brightness
+        if low is not None and high is not None and low >= high:
+            raise ValueError(
+                f"SKIN_QUALITY_MIN_BRIGHTNESS ({low}) must be below SKIN_QUALITY_MAX_BRIGHTNESS "
+                f"({high}): every image would be refused"
+            )
+        return self
+
+    @property
+    def quality_overrides(self) -> dict[str, float]:
+        """The quality thresholds the settings give, by ``QualityThresholds`` field name."""
+        prefix = "quality_"
+        return {
+            name.removeprefix(prefix): value
+            for name in type(self).model_fields
+            if name.startswith(prefix)
+            and name != "quality_checks"
+            and (value := getattr(self, name)) is not None
+        }
 
     @property
     def max_body_bytes(self) -> int:

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-# The gateway fixtures (Triton, PostgreSQL, live gateway) serve tests/serving and tests/reliability.
-pytest_plugins = ["tests.fixtures_serving"]
+# The gateway fixtures (Triton, PostgreSQL, live gateway) serve tests/serving and tests/reliability;
+# tests.fixtures_gate adds a version exported with the gate, on its own Triton.
+pytest_plugins = ["tests.fixtures_serving", "tests.fixtures_gate"]
 REAL_DATA_FIXTURES = frozenset({"ham_dir", "real_lesions_dir"})
 HAM_METADATA = "HAM10000_metadata.csv"
 

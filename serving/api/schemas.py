@@ -9,11 +9,28 @@ from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contracts.labels import BODY_SITES, CLASSES, CONFIRMATIONS, SEXES
+from contracts.quality import REASON_CODES
 
 BodySite = Literal[BODY_SITES]  # type: ignore[valid-type]
+ReasonCode = Literal[REASON_CODES]  # type: ignore[valid-type]
 Sex = Literal[SEXES]  # type: ignore[valid-type]
 ClassCode = Literal[CLASSES]  # type: ignore[valid-type]
 Confirmation = Literal[CONFIRMATIONS]  # type: ignore[valid-type]
+
+
+class Problem(BaseModel):
+    """Every error the gateway itself answers: one sentence saying what is wrong and what to do."""
+
+    detail: str
+
+
+class InvalidField(BaseModel):
+    field: str
+    message: str
+
+
+class ValidationProblem(Problem):
+    errors: list[InvalidField]
 
 
 class PredictionBase(BaseModel):
@@ -98,9 +115,45 @@ class ImageInfo(BaseModel):
     format: Literal["jpeg", "png"]
     width: int
     height: int
-    brightness: float = Field(description="mean luminance of the model input, 0-255")
-    contrast: float = Field(description="std of the luminance of the model input")
+    brightness: float | None = Field(
+        description="mean luminance of the model input, 0-255 (null: refused before the resize)"
+    )
+    contrast: float | None = Field(description="std of the luminance of the model input")
     stored: bool
+
+
+class RefusalPublic(BaseModel):
+    """Why an upload got no diagnosis (docs/gateway.md, 'What is refused')."""
+
+    code: ReasonCode = Field(description="machine-readable reason (contracts.quality)")
+    message: str = Field(description="what is wrong and what to do, for the user")
+    features: dict[str, float] | None = Field(
+        description="what the checks measured: short_side, aspect (of the decoded image), "
+        "brightness, contrast, sharpness (of the model input); null with several images"
+    )
+    ood_score: float | None = Field(
+        description="the model's out-of-distribution score (null: the model was not asked)"
+    )
+    threshold: float | None = Field(
+        description="the bound the image crossed (the score's limit for out_of_distribution)"
+    )
+
+
+class RefusalRecord(RefusalPublic):
+    """A refusal as the 422 answer carries it: with the id of its record."""
+
+    id: str = Field(description="the refusal's record (quote it to the operator)")
+    created_at: datetime
+    request_id: str | None
+    model: ModelRef | None = Field(description="the version whose gate refused (null: none asked)")
+
+
+class RefusalProblem(Problem):
+    """The 422 answer to an upload the gate refused (SKIN_REFUSAL_MODE=reject): ``detail`` is
+    the sentence, as in every error of the API, ``code`` the reason."""
+
+    code: ReasonCode
+    refusal: RefusalRecord
 
 
 class Timings(BaseModel):
@@ -116,12 +169,19 @@ class PredictionPublic(PredictionBase):
     created_at: datetime
     request_id: str | None
     model: ModelRef
-    top_class: ClassCode
-    ranking: list[ClassProbability] = Field(description="after the body-location rules")
+    top_class: ClassCode | None = Field(description="null: refused (see refused)")
+    ranking: list[ClassProbability] = Field(
+        description="after the body-location rules; empty when refused"
+    )
     excluded: list[ExcludedClass]
-    referral: ReferralPublic
+    referral: ReferralPublic | None = Field(description="null: refused (see refused)")
     image: ImageInfo
     timings: Timings
+    refused: RefusalPublic | None = Field(
+        None,
+        description="set when the gate refused the image and SKIN_REFUSAL_MODE=flag: no "
+        "ranking, top class or referral is given (with reject, the default, the answer is 422)",
+    )
     disclaimer: str = (
         "Decision support only, not a diagnosis: a clinician decides. "
         "The ranking is over HAM10000's seven classes."
@@ -161,6 +221,23 @@ class ModelVersionPublic(BaseModel):
     metadata: dict[str, Any] | None
 
 
+class GatePublic(BaseModel):
+    """What the gateway refuses for the served version (docs/gateway.md)."""
+
+    quality: dict[str, float | None] | None = Field(
+        description="the quality thresholds checked (null: no quality checks; a null bound "
+        "is not checked)"
+    )
+    quality_source: str = Field(
+        description="metadata.json, settings, both, or none/off without quality checks"
+    )
+    ood_threshold: float | None = Field(
+        description="out-of-distribution score over which an image is refused (null: none)"
+    )
+    status: str
+    warnings: list[str]
+
+
 class ModelPublic(BaseModel):
     name: str
     platform: str | None
@@ -168,6 +245,7 @@ class ModelPublic(BaseModel):
     outputs: list[dict[str, Any]]
     versions: list[ModelVersionPublic]
     served_version: str | None
+    gate: GatePublic | None = None
 
 
 class ModelsPublic(BaseModel):
@@ -184,4 +262,9 @@ class Readiness(BaseModel):
     )
     referral_advice: bool | None = Field(
         None, description="whether answers carry referral advice; null: not known now"
+    )
+    gate: str | None = Field(
+        None,
+        description="what the served version's gate checks (quality thresholds, the model's "
+        "out-of-distribution score) and what it lacks; readiness is unaffected",
     )

@@ -20,7 +20,12 @@ const Skin = (() => {
     const headers = { ...(options.headers || {}), "X-API-Key": key };
     const response = await fetch(path, { ...options, headers });
     const body = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error(`${response.status}: ${body.detail || response.statusText}`);
+    if (!response.ok) {
+      const error = new Error(`${response.status}: ${body.detail || response.statusText}`);
+      error.status = response.status;
+      error.body = body; // a refused photo's 422 carries the reason: {detail, code, refusal}
+      throw error;
+    }
     return body;
   }
 

@@ -1,11 +1,15 @@
 // The clinician's page: upload a photo with its body site, show the ranked answer, the classes
-// the rules excluded and why, and the referral decision (or why the served version gives none).
+// the rules excluded and why, and the referral decision (or why the served version gives none);
+// or, for a photo the gateway refused (not a usable dermoscopic lesion photo), the reason
+// instead of any ranking: a 422 {detail, code, refusal} by default, a 201 with `refused` when
+// the gateway runs with SKIN_REFUSAL_MODE=flag.
 "use strict";
 (() => {
   const { api, el, pct } = Skin;
   const form = document.getElementById("predict-form");
   const status = document.getElementById("status");
   const result = document.getElementById("result");
+  const refusal = document.getElementById("refusal");
   const image = document.getElementById("image");
   const preview = document.getElementById("preview");
 
@@ -27,7 +31,18 @@
     return node;
   }
 
+  function showRefusal(refused, id) {
+    refusal.dataset.code = refused.code;
+    refusal.dataset.refusalId = id || "";
+    document.getElementById("refusal-message").textContent = refused.message;
+    document.getElementById("refusal-meta").textContent =
+      `Reason code ${refused.code}${id ? `; record ${id}` : ""}.`;
+    result.classList.add("hidden");
+    refusal.classList.remove("hidden");
+  }
+
   function show(answer) {
+    if (answer.refused) { showRefusal(answer.refused, answer.id); return; }
     result.dataset.predictionId = answer.id;
     const referral = document.getElementById("referral");
     const refer = answer.referral.refer; // null: no advice, the version has no validated thresholds
@@ -83,12 +98,21 @@
     status.className = "";
     status.textContent = "classifying…";
     result.classList.add("hidden");
+    refusal.classList.add("hidden");
     try {
-      show(await api("/v1/predictions", {
+      const answer = await api("/v1/predictions", {
         method: "POST", body: data, headers: { "Idempotency-Key": requestId() },
-      }));
-      status.textContent = "done";
+      });
+      show(answer);
+      status.textContent = answer.refused ? "refused: no diagnosis" : "done";
     } catch (err) {
+      const refused = err.body && err.body.refusal;
+      if (refused) {
+        showRefusal(refused, refused.id);
+        status.className = "";
+        status.textContent = "refused: no diagnosis";
+        return;
+      }
       status.className = "error";
       status.textContent = err.message;
     }

@@ -6,16 +6,24 @@ to a socket for malformed HTTP that httpx refuses to produce. Decisions worth st
 decides the format (a JPEG sent as ``image/png`` is a JPEG); multi-frame files (APNG, MPO) are
 classified on their first frame; a polyglot whose image part is complete is classified on that
 image (trailing bytes never reach the model, and the gateway never serves stored bytes back);
-a PNG whose IDAT CRC is wrong but whose zlib stream (Adler-32 checked) is intact is accepted.
+a PNG whose IDAT CRC is wrong but whose zlib stream (Adler-32 checked) is intact is decoded.
+
+Since the gate (``serving.gate``): a decodable image that is not a usable lesion photo gets a
+422 with a reason code (``code`` of the case), recorded as a refusal. The small frames of the
+mode cases are decoded and then refused as ``too_small``, which shows they were decoded (an
+undecodable one is a 422 without a code); full-size photos in those modes are diagnosed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
+import numpy as np
 from PIL import Image
 
 from tests.reliability.hostile_bytes import (
@@ -41,6 +49,7 @@ from tests.reliability.hostile_bytes import (
 )
 
 OK = 201
+REFUSED = 422  # the gate: decoded, not a usable lesion photo, a reason code in the answer
 CLOSED = 0  # the server closed the connection before the client could read an answer
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 
@@ -68,6 +77,7 @@ class Case:
     expect: int | tuple[int, ...]  # the status, or the statuses allowed (SQLite vs PostgreSQL)
     why: str
     build: Callable[[bytes], Request]  # from the real photo's bytes
+    code: str | None = None  # the gate's reason code, for a refusal
 
 
 def form(image: bytes | None, name: str = "a.jpg", kind: str = "image/jpeg", **fields: Any):
@@ -113,10 +123,39 @@ def tiny(mode: str, fmt: str, size: tuple[int, int] = (40, 30), colour: Any = 90
     return lambda photo: encode(Image.new(mode, size, colour), fmt)
 
 
+def full(mode: str, fmt: str):
+    """The real photo itself, converted to ``mode`` and written as ``fmt``."""
+    return lambda photo: encode(Image.open(io.BytesIO(photo)).convert(mode), fmt)
+
+
+def pixels(photo: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(photo)).convert("RGB"))
+
+
+def frame(value: int) -> Callable[[bytes], bytes]:
+    return lambda photo: encode(Image.fromarray(np.full((450, 600, 3), value, np.uint8)), "JPEG")
+
+
+def blurred(photo: bytes) -> bytes:
+    return encode(Image.fromarray(cv2.GaussianBlur(pixels(photo), (0, 0), 12)), "JPEG")
+
+
+def strip(photo: bytes) -> bytes:
+    """The photo squashed to 1500 x 150 (10:1)."""
+    small = cv2.resize(pixels(photo), (1500, 150), interpolation=cv2.INTER_AREA)
+    return encode(Image.fromarray(small), "JPEG")
+
+
+def sliver(photo: bytes) -> bytes:
+    """100000 x 10: one million pixels (under SKIN_MAX_PIXELS), a shorter side of 10."""
+    return encode(Image.new("RGB", (100_000, 10), (120, 90, 80)), "PNG")
+
+
 POST = "POST /v1/predictions HTTP/1.1\r\nHost: x\r\n"
 HISTO = {"diagnosis": "mel", "confirmation": "histo"}
 PNG, TYPE, CORRUPT, BOMB, MODE, POLY = "image/png", "type", "corrupt", "bomb", "mode", "polyglot"
 FIELD, ID, MULTI, HTTP, SIZE, FEEDBACK = "field", "id", "multipart", "http", "size", "feedback"
+GATE, SMALL = "gate", "too_small"
 
 # fmt: off
 CASES = [Case(*c) for c in [
@@ -157,14 +196,15 @@ CASES = [Case(*c) for c in [
     ("JPEG width 0", CORRUPT, 422, "zero-size frame", up(lambda p: with_size(p, 450, 0))),
     ("PNG bad IHDR CRC", CORRUPT, 422, "header checksum wrong",
      up(lambda p: png_bad_crc(b"IHDR"), "x.png", PNG)),
-    ("PNG bad IDAT CRC, data intact", CORRUPT, OK, "zlib's Adler-32 verifies the pixels",
-     up(lambda p: png_bad_crc(b"IDAT"), "x.png", PNG)),
+    ("PNG bad IDAT CRC, data intact", CORRUPT, REFUSED,
+     "zlib's Adler-32 verifies the pixels: decoded, then too small",
+     up(lambda p: png_bad_crc(b"IDAT"), "x.png", PNG), SMALL),
     ("PNG corrupt zlib stream", CORRUPT, 422, "pixels cannot be inflated",
      up(lambda p: small_png()[:41] + b"\xff\xff\xff" + small_png()[44:], "x.png", PNG)),
     ("PNG cut in IDAT", CORRUPT, 422, "pixels cut off",
      up(lambda p: small_png()[:-30], "x.png", PNG)),
-    ("PNG without IEND", CORRUPT, OK, "all pixels present",
-     up(lambda p: png_without_iend(), "x.png")),
+    ("PNG without IEND", CORRUPT, REFUSED, "all pixels present: decoded, then too small",
+     up(lambda p: png_without_iend(), "x.png"), SMALL),
     ("PNG width 0", CORRUPT, 422, "zero-size image", up(lambda p: png(0, 10, b""))),
     ("PNG height 0", CORRUPT, 422, "zero-size image", up(lambda p: png(10, 0, b""))),
     # decompression bombs and enormous dimensions
@@ -179,25 +219,41 @@ CASES = [Case(*c) for c in [
      up(lambda p: with_size(p, 65535, 65535))),
     ("JPEG declaring 7000x7000", BOMB, 413, "over SKIN_MAX_PIXELS",
      up(lambda p: with_size(p, 7000, 7000))),
-    ("PNG 5000x1 sliver", BOMB, OK, "odd aspect, few pixels", up(lambda p: png(5000, 1), "x.png")),
-    # modes and frames
-    ("1x1 PNG", MODE, OK, "tiny but valid", up(tiny("RGB", "PNG", (1, 1)), "x.png")),
-    ("1x1 JPEG", MODE, OK, "tiny but valid", up(tiny("RGB", "JPEG", (1, 1)))),
-    ("CMYK JPEG", MODE, OK, "converted to RGB", up(tiny("CMYK", "JPEG", colour=(10, 200, 30, 0)))),
-    ("greyscale JPEG", MODE, OK, "converted to RGB", up(tiny("L", "JPEG"))),
-    ("16-bit greyscale PNG", MODE, OK, "high byte kept", up(lambda p: sixteen_bit_grey(), "x.png")),
-    ("16-bit RGB PNG", MODE, OK, "reduced to 8 bits", up(lambda p: sixteen_bit_rgb(), "x.png")),
-    ("palette PNG, transparent", MODE, OK, "on white",
-     up(lambda p: palette_transparent(), "x.png")),
-    ("RGBA PNG", MODE, OK, "on white", up(tiny("RGBA", "PNG", colour=(200, 0, 0, 90)), "x.png")),
-    ("APNG, 3 frames", MODE, OK, "first frame classified", up(lambda p: apng(), "x.png")),
-    ("MPO, 2 frames", MODE, OK, "first frame classified", up(lambda p: mpo())),
-    ("EXIF orientation 9", MODE, OK, "invalid tag ignored", up(lambda p: bad_exif_orientation())),
+    ("PNG 5000x1 sliver", BOMB, REFUSED, "few pixels, decoded; a shorter side of 1",
+     up(lambda p: png(5000, 1), "x.png"), SMALL),
+    # modes and frames: the small ones are decoded, then refused as too small
+    ("1x1 PNG", MODE, REFUSED, "valid, far too small", up(tiny("RGB", "PNG", (1, 1)), "x.png"),
+     SMALL),
+    ("1x1 JPEG", MODE, REFUSED, "valid, far too small", up(tiny("RGB", "JPEG", (1, 1))), SMALL),
+    ("CMYK JPEG", MODE, REFUSED, "converted to RGB",
+     up(tiny("CMYK", "JPEG", colour=(10, 200, 30, 0))), SMALL),
+    ("greyscale JPEG", MODE, REFUSED, "converted to RGB", up(tiny("L", "JPEG")), SMALL),
+    ("16-bit greyscale PNG", MODE, REFUSED, "high byte kept",
+     up(lambda p: sixteen_bit_grey(), "x.png"), SMALL),
+    ("16-bit RGB PNG", MODE, REFUSED, "reduced to 8 bits", up(lambda p: sixteen_bit_rgb(), "x.png"),
+     SMALL),
+    ("palette PNG, transparent", MODE, REFUSED, "on white",
+     up(lambda p: palette_transparent(), "x.png"), SMALL),
+    ("RGBA PNG", MODE, REFUSED, "on white",
+     up(tiny("RGBA", "PNG", colour=(200, 0, 0, 90)), "x.png"), SMALL),
+    ("APNG, 3 frames", MODE, REFUSED, "first frame decoded", up(lambda p: apng(), "x.png"), SMALL),
+    ("MPO, 2 frames", MODE, REFUSED, "first frame decoded", up(lambda p: mpo()), SMALL),
+    ("EXIF orientation 9", MODE, REFUSED, "invalid tag ignored",
+     up(lambda p: bad_exif_orientation()), SMALL),
+    ("full-size CMYK JPEG", MODE, OK, "converted to RGB, diagnosed", up(full("CMYK", "JPEG"))),
+    ("full-size RGBA PNG", MODE, OK, "opaque: the photo itself", up(full("RGBA", "PNG"), "x.png")),
+    ("full-size PNG", MODE, OK, "content decides the format", up(full("RGB", "PNG"), "x.png")),
+    # the gate: decodable, not a usable dermoscopic lesion photo
+    ("100000x10 PNG", GATE, REFUSED, "a shorter side of 10", up(sliver, "x.png"), SMALL),
+    ("photo squashed to 10:1", GATE, REFUSED, "absurd aspect ratio", up(strip), "aspect_ratio"),
+    ("black frame", GATE, REFUSED, "a covered lens", up(frame(0)), "uniform"),
+    ("white frame", GATE, REFUSED, "a blank frame", up(frame(255)), "uniform"),
+    ("photo blurred (sigma 12)", GATE, REFUSED, "out of focus", up(blurred), "blurred"),
     # polyglots
     ("JPEG+ZIP polyglot", POLY, OK, "complete JPEG; the archive never reaches the model",
      up(lambda p: p + b"PK\x03\x04" + bytes(200) + b"PK\x05\x06" + bytes(18))),
-    ("PNG + trailing HTML", POLY, OK, "bytes after IEND ignored",
-     up(lambda p: small_png() + b"<html><script>alert(1)</script></html>", "x.png")),
+    ("PNG + trailing HTML", POLY, REFUSED, "bytes after IEND ignored; decoded, too small",
+     up(lambda p: small_png() + b"<html><script>alert(1)</script></html>", "x.png"), SMALL),
     ("HTML then JPEG", POLY, 415, "must start with a signature",
      up(lambda p: b"<html></html>" + p)),
     # form fields
@@ -247,8 +303,8 @@ CASES = [Case(*c) for c in [
     ("multipart unterminated", MULTI, 422, "closing boundary missing",
      body(lambda p: multipart(parts(p))[:-40])),
     ("multipart garbage", MULTI, 400, "no part found", body(lambda p: bytes(range(256)) * 64)),
-    ("two image parts", MULTI, OK, "FastAPI keeps the last part (a gap: see docs/reliability.md)",
-     body(lambda p: multipart(parts(p, ("image", "b.jpg", p))))),
+    ("two image parts", MULTI, REFUSED, "which one to diagnose would be a guess",
+     body(lambda p: multipart(parts(p, ("image", "b.jpg", p)))), "multiple_images"),
     ("2000 form fields", MULTI, 400, "parser's field limit",
      body(lambda p: multipart([(f"f{i}", None, b"x") for i in range(2000)]))),
     ("2 MiB text field", MULTI, 400, "text part over 1 MiB",

@@ -1,5 +1,6 @@
 """The hostile-input corpus over real HTTP: the exact status per case, never a 5xx, a record
-only for a 201, no traceback or memory address in any answer, and a gateway still ready.
+only for a 201, no traceback or memory address in any answer, and a gateway still ready. A case
+the gate refuses answers its reason code and leaves a refusal record, never a prediction.
 
 Each run writes its table (case, expected, got) to ``.cache/reliability/corpus-<db>.md``;
 docs/reliability.md shows it.
@@ -17,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from serving.db.tables import Feedback, Prediction
+from serving.db.tables import Feedback, Prediction, Refusal
 from tests.fixtures_serving import API_KEY, ROOT
 from tests.reliability.hostile import CASES, OK, Case, Request
 
@@ -62,6 +63,10 @@ def check(case: Case, status: int, text: str) -> list[str]:
     problems = []
     if status not in (case.expect if isinstance(case.expect, tuple) else (case.expect,)):
         problems.append(f"status {status}, expected {case.expect}: {text[:300]}")
+    if case.code is not None and status == 422:
+        code = httpx.Response(status, text=text).json().get("code")
+        if code != case.code:
+            problems.append(f"reason {code!r}, expected {case.code!r}: {text[:300]}")
     if LEAKS.search(text):
         problems.append(f"internals leak into the answer: {text[:300]}")
     if status >= 400 and case.group != "http":  # the app's own errors are JSON with a detail
@@ -76,7 +81,11 @@ def rows(gateway: Any) -> set[str]:
         return set(conn.scalars(select(Prediction.id)))
 
 
-def test_hostile_corpus(gateway: Any, real_lesions_dir: Path, lesion_rows: list[dict]) -> None:
+def test_hostile_corpus(
+    gated_gateway: Any, real_lesions_dir: Path, lesion_rows: list[dict]
+) -> None:
+    """Against a version exported with the gate (tests/fixtures_gate.py)."""
+    gateway = gated_gateway
     photo = (real_lesions_dir / f"{lesion_rows[0]['image_id']}.jpg").read_bytes()
     with gateway.client() as client:
         pid = client.post(
@@ -88,9 +97,13 @@ def test_hostile_corpus(gateway: Any, real_lesions_dir: Path, lesion_rows: list[
         table = []
         for case in CASES:
             before, feedback_before = rows(gateway), gateway.count(Feedback)
+            refusals_before = gateway.count(Refusal)
             status, text = send(client, gateway.url, case.build(photo), pid)
             problems = check(case, status, text)
             new = rows(gateway) - before
+            refused = gateway.count(Refusal) - refusals_before
+            if refused != (1 if case.code is not None and status == 422 else 0):
+                problems.append(f"{refused} refusal record(s) for a {status} ({case.code})")
             if status == OK and case.group != "feedback":
                 created = httpx.Response(status, text=text).json()["id"]
                 if new != {created}:
@@ -110,5 +123,8 @@ def write_table(table: list[tuple[Case, int]], db: str) -> None:
     out = ROOT / ".cache" / "reliability" / f"corpus-{db}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["| group | case | expected | got | why |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {c.group} | {c.name} | {c.expect} | {s} | {c.why} |" for c, s in table]
+    lines += [
+        f"| {c.group} | {c.name} | {c.expect}{f' {c.code}' if c.code else ''} | {s} | {c.why} |"
+        for c, s in table
+    ]
     out.write_text("\n".join(lines) + "\n")

@@ -114,7 +114,7 @@ def test_0002_lets_refer_be_null_and_keeps_records_and_feedback(db: Database) ->
     with pytest.raises(RuntimeError, match="without referral advice"):
         migrate("downgrade", "0001")
     with db.engine.connect() as conn:  # refused and rolled back: still at head, nothing lost
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
         assert conn.execute(text("SELECT count(*) FROM predictions")).scalar() == 2
 
 

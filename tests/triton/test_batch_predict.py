@@ -7,7 +7,10 @@ import pandas as pd
 import pytest
 
 from contracts.labels import CLASSES
+from contracts.metadata import read_metadata
 from serving.batch_predict import main
+from tests import gate_images as gi
+from tests.fixtures_serving import MODEL_SIZE
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -60,3 +63,57 @@ def test_csv_inputs_and_undecodable_images(triton, real_lesions_dir, tmp_path, c
 
     assert main(["--input", str(tmp_path / "missing"), "--output", str(out2), *url]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_gate_refuses_rows_with_the_reason(
+    gated_triton, real_lesions_dir, lesion_rows, gated_repository, tmp_path, capsys
+):
+    """The gateway's gate in batch: a black frame, a 1x1 PNG and a blurred photo get their
+    reason in ``refusal`` and no probabilities, never sent to Triton; the photos are
+    diagnosed with an empty ``refusal``; the score's threshold is the version's metadata.json
+    (a copy with it just under one photo's score refuses that photo)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ids = [r["image_id"] for r in lesion_rows[:3]]
+    for i in ids:
+        (folder / f"{i}.jpg").write_bytes((real_lesions_dir / f"{i}.jpg").read_bytes())
+    (folder / "black.jpg").write_bytes(gi.encode(gi.black_frame()))
+    (folder / "tiny.png").write_bytes(gi.one_pixel_png())
+    quality = read_metadata(gated_repository / "skin_lesion" / "1").quality_thresholds()
+    assert quality is not None
+    blurry = gi.blurred(gi.contrasty_lesion(real_lesions_dir, MODEL_SIZE))
+    (folder / "blurry.jpg").write_bytes(
+        gi.encode(gi.expect_refusal("blurred", blurry, quality, MODEL_SIZE))
+    )
+    url = ["--triton-url", gated_triton.grpc_url, "--batch-size", "4"]
+
+    def run(out, repository, *extra):
+        capsys.readouterr()
+        argv = ["--input", str(folder), "--output", str(out), "--repository", str(repository)]
+        assert main([*argv, *url, *extra]) == 0
+        table = pd.read_csv(out, dtype=str, keep_default_na=False).set_index("image_id")
+        return table, capsys.readouterr()
+
+    table, printed = run(tmp_path / "gated.csv", gated_repository)
+    expected = {"black": "uniform", "tiny": "too_small", "blurry": "blurred"} | dict.fromkeys(
+        ids, ""
+    )
+    assert table["refusal"].to_dict() == expected
+    for image_id, reason in expected.items():
+        cells = table.loc[image_id, [*CLASSES, "predicted"]]
+        if reason:
+            assert (cells == "").all(), image_id  # no ranking for a refused row
+        else:
+            assert sum(float(p) for p in cells[list(CLASSES)]) == pytest.approx(1, abs=1e-5)
+            assert cells["predicted"] in CLASSES
+    assert "1 blurred, 1 too_small, 1 uniform" in printed.out
+
+    score = gi.score_of(gated_triton.grpc_url, gi.lesion(real_lesions_dir, ids[1]), MODEL_SIZE)
+    margin = max(abs(score) * 1e-3, 1e-3)
+    copy = gi.version_copy(gated_repository, tmp_path / "copy", gi.ood_limit(score - margin))
+    table, _ = run(tmp_path / "strict.csv", copy)
+    assert table.loc[ids[1], "refusal"] == "out_of_distribution"
+    assert table.loc[ids[1], "predicted"] == ""
+
+    table, printed = run(tmp_path / "off.csv", copy, "--no-quality-checks", "--no-ood-checks")
+    assert set(table["refusal"]) == {""} and "refused" not in printed.out

@@ -20,13 +20,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
-async def _referral(state: AppState) -> tuple[str, bool | None]:
-    """Whether answers carry referral advice, in one line (Triton must be ready)."""
+async def _served(state: AppState) -> tuple[str, bool | None, str | None]:
+    """Whether answers carry referral advice, in one line, and what the gate checks (Triton
+    must be ready)."""
     try:
         served = await state.catalog.served()
     except TritonError as e:
-        return f"unknown: the served version cannot be resolved ({type(e).__name__})", None
-    return served.referral_status, served.no_advice is None
+        return f"unknown: the served version cannot be resolved ({type(e).__name__})", None, None
+    gate = "; ".join([served.gate.status, *served.gate.warnings])
+    return served.referral_status, served.no_advice is None, gate
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
@@ -34,7 +36,9 @@ async def readyz(state: StateDep, response: Response) -> Any:
     """Ready when Triton has the model loaded AND the database answers (no API key).
 
     ``referral`` says whether answers carry referral advice: a version without validated
-    thresholds still serves rankings, so it does not make the replica unready.
+    thresholds still serves rankings, so it does not make the replica unready. ``gate`` says
+    what the served version refuses, and what it lacks (a version exported before the gate
+    has no out-of-distribution score: it serves with the quality checks only).
     """
     triton_ok, db_ok = await asyncio.gather(state.triton.ready(), state.db.ping())
     checks = {
@@ -43,8 +47,8 @@ async def readyz(state: StateDep, response: Response) -> Any:
         else f"model {state.settings.model_name!r} not ready at {state.settings.triton_url}",
         "database": "ready" if db_ok else "unavailable",
     }
-    referral, advice = await _referral(state) if triton_ok else (None, None)
-    answer = {"checks": checks, "referral": referral, "referral_advice": advice}
+    referral, advice, gate = await _served(state) if triton_ok else (None, None, None)
+    answer = {"checks": checks, "referral": referral, "referral_advice": advice, "gate": gate}
     if not (triton_ok and db_ok):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         response.headers["Retry-After"] = str(state.settings.retry_after_s)

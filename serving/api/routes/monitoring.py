@@ -1,5 +1,7 @@
-"""``/v1/monitoring``: drift against the served version's reference, live performance, and
-whether to retrain; also kept current as Prometheus gauges by :class:`DriftMonitor`."""
+"""``/v1/monitoring``: drift (content features against the served version's training reference,
+capture features against the operator's frozen baseline), refused uploads per day, live
+performance, and whether to retrain; also kept current as Prometheus gauges by
+:class:`DriftMonitor`."""
 
 from __future__ import annotations
 
@@ -9,10 +11,11 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from prometheus_client import Gauge
+from pydantic import BaseModel, Field
 
-from contracts.drift import INSUFFICIENT, DriftBounds, drift_report
+from contracts.drift import CAPTURE_FEATURES, INSUFFICIENT, DriftBounds, monitoring_report
 from serving.api.deps import AppState, ClientDep, StateDep
 from serving.db import monitoring as queries
 from serving.live_metrics import (
@@ -23,16 +26,52 @@ from serving.live_metrics import (
     validation_figures,
 )
 from serving.model_info import version_metadata
+from serving.monitoring import (
+    DEFAULT_DAYS,
+    MAX_DAYS,
+    MIN_RECORDS,
+    NO_BASELINE_DETAIL,
+    TooFewRecords,
+    freeze,
+)
 from serving.retraining import RetrainingBounds, recommend
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/monitoring", tags=["monitoring"])
 MAX_ROWS = 100_000  # history endpoints read at most this many predictions
 BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
+REFUSAL_DAYS = 30  # days of refusal rates in GET /v1/monitoring
 
 
 def _outcomes(rows: list[queries.Observation]) -> list[Outcome]:
     return [Outcome(r.top_class, r.refer, r.diagnosis) for r in rows]
+
+
+Baseline = tuple[dict[str, Any], dict[str, Any]] | None  # (summary, histograms) in force
+
+
+def _compared(
+    reference: dict[str, Any] | None,
+    baseline: Baseline,
+    values: dict[str, Any],
+    bounds: DriftBounds,
+) -> dict[str, Any]:
+    """``contracts.drift.monitoring_report``, each feature saying what it was compared with."""
+    drift = monitoring_report(
+        reference, baseline[1] if baseline else None, values, bounds, NO_BASELINE_DETAIL
+    )
+    for name, f in drift["features"].items():
+        if name not in CAPTURE_FEATURES:
+            f["compared_with"] = f"training reference {(reference or {}).get('version')}"
+        elif baseline:
+            b = baseline[0]
+            f["compared_with"] = (
+                f"capture baseline {b['id']} frozen {b['frozen_at']:%Y-%m-%d %H:%M} UTC "
+                f"from {b['records']} predictions"
+            )
+        else:
+            f["compared_with"] = None
+    return drift
 
 
 class DriftMonitor:
@@ -66,13 +105,15 @@ class DriftMonitor:
         served = await state.catalog.served()
         reference = served.metadata.reference if served.metadata else None
         rows = await state.db.run(queries.recent, s.drift_window, self.since())
+        baseline = await state.db.run(queries.current_baseline)
+        refusals = await state.db.run(queries.refusal_rates, REFUSAL_DAYS, datetime.now(UTC))
         own = [r for r in rows if r.model_version == served.version]
         live = live_metrics(_outcomes(own))
         validation = validation_figures(served.metadata)
-        drift, detail, about = None, None, None
+        detail, about = None, None
+        values = queries.window_values(rows, served.version)
+        drift = _compared(reference, baseline, values, self.bounds())
         if reference:
-            values = queries.window_values(rows, served.version)
-            drift = drift_report(reference, values, self.bounds())
             keys = ("version", "dataset_version", "created_at", "class_priors")
             about = {**{k: reference.get(k) for k in keys}, "model_version": served.version}
         else:
@@ -82,10 +123,12 @@ class DriftMonitor:
                 "(`python -m training export --reference-data DIR`) to monitor drift"
             )
         answer = {
-            "status": drift["status"] if drift else "no reference",
+            "status": drift["status"] if reference or baseline else "no reference",
             "detail": detail,
             "model": {"name": served.name, "version": served.version},
             "reference": about,
+            "baseline": baseline[0] if baseline else None,
+            "baseline_detail": None if baseline else NO_BASELINE_DETAIL,
             "window": {
                 "size": len(rows),
                 "max_predictions": s.drift_window,
@@ -94,7 +137,8 @@ class DriftMonitor:
                 "newest": rows[0].created_at if rows else None,
             },
             "bounds": vars(self.bounds()),
-            "features": drift["features"] if drift else {},
+            "features": drift["features"],
+            "refusals": refusals,
             "live": {**live, "model_version": served.version},
             "validation": validation,
             "retraining": recommend(
@@ -138,10 +182,15 @@ def get_monitor(request: Request) -> DriftMonitor:
 
 @router.get("")
 async def monitoring(request: Request, _: ClientDep) -> dict[str, Any]:
-    """Drift of the last predictions against the served version's reference statistics
-    (PSI and chi-square p-value per feature, flags), live figures from feedback over the same
-    window, and whether to retrain. ``status`` is ``drift``, ``ok``, ``insufficient data``
-    (fewer than ``bounds.min_window`` predictions) or ``no reference``."""
+    """Drift of the last predictions (PSI and chi-square p-value per feature, flags): content
+    features (``group: content``: body site, brightness, contrast, predicted class,
+    diagnosis) against the served version's training reference, capture features
+    (``group: capture``: image width, height, aspect, format) against the capture
+    ``baseline`` in force (``no baseline`` until one is frozen: never drift); refused uploads
+    per UTC day over the last 30 days (``refusals``); live figures from feedback over the
+    window; whether to retrain. ``status`` is ``drift``, ``ok``, ``insufficient data`` (fewer
+    than ``bounds.min_window`` predictions) or ``no reference`` (neither a training reference
+    nor a baseline). Refused uploads are never in the window."""
     return await get_monitor(request).report()
 
 
@@ -164,21 +213,22 @@ async def timeline(
 ) -> dict[str, Any]:
     """Per hour, day or week of the last ``days`` days: predictions, mean brightness and
     contrast, referral rate (among answers with referral advice; null without any),
-    predicted-class shares and each feature's PSI (null where a
-    bucket holds fewer than ``min_window`` values)."""
+    predicted-class shares and each feature's PSI against what ``GET /v1/monitoring``
+    compares it with (null where a bucket holds fewer than ``min_window`` values, or for
+    capture features without a baseline)."""
     monitor = get_monitor(request)
     served = await state.catalog.served()
     reference = served.metadata.reference if served.metadata else None
     since = datetime.now(UTC) - timedelta(days=days)
     rows = await state.db.run(queries.recent, MAX_ROWS, since)
+    baseline = await state.db.run(queries.current_baseline)
     groups: dict[datetime, list[queries.Observation]] = {}
     for r in reversed(rows):  # oldest first
         groups.setdefault(_bucket_start(r.created_at, bucket), []).append(r)
     points = []
     for start, group in groups.items():
         values = queries.window_values(group, served.version)
-        drift = drift_report(reference, values, monitor.bounds()) if reference else None
-        features = (drift or {}).get("features", {})
+        features = _compared(reference, baseline, values, monitor.bounds())["features"]
         n = len(group)
         points.append(
             {
@@ -227,3 +277,65 @@ async def performance(
         for v in sorted(grouped, key=lambda v: int(v) if v.isdigit() else -1)
     ]
     return {"weeks": weeks, "since": since, "model_name": name, "versions": versions}
+
+
+@router.get("/refusals")
+async def refusals(
+    state: StateDep, _: ClientDep, days: Annotated[int, Query(ge=1, le=366)] = 30
+) -> dict[str, Any]:
+    """Refused uploads per UTC day of the last ``days`` (today the last): predictions,
+    refusals, the refusal rate ``refusals / (refusals + predictions)`` (null on a day without
+    uploads) and refusals per reason; ``total`` over all the days."""
+    rates: dict[str, Any] = await state.db.run(queries.refusal_rates, days, datetime.now(UTC))
+    return rates
+
+
+class FreezeBaseline(BaseModel):
+    """Which predictions to freeze as the capture baseline: the last ``days`` (7 when neither
+    is given) or those since ``since``; with both, the later of the two bounds."""
+
+    days: float | None = Field(
+        None, gt=0, le=MAX_DAYS, description="predictions of the last N days"
+    )
+    since: datetime | None = Field(None, description="predictions since (ISO 8601; UTC if naive)")
+    min_records: int = Field(MIN_RECORDS, ge=1, description="refuse with fewer predictions")
+
+
+@router.get("/baseline")
+async def baseline(
+    state: StateDep, _: ClientDep, history: Annotated[int, Query(ge=1, le=100)] = 10
+) -> dict[str, Any]:
+    """The capture baseline in force (null until one is frozen) with its histograms, and the
+    newest ``history`` baselines frozen (newest first)."""
+    current = await state.db.run(queries.current_baseline)
+    frozen = await state.db.run(queries.baseline_history, history)
+    return {
+        "current": {**current[0], "histograms": current[1]} if current else None,
+        "detail": None if current else NO_BASELINE_DETAIL,
+        "history": frozen,
+    }
+
+
+@router.post(
+    "/baseline",
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"description": "too few predictions in the period: nothing frozen"}},
+)
+async def freeze_baseline(
+    state: StateDep, client: ClientDep, body: FreezeBaseline
+) -> dict[str, Any]:
+    """Freeze the image width, height, aspect and format of the predictions of the period as
+    the capture baseline in force (``python -m serving.monitoring freeze-baseline`` does the
+    same); recorded with the caller's client id. 409 with fewer than ``min_records``."""
+    bounds = []
+    if body.since is not None:
+        given = body.since
+        bounds.append(given.replace(tzinfo=UTC) if given.tzinfo is None else given)
+    if body.days is not None or body.since is None:
+        bounds.append(datetime.now(UTC) - timedelta(days=body.days or DEFAULT_DAYS))
+    since = max(bounds)
+    try:
+        frozen: dict[str, Any] = await state.db.run(freeze, since, body.min_records, client)
+    except TooFewRecords as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
+    return frozen

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Header, HTTPException, Response, status
+from fastapi import APIRouter, Form, Header, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
 from serving import predictions as service
@@ -16,6 +17,8 @@ from serving.api.schemas import (
     PredictionCreate,
     PredictionPublic,
     PredictionWithFeedback,
+    RefusalProblem,
+    ValidationProblem,
 )
 from serving.db import crud
 
@@ -28,6 +31,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"description": "not a JPEG or PNG"},
     422: {"description": "invalid field or unreadable image"},
     503: {"description": "Triton or the database is unavailable; retry after Retry-After"},
+}
+REFUSED = {
+    "model": ValidationProblem | RefusalProblem,
+    "description": "invalid field or unreadable image (`detail`, `errors`); or REFUSED: the "
+    "image is not a usable dermoscopic photo of a skin lesion, so it gets no diagnosis "
+    "(`detail`: what is wrong and what to do, `code`: the reason, one of too_small, "
+    "aspect_ratio, uniform, underexposed, overexposed, blurred, out_of_distribution, "
+    "multiple_images; `refusal`: what was measured). With SKIN_REFUSAL_MODE=flag a refused "
+    "image gets a 201 with `refused` set and the ranking withheld instead (multiple_images "
+    "stays a 422). A retry with the same request id gets the same refusal.",
 }
 
 
@@ -44,9 +57,14 @@ def _request_id(form: PredictionCreate, header: str | None) -> str | None:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=PredictionPublic,
-    responses={200: {"description": "idempotent retry: the stored answer"}, **ERRORS},
+    responses={
+        200: {"description": "idempotent retry: the stored answer"},
+        **ERRORS,
+        422: REFUSED,
+    },
 )
 async def create_prediction(
+    request: Request,
     state: StateDep,
     client: ClientDep,
     form: Annotated[PredictionCreate, Form(media_type="multipart/form-data")],
@@ -59,15 +77,23 @@ async def create_prediction(
 
     The answer is sent only after its record is committed. A retry with the same request id
     (``Idempotency-Key`` header or ``request_id`` field) gets the stored answer (200) and
-    creates no second record.
+    creates no second record. An image that is not a usable dermoscopic lesion photo gets no
+    diagnosis: 422 with the reason (see the 422 answer), recorded as a refusal.
     """
     started = time.perf_counter()
     request_id = _request_id(form, idempotency_key)
-    upload = service.Upload(form, await form.image.read(), request_id, client, started)
+    # The form model keeps the last of repeated parts: count the image parts in the raw form
+    # (parsed once by FastAPI, cached on the request).
+    parts = (await request.form()).getlist("image")
+    others = tuple([p.encode() if isinstance(p, str) else await p.read() for p in parts[:-1]])
+    upload = service.Upload(form, await form.image.read(), request_id, client, started, others)
     try:
         created = await service.create_prediction(state, upload)
     except service.RequestIdReused as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    if created.rejected:
+        headers = {"Idempotent-Replayed": "true"} if created.replayed else None
+        return JSONResponse(created.answer, status.HTTP_422_UNPROCESSABLE_CONTENT, headers)
     if created.replayed:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
@@ -85,7 +111,8 @@ def _not_found(prediction_id: str) -> HTTPException:
 
 @router.get("/{prediction_id}", response_model=PredictionWithFeedback, responses=ERRORS)
 async def read_prediction(state: StateDep, _: ClientDep, prediction_id: str) -> Any:
-    """The stored answer of a prediction, its latest feedback and the feedback's history."""
+    """The stored answer of a prediction, its latest feedback and the feedback's history; also
+    the answer of an upload refused in flag mode (``refused`` set, no ranking)."""
     found = await state.db.run(crud.get_prediction, prediction_id)
     if found is None:
         raise _not_found(prediction_id)
@@ -115,6 +142,13 @@ async def create_feedback(
     except IntegrityError:  # a concurrent first feedback won the insert: apply ours after it
         record = await state.db.run(crud.record_feedback, *args)
     if record is None:
+        reason = await state.db.run(crud.refusal_reason, prediction_id)
+        if reason is not None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"{prediction_id!r} was refused ({reason}): it has no diagnosis to confirm; "
+                "send feedback for a prediction",
+            )
         raise _not_found(prediction_id)
     if not record.changed:
         response.status_code = status.HTTP_200_OK
