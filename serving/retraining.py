@@ -4,12 +4,22 @@ Retraining is recommended when a feature drifted (``contracts.drift``), or when 
 confirmed cases show the live figures below their bounds: balanced accuracy under an
 absolute floor or more than ``max_drop`` under the version's validation figure, or the
 referral sensitivity (confirmed malignant cases that were referred) under its floor.
+
+A capture feature (image size, aspect, format) drifts only against a baseline the operator
+froze; its reason says so and what to check first (the device or its export settings). A
+capture feature without a baseline is never flagged, so never a reason.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+_CAPTURE = (
+    " against the capture baseline: photos are taken differently than when it was frozen "
+    "(another device, resolution or export setting?); if the change is intended, freeze a new "
+    "baseline (`python -m serving.monitoring freeze-baseline`)"
+)
 
 
 @dataclass(frozen=True)
@@ -29,13 +39,14 @@ def recommend(
     """``{"recommended": bool, "reasons": [sentences]}``.
 
     Args:
-        drift: ``contracts.drift.drift_report``'s answer, or None without a reference.
+        drift: ``contracts.drift.monitoring_report``'s (or ``drift_report``'s) answer, or None.
         live: ``serving.live_metrics.live_metrics`` over the same window, or None.
         validation_balanced_accuracy: the served version's ``val/balanced_accuracy``.
         bounds: the configured floors and the number of confirmed cases they need.
     """
     reasons = [
         f"{name} drifted: PSI {f['psi']:.3f} with p = {f['p_value']:.2g} over {f['n']} predictions"
+        + (_CAPTURE if f.get("group") == "capture" else "")
         for name, f in ((drift or {}).get("features") or {}).items()
         if f["flag"]
     ]

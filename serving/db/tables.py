@@ -1,4 +1,5 @@
-"""Tables: predictions (with the stored answer), current feedback, and its audit trail.
+"""Tables: predictions (with the stored answer), current feedback, and its audit trail;
+refused uploads; the capture baselines of the drift monitoring.
 
 The schema itself is created by Alembic (serving/migrations), never by ``create_all``.
 Idempotent retries rest on the unique (client_id, request_id) pair of ``predictions``: a
@@ -135,3 +136,21 @@ class Refusal(Base):
     image_height: Mapped[int | None] = mapped_column(Integer)
     image_stored: Mapped[bool] = mapped_column(Boolean, default=False)
     answer: Mapped[dict[str, Any]] = mapped_column(JSON)  # what the client was sent
+
+
+class CaptureBaseline(Base):
+    """A baseline of the capture features (``contracts.drift.CAPTURE_FEATURES``) frozen by the
+    operator from live predictions (``python -m serving.monitoring freeze-baseline``); the
+    newest one is in force. Every freeze adds a row, none is ever replaced; migration 0004.
+    """
+
+    __tablename__ = "capture_baselines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    frozen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    frozen_by: Mapped[str] = mapped_column(String(64))  # "cli" or the API client's id
+    since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # None: all traffic
+    oldest: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # of the predictions read
+    newest: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    records: Mapped[int] = mapped_column(Integer)
+    features: Mapped[dict[str, Any]] = mapped_column(JSON)  # contracts.drift.capture_baseline

@@ -8,13 +8,18 @@ import numpy as np
 import pytest
 
 from contracts.drift import (
+    CAPTURE_FEATURES,
     INSUFFICIENT,
+    NO_BASELINE,
     OTHER,
+    SIZE_EDGES,
     DriftBounds,
+    capture_baseline,
     chi_square,
     drift_report,
     feature_drift,
     histogram,
+    monitoring_report,
     psi,
 )
 
@@ -78,6 +83,15 @@ def test_chi_square_pools_sparse_bins() -> None:
     # A pool large enough stays a bin of its own: values the reference never saw count.
     statistic, dof, p = chi_square([500, 500, 3, 2], [20, 20, 30, 30])
     assert dof == 2 and p < 1e-10
+
+
+def test_a_complete_shift_into_one_new_bin_is_tested_exactly() -> None:
+    # 400 reference photos 200 px wide, 28 in the window 600 px wide: 1.8 expected in the new
+    # bin; folding it into the only other bin would leave nothing to test.
+    statistic, dof, p = chi_square([400, 0], [0, 28])
+    assert (statistic, dof) == (pytest.approx(428.0), 1) and p < 1e-40
+    # The same table shape without a shift: Fisher's test finds nothing either.
+    assert chi_square([990, 10], [79, 1])[2] > 0.5
 
 
 def test_histogram_bins_edges_outliers_and_nan() -> None:
@@ -144,3 +158,77 @@ def test_drift_report_status_and_features() -> None:
     assert few["features"]["brightness"]["psi"] is None  # nothing to compare
     # Features the window does not provide are left out, not reported as zero.
     assert set(drift_report(reference, {"site": ["a"] * 10}, bounds)["features"]) == {"site"}
+
+
+def _capture(n: int, width: int, height: int, fmt: str = "jpeg") -> dict[str, list]:
+    return {
+        "image_width": [width] * n,
+        "image_height": [height] * n,
+        "image_aspect": [width / height] * n,
+        "image_format": [fmt] * n,
+    }
+
+
+# What training.reference_stats stores for HAM10000's 200 x 150 copies.
+TRAINING = {
+    "features": {
+        "site": CATEGORICAL,
+        "image_width": {
+            "kind": "numeric",
+            "edges": list(SIZE_EDGES),
+            "counts": [0, 400] + [0] * (len(SIZE_EDGES) - 3),
+        },
+    }
+}
+
+
+def test_capture_features_without_a_baseline_are_never_drift() -> None:
+    bounds = DriftBounds(0.2, 0.01, 50)
+    window = {"site": ["a"] * 50 + ["b"] * 30 + ["c"] * 20, **_capture(100, 600, 450)}
+    # Against the training copies, full-size photos drift (the alarm a clinic learnt to ignore)...
+    assert drift_report(TRAINING, window, bounds)["features"]["image_width"]["flag"]
+    # ...against nothing until the operator freezes a baseline.
+    report = monitoring_report(TRAINING, None, window, bounds, "freeze one")
+    assert report["status"] == "ok"
+    assert set(report["features"]) == {"site", *CAPTURE_FEATURES}
+    assert report["features"]["site"]["group"] == "content"
+    for name in CAPTURE_FEATURES:
+        f = report["features"][name]
+        assert (f["group"], f["status"], f["flag"], f["psi"]) == (
+            "capture",
+            NO_BASELINE,
+            False,
+            None,
+        )
+        assert f["n"] == 100 and f["detail"] == "freeze one"
+    # Without a training reference either, nothing is judged.
+    assert monitoring_report(None, None, window, bounds)["status"] == INSUFFICIENT
+
+
+def test_capture_features_are_compared_with_the_frozen_baseline() -> None:
+    bounds = DriftBounds(0.2, 0.01, 50)
+    baseline = capture_baseline(_capture(300, 600, 450), "300 predictions")
+    assert baseline["image_width"]["counts"][SIZE_EDGES.index(512)] == 300
+    assert baseline["image_format"] == {
+        "kind": "categorical", "categories": ["jpeg", "png"], "counts": [300, 0],
+        "source": "300 predictions",
+    }  # fmt: skip
+    site = {"site": ["a"] * 50 + ["b"] * 30 + ["c"] * 20}
+    same = monitoring_report(TRAINING, baseline, {**site, **_capture(100, 600, 450)}, bounds)
+    assert same["status"] == "ok"
+    assert all(same["features"][n]["psi"] == 0.0 for n in CAPTURE_FEATURES)
+    # Photos rescaled to the training copies' size: width and height, not aspect nor format.
+    small = monitoring_report(TRAINING, baseline, {**site, **_capture(100, 200, 150)}, bounds)
+    flagged = {n for n, f in small["features"].items() if f["flag"]}
+    assert small["status"] == "drift" and flagged == {"image_width", "image_height"}
+    # PNG exports of the same size: the format alone.
+    png = monitoring_report(TRAINING, baseline, {**site, **_capture(100, 600, 450, "png")}, bounds)
+    assert {n for n, f in png["features"].items() if f["flag"]} == {"image_format"}
+    # Portrait photos: aspect (and the sides swapped).
+    tall = monitoring_report(TRAINING, baseline, {**site, **_capture(100, 450, 600)}, bounds)
+    assert tall["features"]["image_aspect"]["flag"]
+    # Content still against the training reference, whatever the baseline.
+    shifted = monitoring_report(
+        TRAINING, baseline, {"site": ["c"] * 100, **_capture(100, 600, 450)}, bounds
+    )
+    assert {n for n, f in shifted["features"].items() if f["flag"]} == {"site"}

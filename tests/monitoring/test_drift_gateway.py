@@ -16,11 +16,14 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from contracts.drift import CAPTURE_FEATURES, NO_BASELINE
 from contracts.labels import BODY_SITES, MALIGNANT
 from tests.monitoring.helpers import darker, site_mix_sample, upload_stream
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton]
-INPUT_FEATURES = ("body_site", "brightness", "contrast", "image_width", "image_height")
+# Content features, against the training reference; capture features (image size, aspect,
+# format) wait for a frozen baseline (tests/monitoring/test_baseline.py).
+INPUT_FEATURES = ("body_site", "brightness", "contrast")
 
 
 def report(gateway: Any, path: str = "/v1/monitoring", **params: Any) -> dict:
@@ -67,6 +70,8 @@ def test_unshifted_stream_stays_down_and_darker_photos_raise_brightness_and_cont
     assert calm_report["retraining"] == {"recommended": False, "reasons": []}
     for name in INPUT_FEATURES:  # small windows are noisy, not drifted (see contracts.drift)
         assert calm_report["features"][name]["psi"] < 0.5, name
+    for name in CAPTURE_FEATURES:  # no baseline frozen: not judged
+        assert calm_report["features"][name]["status"] == NO_BASELINE, name
 
     dark = upload_stream(gateway, calm.iloc[:80], photo=lambda p: darker(p, 0.5))
     # The same photos, half as bright: what the gateway measured, and what it concluded.
@@ -179,7 +184,8 @@ def test_no_reference_says_how_to_get_one(
         f"sqlite:///{tmp_path / 'plain.db'}", triton.grpc_url, model_repository=model_repository
     )
     rep = report(gateway)
-    assert rep["status"] == "no reference" and rep["features"] == {}
+    assert rep["status"] == "no reference" and set(rep["features"]) == set(CAPTURE_FEATURES)
+    assert {f["status"] for f in rep["features"].values()} == {NO_BASELINE}
     assert "--reference-data" in rep["detail"]
     assert rep["retraining"]["recommended"] is False
 
@@ -187,8 +193,15 @@ def test_no_reference_says_how_to_get_one(
 def test_monitoring_needs_an_api_key(monitored: Any) -> None:
     gateway = monitored()
     with gateway.client(key=None) as c:
-        for path in ("/v1/monitoring", "/v1/monitoring/timeline", "/v1/monitoring/performance"):
+        for path in (
+            "/v1/monitoring",
+            "/v1/monitoring/timeline",
+            "/v1/monitoring/performance",
+            "/v1/monitoring/refusals",
+            "/v1/monitoring/baseline",
+        ):
             assert c.get(path).status_code == 401, path
+        assert c.post("/v1/monitoring/baseline", json={}).status_code == 401
 
 
 def test_gauges_refresh_in_the_background_on_both_databases(
@@ -214,6 +227,7 @@ def test_gauges_refresh_in_the_background_on_both_databases(
         return g.get(("skin_drift_window_size", "")) == 12 and all(
             g.get(("skin_drift_psi", name)) == pytest.approx(f["psi"], rel=1e-6)
             for name, f in rep["features"].items()
+            if f["psi"] is not None  # capture features without a baseline: NaN
         )
 
     # A refresh that started before the last feedback landed shows the older diagnosis mix:
