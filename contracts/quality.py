@@ -13,7 +13,10 @@ resolution are compared at the same scale:
 - ``short_side`` and ``aspect`` (long side / short side) of the decoded image;
 - ``brightness``: mean luminance (ITU-R BT.601), 0-255; ``contrast``: its standard deviation;
 - ``sharpness``: variance of the Laplacian of the luminance (a blurred photo has little
-  high-frequency energy).
+  high-frequency energy);
+- ``colourfulness``: Hasler and Suesstrunk's (2003) measure on the opponent channels
+  ``R - G`` and ``(R + G) / 2 - B``: a dermoscopic photo of skin is never grey, while scans,
+  documents, greyscale medical images and black-and-white photos are.
 
 The model's own out-of-distribution score (``gate.ood`` in ``metadata.json``, the Triton output
 :data:`contracts.tensors.OOD_OUTPUT_NAME`) is the last check; its reason code is
@@ -22,6 +25,7 @@ The model's own out-of-distribution score (``gate.ood`` in ``metadata.json``, th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -33,6 +37,7 @@ import numpy as np
 TOO_SMALL = "too_small"
 ASPECT_RATIO = "aspect_ratio"
 UNIFORM = "uniform"
+COLOURLESS = "colourless"
 UNDEREXPOSED = "underexposed"
 OVEREXPOSED = "overexposed"
 BLURRED = "blurred"
@@ -42,6 +47,7 @@ REASON_CODES: tuple[str, ...] = (
     TOO_SMALL,
     ASPECT_RATIO,
     UNIFORM,
+    COLOURLESS,
     UNDEREXPOSED,
     OVEREXPOSED,
     BLURRED,
@@ -70,6 +76,7 @@ class ImageFeatures:
     brightness: float
     contrast: float
     sharpness: float
+    colourfulness: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return {k: round(float(v), 3) for k, v in asdict(self).items()}
@@ -86,6 +93,8 @@ class QualityThresholds:
         min_brightness: mean luminance, at least (below: under-exposed).
         max_brightness: mean luminance, at most (above: over-exposed).
         min_sharpness: variance of the Laplacian, at least (below: out of focus).
+        min_colourfulness: colourfulness, at least (below: a grey image); ``-inf`` for
+            versions exported before this check (their ``gate.quality`` lacks it).
     """
 
     min_short_side: int
@@ -94,13 +103,18 @@ class QualityThresholds:
     min_brightness: float
     max_brightness: float
     min_sharpness: float
+    min_colourfulness: float = -math.inf
 
     def to_dict(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> QualityThresholds:
-        """Parse ``gate.quality``; ValueError naming the missing or non-numeric keys."""
+        """Parse ``gate.quality``; ValueError naming the missing or non-numeric keys
+        (``min_colourfulness`` may be missing: versions exported before that check)."""
+        raw = {"min_colourfulness": -math.inf, **raw}
+        if raw["min_colourfulness"] is None:  # -inf travels through JSON as null
+            raw["min_colourfulness"] = -math.inf
         names = [f.name for f in fields(cls)]
         bad = [
             n
@@ -135,6 +149,15 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
+def colourfulness(rgb: np.ndarray) -> float:
+    """Hasler and Suesstrunk's colourfulness of an RGB ``uint8`` image (0 for a grey one)."""
+    x = rgb.astype(np.float32)
+    rg = x[..., 0] - x[..., 1]
+    yb = 0.5 * (x[..., 0] + x[..., 1]) - x[..., 2]
+    spread = math.hypot(float(rg.std()), float(yb.std()))
+    return spread + 0.3 * math.hypot(float(rg.mean()), float(yb.mean()))
+
+
 def measure(model_input: np.ndarray, width: int, height: int) -> ImageFeatures:
     """The features of an upload: geometry of the decoded ``width x height`` image, the rest
     of ``model_input`` (the ``eval_resize`` of it at the served version's size)."""
@@ -147,6 +170,7 @@ def measure(model_input: np.ndarray, width: int, height: int) -> ImageFeatures:
         brightness=float(y.mean()),
         contrast=float(y.std()),
         sharpness=sharpness,
+        colourfulness=colourfulness(model_input),
     )
 
 
@@ -179,6 +203,7 @@ def fit_quality_thresholds(
         min_brightness=round(low("brightness"), 3),
         max_brightness=round(high("brightness"), 3),
         min_sharpness=round(low("sharpness"), 3),
+        min_colourfulness=round(low("colourfulness"), 3),
     )
 
 
@@ -207,6 +232,13 @@ def check_content(f: ImageFeatures, t: QualityThresholds) -> Refusal | None:
             UNIFORM,
             f"the image is nearly uniform (contrast {f.contrast:.1f}; training photos have at "
             f"least {t.min_contrast:.1f}): is the lens covered, or the frame blank?",
+        )
+    if f.colourfulness < t.min_colourfulness:
+        return Refusal(
+            COLOURLESS,
+            f"the image has almost no colour (colourfulness {f.colourfulness:.1f}; training "
+            f"photos have at least {t.min_colourfulness:.1f}): a dermoscopic photo of skin is "
+            "never grey. Send the original colour photo, not a greyscale copy or a scan",
         )
     if f.brightness < t.min_brightness:
         return Refusal(

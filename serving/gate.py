@@ -5,8 +5,9 @@ codes and sentences the answers carry):
 
 1. the geometry of the decoded image (``too_small``, ``aspect_ratio``), checked before the
    resize, so an absurd image costs no resize;
-2. the content of the model input (``uniform``, ``underexposed``, ``overexposed``,
-   ``blurred``), on the features ``contracts.images.prepare_decoded`` measured once;
+2. the content of the model input (``uniform``, ``colourless``, ``underexposed``,
+   ``overexposed``, ``blurred``), on the features ``contracts.images.prepare_decoded``
+   measured once;
 3. the model's out-of-distribution score (``out_of_distribution``), returned by Triton with
    the probabilities, for a version exported with it (``gate.ood`` in its ``metadata.json``).
 
@@ -37,6 +38,7 @@ from contracts.metadata import MetadataError, VersionMetadata
 from contracts.quality import (
     ASPECT_RATIO,
     BLURRED,
+    COLOURLESS,
     NOT_A_LESION,
     OUT_OF_DISTRIBUTION,
     OVEREXPOSED,
@@ -59,6 +61,7 @@ BOUNDS = {
     TOO_SMALL: "min_short_side",
     ASPECT_RATIO: "max_aspect",
     UNIFORM: "min_contrast",
+    COLOURLESS: "min_colourfulness",
     UNDEREXPOSED: "min_brightness",
     OVEREXPOSED: "max_brightness",
     BLURRED: "min_sharpness",
@@ -72,6 +75,7 @@ UNBOUNDED = QualityThresholds(
     min_brightness=-math.inf,
     max_brightness=math.inf,
     min_sharpness=-math.inf,
+    min_colourfulness=-math.inf,
 )
 REEXPORT = "re-export it to get the gate (docs/gateway.md, 'What is refused')"
 

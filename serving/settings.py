@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     quality_min_sharpness: float | None = Field(
         None, ge=0, description="override: variance of the Laplacian, at least"
     )
+    quality_min_colourfulness: float | None = Field(
+        None, ge=0, description="override: colourfulness (Hasler-Suesstrunk), at least"
+    )
 
     @field_validator("api_key_hashes", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ from contracts.quality import (
     QualityThresholds,
     check_content,
     check_geometry,
+    luminance,
     measure,
 )
 
@@ -75,6 +76,13 @@ def strip(rgb: np.ndarray, t: QualityThresholds) -> np.ndarray:
 def black_frame(width: int = 600, height: int = 450) -> np.ndarray:
     """A covered lens: a frame of one colour."""
     return np.zeros((height, width, 3), np.uint8)
+
+
+def greyscale(rgb: np.ndarray) -> np.ndarray:
+    """The photo as a greyscale copy in RGB (R = G = B = its luminance): a black-and-white
+    print or scan of it, with its exposure, contrast and focus unchanged."""
+    y = np.clip(luminance(rgb).round(), 0, 255).astype(np.uint8)
+    return np.repeat(y[..., None], 3, axis=-1)
 
 
 def underexposed(rgb: np.ndarray, t: QualityThresholds, size: tuple[int, int]) -> np.ndarray:

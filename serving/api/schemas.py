@@ -129,7 +129,8 @@ class RefusalPublic(BaseModel):
     message: str = Field(description="what is wrong and what to do, for the user")
     features: dict[str, float] | None = Field(
         description="what the checks measured: short_side, aspect (of the decoded image), "
-        "brightness, contrast, sharpness (of the model input); null with several images"
+        "brightness, contrast, sharpness, colourfulness (of the model input); null with several "
+        "images"
     )
     ood_score: float | None = Field(
         description="the model's out-of-distribution score (null: the model was not asked)"

@@ -17,12 +17,12 @@ from tests.factories import ham_layout, smoke_checkpoint
 from training.export import ExportOptions, export
 
 SIZE = (48, 64)
-# The HAM10000 subset a gated export's split is rebuilt on: 50 lesions of each class (fewer
+# The HAM10000 subset a gated export's split is rebuilt on: 150 lesions of each class (fewer
 # where HAM10000 has fewer), 45 % of them for validation, so that the validation split holds
 # more than 199 images and the 1 % threshold is not simply the largest validation score.
-GATE_LESIONS_PER_CLASS = 50
+GATE_LESIONS_PER_CLASS = 150
 GATE_SPLIT = {"val_fraction": 0.45, "test_fraction": 0.05, "seed": 42}
-GATE_IMAGES = 64
+GATE_IMAGES = 2000  # all the training images of the subset
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +59,7 @@ def recorded_checkpoint(
 def gated_version(
     recorded_checkpoint: Path, real_lesions_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, float]:
-    """``recorded_checkpoint`` exported with the gate (mahalanobis, the default):
+    """``recorded_checkpoint`` exported with the gate (knn, the default):
     ``(version folder, seconds the export took)``."""
     repo = tmp_path_factory.mktemp("gated-repo")
     options = ExportOptions(

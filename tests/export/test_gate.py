@@ -42,7 +42,7 @@ from training.export import (
     split_classifier,
     to_torchscript,
 )
-from training.export.ood import check_split
+from training.export.ood import Neighbours, check_split, colour_histogram
 from training.recorded_split import datamodule_hparams, rebuild_split
 
 pytestmark = pytest.mark.slow
@@ -86,14 +86,20 @@ def _grad_mode():
     torch.set_grad_enabled(enabled)
 
 
-@pytest.mark.parametrize("kind", ["mahalanobis", "energy", "msp"])
+@pytest.mark.parametrize("kind", ["knn", "mahalanobis", "energy", "msp"])
 def test_gated_model_is_probability_model_plus_a_score_in_torchscript_too(
     kind, checkpoint, real_lesions_dir
 ):
     torch.set_grad_enabled(False)  # restored by the fixture below
     classifier = load_checkpoint(checkpoint).classifier
     detector, gaussians, images = _real_features(classifier, real_lesions_dir, SIZE)
-    gated = GatedModel(detector, kind, temperature=1.7, gaussians=gaussians).eval()
+    bank = images[::2]  # half the photos as the "training" bank, the other half new
+    neighbours = Neighbours(
+        detector(bank)[1].double().numpy(), colour_histogram(bank).double().numpy(), (0.5, 2.0), 3
+    )
+    gated = GatedModel(
+        detector, kind, temperature=1.7, gaussians=gaussians, neighbours=neighbours
+    ).eval()
     probs, score = gated(images)
     expected = ProbabilityModel(classifier, 1.7).eval()(images)
     # The served probabilities are the ungated model's, to the bit.
@@ -106,6 +112,15 @@ def test_gated_model_is_probability_model_plus_a_score_in_torchscript_too(
     if kind == "mahalanobis":  # the served score is the textbook distance to the nearest class
         textbook = gaussians.distances(detector(images)[1].double().numpy()).min(axis=1)
         np.testing.assert_allclose(score.numpy().ravel(), textbook, rtol=1e-4)
+    if kind == "knn":  # the larger of the two scaled k-th-neighbour cosine distances
+        d = neighbours.distances(
+            detector(images)[1].double().numpy(), colour_histogram(images).double().numpy()
+        )
+        np.testing.assert_allclose(
+            score.numpy().ravel(), np.maximum(d[:, 0] / 0.5, d[:, 1] / 2.0), atol=1e-5
+        )
+        # A photo in the bank is its own nearest neighbour, but the score reads the 3rd.
+        assert (score[::2] >= 0).all()
     if kind == "energy":
         logits = classifier(images).float() / 1.7
         np.testing.assert_allclose(score.numpy().ravel(), -1.7 * logits.logsumexp(1), rtol=1e-5)
@@ -122,6 +137,39 @@ def test_split_takes_the_head_of_torchvision_nets(name, real_lesions_dir):
     scripted, _ = to_torchscript(gated, images[:2])
     diff, score_diff = parity_outputs(gated, scripted, images.numpy()[:8])
     assert diff <= PARITY_TOLERANCE and score_diff is not None and score_diff <= SCORE_TOLERANCE
+
+
+def test_colour_histogram_counts_the_pixels_of_each_colour_cell():
+    """A known answer: a quarter of the pixels in each of four colour cells."""
+    image = torch.zeros(1, 4, 4, 3, dtype=torch.uint8)
+    image[0, :2, :2] = torch.tensor([255, 0, 0])  # cell (3, 0, 0)
+    image[0, :2, 2:] = torch.tensor([0, 255, 0])  # cell (0, 3, 0)
+    image[0, 2:, :2] = torch.tensor([70, 70, 200])  # cell (1, 1, 3)
+    hist = colour_histogram(image)[0] ** 2
+    expected = torch.zeros(64)
+    for r, g, b in ((3, 0, 0), (0, 3, 0), (1, 1, 3), (0, 0, 0)):
+        expected[(r * 4 + g) * 4 + b] = 0.25
+    assert torch.allclose(hist, expected)
+
+
+def test_knn_score_is_higher_for_images_unlike_the_bank():
+    """A known answer: a bank of reddish images; a red image is near, a blue one far."""
+    torch.set_grad_enabled(False)
+    rng = np.random.default_rng(0)
+    reds = rng.integers(0, 60, (40, 8, 8, 3)).astype(np.uint8)
+    reds[..., 0] += 180
+    blue = np.zeros((1, 8, 8, 3), np.uint8)
+    blue[..., 2] = 220
+    red = reds[:1].copy()
+    detector = FeatureClassifier(nn.Flatten(), nn.Linear(192, NUM_CLASSES))
+    bank = torch.from_numpy(reds[1:])
+    neighbours = Neighbours(
+        detector(bank.float())[1].numpy(), colour_histogram(bank).numpy(), (1.0, 1.0), 5
+    )
+    gated = GatedModel(detector, "knn", neighbours=neighbours).eval()
+    near = float(gated(torch.from_numpy(red).float())[1])
+    far = float(gated(torch.from_numpy(blue).float())[1])
+    assert far > 2 * near
 
 
 def test_a_model_without_a_linear_layer_cannot_be_split():
@@ -151,7 +199,9 @@ def test_mahalanobis_known_answer():
     truth = rotation @ np.diag(1 / stds**2) @ rotation.T
     np.testing.assert_allclose(gaussians.precision, truth, rtol=0.1, atol=0.05)
 
-    model = GatedModel(FeatureClassifier(nn.Identity(), nn.Linear(4, 7)), gaussians=gaussians)
+    model = GatedModel(
+        FeatureClassifier(nn.Identity(), nn.Linear(4, 7)), "mahalanobis", gaussians=gaussians
+    )
     wide, narrow = means[1] + 6 * rotation[:, 0], means[1] + 6 * rotation[:, 3]
     with torch.no_grad():
         score = model(torch.tensor(np.stack([wide, narrow]), dtype=torch.float32))[1].numpy()
@@ -188,9 +238,10 @@ def test_metadata_and_config_of_a_gated_version(gated_version):
     assert meta.has_ood_output and meta.output_names() == [OUTPUT_NAME, OOD_OUTPUT_NAME]
     quality, ood = meta.gate["quality"], meta.gate["ood"]
     assert isinstance(meta.quality_thresholds(), QualityThresholds)
-    assert quality["percentiles"] == [0.1, 99.9] and quality["images"] == GATE_IMAGES
-    assert ood["score"] == "mahalanobis" and ood["target_false_refusal"] == 0.01
-    assert ood["fit_images"] == GATE_IMAGES and ood["feature_dim"] == 192  # compact_cnn
+    assert quality["percentiles"] == [0.1, 99.9] and quality["images"] == ood["fit_images"]
+    assert ood["score"] == "knn" and ood["target_false_refusal"] == 0.01
+    assert ood["k"] == 5 and min(ood["scales"].values()) > 0
+    assert 400 < ood["fit_images"] <= GATE_IMAGES and ood["feature_dim"] == 192  # compact_cnn
     assert ood["validation_images"] >= 99 and 0 <= ood["validation_false_refusal"] <= 0.01
     assert meta.parity["ood_max_rel_diff"] <= SCORE_TOLERANCE == meta.parity["ood_tolerance"]
     written = json.loads((folder / "metadata.json").read_text())
@@ -204,22 +255,35 @@ def test_metadata_and_config_of_a_gated_version(gated_version):
 def test_threshold_refuses_at_most_one_percent_of_the_validation_images(
     gated_version, recorded_checkpoint
 ):
-    """The served model (TorchScript) on every validation image of the recorded split."""
+    """The whole gate as the gateway applies it (the quality checks, then the served model's
+    score, TorchScript) on every validation image of the recorded split: at most 1 %."""
     folder, _ = gated_version
-    ood = read_metadata(folder).gate["ood"]
+    meta = read_metadata(folder)
+    ood, quality = meta.gate["ood"], meta.quality_thresholds()
     val = rebuild_split(datamodule_hparams(recorded_checkpoint), SIZE).splits["val"]
-    images = np.stack([eval_resize(read_image(p), SIZE) for p in val["path"]])
+    originals = [read_image(p) for p in val["path"]]
+    images = np.stack([eval_resize(img, SIZE) for img in originals])
+    passed = np.array(
+        [
+            check_geometry(o.shape[1], o.shape[0], quality) is None
+            and check_content(measure(x, o.shape[1], o.shape[0]), quality) is None
+            for o, x in zip(originals, images, strict=True)
+        ]
+    )
     with torch.no_grad():
         scores = _load(folder / "model.pt")(torch.from_numpy(images))[1].numpy().ravel()
     n = len(scores)
-    assert n == ood["validation_images"] and n >= 199  # so the rank is below n: a real cut
+    assert n == ood["validation_images"] and n >= 199
     slack = SCORE_TOLERANCE * max(1.0, abs(ood["threshold"]))  # eager vs TorchScript
-    refused = np.mean(scores > ood["threshold"] + slack)
-    assert 0 < refused <= 0.01
+    by_score = scores > ood["threshold"] + slack
+    refused = np.mean(~passed | by_score)
+    assert refused <= 0.01, (ood, np.mean(~passed))
     assert refused == pytest.approx(ood["validation_false_refusal"], abs=1 / n)
-    # The threshold is the k-th smallest served score, k = ceil((n + 1) * 0.99).
-    assert ood["rank"] == int(np.ceil((n + 1) * 0.99 - 1e-9)) < n
-    assert np.sort(scores)[ood["rank"] - 1] == pytest.approx(ood["threshold"], rel=SCORE_TOLERANCE)
+    assert np.mean(~passed) == pytest.approx(ood["validation_quality_refusal"])
+    # The threshold is a served score: the rank-th smallest of the images the checks pass.
+    assert np.sort(scores[passed])[ood["rank"] - 1] == pytest.approx(
+        ood["threshold"], rel=SCORE_TOLERANCE
+    )
 
 
 def test_quality_thresholds_pass_the_training_photos(gated_version, recorded_checkpoint):

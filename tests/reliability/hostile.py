@@ -11,7 +11,8 @@ a PNG whose IDAT CRC is wrong but whose zlib stream (Adler-32 checked) is intact
 Since the gate (``serving.gate``): a decodable image that is not a usable lesion photo gets a
 422 with a reason code (``code`` of the case), recorded as a refusal. The small frames of the
 mode cases are decoded and then refused as ``too_small``, which shows they were decoded (an
-undecodable one is a 422 without a code); full-size photos in those modes are diagnosed.
+undecodable one is a 422 without a code); full-size photos in those modes are diagnosed, except
+a greyscale one: it is decoded, then refused as ``colourless``.
 """
 
 from __future__ import annotations
@@ -243,6 +244,8 @@ CASES = [Case(*c) for c in [
     ("full-size CMYK JPEG", MODE, OK, "converted to RGB, diagnosed", up(full("CMYK", "JPEG"))),
     ("full-size RGBA PNG", MODE, OK, "opaque: the photo itself", up(full("RGBA", "PNG"), "x.png")),
     ("full-size PNG", MODE, OK, "content decides the format", up(full("RGB", "PNG"), "x.png")),
+    ("full-size greyscale JPEG", MODE, REFUSED, "decoded to RGB, R = G = B: no colour",
+     up(full("L", "JPEG")), "colourless"),
     # the gate: decodable, not a usable dermoscopic lesion photo
     ("100000x10 PNG", GATE, REFUSED, "a shorter side of 10", up(sliver, "x.png"), SMALL),
     ("photo squashed to 10:1", GATE, REFUSED, "absurd aspect ratio", up(strip), "aspect_ratio"),

@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from contracts.metadata import VersionMetadata
+from contracts.quality import COLOURLESS, ImageFeatures, check_content
+from serving.gate import GatePolicy, gate_for, screen_pixels
 from serving.model_info import referral_setup
 from serving.referral import decide, no_advice
 from serving.security import client_id, ensure_dev_key, hash_key, main, match_key, new_key
@@ -35,6 +38,33 @@ def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch
         assert get_settings() is get_settings()  # read once
     finally:
         get_settings.cache_clear()
+
+
+def test_colourfulness_override_comes_from_its_own_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SKIN_QUALITY_MIN_COLOURFULNESS overrides the version's threshold like the others; for a
+    version without gate.quality it is the only one checked (the rest unbounded: null in the
+    /v1/models description)."""
+    monkeypatch.setenv("SKIN_QUALITY_MIN_COLOURFULNESS", "10.5")
+    s = Settings(allow_no_auth=True)
+    assert s.quality_overrides == {"min_colourfulness": 10.5}
+    gate = gate_for(None, "1", GatePolicy.from_settings(s))
+    assert gate.quality is not None and gate.quality_source == (
+        "settings (SKIN_QUALITY_MIN_COLOURFULNESS)"
+    )
+    described = gate.describe()["quality"]
+    assert described["min_colourfulness"] == 10.5
+    unbounded = {k for k, v in described.items() if v is None}
+    assert unbounded == set(described) - {"min_colourfulness", "min_short_side"}
+    grey = np.full((450, 600, 3), 120, np.uint8)
+    grey[::2] = 60  # contrast and sharpness, no colour
+    model_input, refusal = screen_pixels(grey, (112, 150), gate.quality)
+    assert model_input is not None and refusal is not None and refusal.code == COLOURLESS
+    fine = ImageFeatures(450, 1.33, 150.0, 30.0, 50.0, colourfulness=11.0)
+    assert check_content(fine, gate.quality) is None
+    with pytest.raises(ValidationError):
+        Settings(allow_no_auth=True, quality_min_colourfulness=-1)
 
 
 def test_settings_refuse_to_run_without_keys_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ lock. Eager and TorchScript outputs are compared on real images first; a version
 by more than 1e-5 is not written.
 
 With the gate (the default; ``--no-gate`` to leave it out) the model has a second output, an
-out-of-distribution score per image (``--ood-score``, default mahalanobis), and
+out-of-distribution score per image (``--ood-score``, default knn), and
 ``metadata.json``'s ``gate`` holds its threshold (at most 1 % of validation images over it)
 and the image-quality thresholds, all computed from the checkpoint's recorded split
 (``training.export.gate``; up to ``--gate-images`` training images are read for it).
@@ -55,8 +55,9 @@ class ExportOptions:
         gate: compute the gate (quality thresholds, the out-of-distribution score output and
             its threshold) from the recorded split; False exports the probabilities alone.
         ood_score: the score kind, one of :data:`training.export.ood.OOD_SCORES`.
-        gate_images: training images read (seeded, stratified) for the quality thresholds
-            and the mahalanobis Gaussians; the threshold uses every validation image.
+        gate_images: training images (seeded, stratified) in the knn bank or the mahalanobis
+            Gaussians; the quality thresholds use every training image, the threshold every
+            validation image.
     """
 
     parity_images: str | Path | None = None

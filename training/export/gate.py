@@ -3,23 +3,27 @@
 ``metadata.json``'s ``gate`` holds two things, both chosen here at export:
 
 - ``quality``: the image-quality thresholds (:func:`contracts.quality.fit_quality_thresholds`)
-  from up to ``max_images`` training images (seeded, stratified by class), each measured as
-  the gateway measures an upload: geometry of the original file, the rest on its
+  from EVERY training image (extreme percentiles need them all; no network pass), each
+  measured as the gateway measures an upload: geometry of the original file, the rest on its
   ``eval_resize`` at the version's input size.
 - ``ood``: the out-of-distribution score of :class:`training.export.ood.GatedModel`. For
-  ``mahalanobis`` the class Gaussians are fitted on the same training images' penultimate
-  features; the threshold is then chosen on EVERY validation image so that at most
-  :data:`TARGET_FALSE_REFUSAL` of them would be refused (:func:`training.export.ood.
-  choose_threshold`), and the rate achieved is recorded.
+  ``knn`` (the default) the bank holds up to ``max_images`` seeded, class-stratified training
+  images' penultimate features and colour histograms, and each space's distance is scaled by
+  its 99th percentile on the validation split; for ``mahalanobis`` the class Gaussians are
+  fitted on those images' features. The threshold is then chosen on EVERY validation image so
+  that the WHOLE gate refuses at most :data:`TARGET_FALSE_REFUSAL` of them: the quality
+  checks' validation refusals use part of that budget, and the score's threshold is the
+  split-conformal quantile (:func:`training.export.ood.choose_threshold`) of the images the
+  checks let through with what is left. The rates reached are recorded
+  (``validation_false_refusal``, ``validation_quality_refusal``, ``validation_score_refusal``).
 
 When the split cannot be rebuilt here (no recorded data module, data missing, synthetic data)
 export warns and writes no gate, like the referral thresholds (``gate: null``; the gateway
 then applies its own settings or none).
 
-Cost, measured on the project's 2-core CPU while a training run shared it: EfficientNet-Lite0
-at 112x150, 2000 training and 1376 validation HAM10000 images, 250 s with ``mahalanobis`` (one
-forward pass over both) and 85 s with ``energy`` (the training images are only read for the
-quality thresholds); the tests' smoke export (14 + 7 images, compact_cnn), about 2 s.
+Cost: see docs/results.md, "Refusing what is not a lesion photo" (EfficientNet-Lite0 at
+112x150 on the 2-core CPU, measured with its export command); the tests' smoke exports take a
+few seconds.
 """
 
 from __future__ import annotations
@@ -43,15 +47,20 @@ from contracts.quality import (
     HIGH_PERCENTILE,
     LOW_PERCENTILE,
     ImageFeatures,
+    check_content,
+    check_geometry,
     fit_quality_thresholds,
     measure,
 )
 from training.export.ood import (
     DEFAULT_OOD_SCORE,
+    HISTOGRAM_BINS,
     OOD_SCORES,
     GatedModel,
+    Neighbours,
     check_split,
     choose_threshold,
+    colour_histogram,
     fit_gaussians,
     gaussians_metadata,
     split_classifier,
@@ -160,26 +169,64 @@ def compute_gate(  # noqa: PLR0913 (keyword-only options, ExportOptions' gate fi
     detector = split_classifier(classifier)
     sample = stratified_sample(train, max_images, seed)
     quality: list[ImageFeatures] = []
-    features = []
-    for i, (images, sizes) in enumerate(_batches(sample["path"].tolist(), input_size)):
+    features, colours = [], []
+    needs_features = kind in ("mahalanobis", "knn")
+    # The quality thresholds are extreme percentiles: every training image counts (no network
+    # pass, only decode, resize and the features: about 3 ms an image).
+    for images, sizes in _batches(train["path"].tolist(), input_size):
         quality += [measure(img, w, h) for img, (w, h) in zip(images.numpy(), sizes, strict=True)]
+    for i, (images, _sizes) in enumerate(_batches(sample["path"].tolist(), input_size)):
         # The first batch proves the split gives the classifier's own logits.
         if i == 0:
             features.append(check_split(detector, classifier, images)[1].double().numpy())
-        elif kind == "mahalanobis":
+        elif needs_features:
             features.append(detector(images)[1].double().numpy())
+        if kind == "knn":
+            colours.append(colour_histogram(images).double().numpy())
+    thresholds = fit_quality_thresholds(quality, input_size)
     ood: dict[str, Any] = {"score": kind}
-    gaussians = None
+    gaussians, neighbours = None, None
     if kind == "mahalanobis":
         labels = np.array([CLASS_INDEX[c] for c in sample["label"]])
         gaussians = fit_gaussians(np.concatenate(features), labels)
         ood.update(gaussians_metadata(gaussians))
-    model = GatedModel(detector, kind, temperature, gaussians, served).eval()
-    scores = np.concatenate(
-        [model(x)[1].double().numpy().ravel() for x, _ in _batches(list(val["path"]), input_size)]
+    val_batches = list(_batches(list(val["path"]), input_size))
+    if kind == "knn":
+        neighbours = Neighbours(np.concatenate(features), np.concatenate(colours))
+        val_features = np.concatenate([detector(x)[1].double().numpy() for x, _ in val_batches])
+        val_colours = np.concatenate([colour_histogram(x).double().numpy() for x, _ in val_batches])
+        scales = np.percentile(neighbours.distances(val_features, val_colours), 99, axis=0)
+        neighbours.scales = (max(float(scales[0]), 1e-6), max(float(scales[1]), 1e-6))
+        ood.update(
+            k=neighbours.k,
+            scales={"features": neighbours.scales[0], "colours": neighbours.scales[1]},
+            histogram_bins=HISTOGRAM_BINS,
+        )
+    model = GatedModel(detector, kind, temperature, gaussians, served, neighbours).eval()
+    scores = np.concatenate([model(x)[1].double().numpy().ravel() for x, _ in val_batches])
+    # The whole gate refuses at most the target: the quality checks' validation refusals use
+    # part of it, the score the rest (chosen among the images the checks let through).
+    passed = np.array(
+        [
+            check_geometry(w, h, thresholds) is None
+            and check_content(measure(img, w, h), thresholds) is None
+            for x, sizes in val_batches
+            for img, (w, h) in zip(x.numpy(), sizes, strict=True)
+        ]
     )
-    threshold, achieved, rank = choose_threshold(scores, TARGET_FALSE_REFUSAL)
-    if rank == len(scores) and len(scores) < 1 / TARGET_FALSE_REFUSAL - 1:
+    quality_rate = 1 - float(passed.mean())
+    budget = (TARGET_FALSE_REFUSAL - quality_rate) / max(float(passed.mean()), 1e-9)
+    if budget <= 0 or not passed.any():
+        log.warning(
+            "the quality checks alone refuse %.2f %% of the validation images: the OOD "
+            "threshold is their largest score",
+            100 * quality_rate,
+        )
+        threshold, rank = float(scores.max()), len(scores)
+    else:
+        threshold, _, rank = choose_threshold(scores[passed], budget)
+    achieved = float(np.mean(~passed | (scores > threshold)))
+    if rank == int(passed.sum()) and len(scores) < 1 / TARGET_FALSE_REFUSAL - 1:
         log.warning(
             "only %d validation images: the OOD threshold is their largest score, and "
             "the %.0f %% false-refusal bound does not hold",
@@ -190,12 +237,13 @@ def compute_gate(  # noqa: PLR0913 (keyword-only options, ExportOptions' gate fi
         threshold=threshold,
         target_false_refusal=TARGET_FALSE_REFUSAL,
         validation_false_refusal=achieved,
+        validation_score_refusal=float(np.mean(scores > threshold)),
+        validation_quality_refusal=quality_rate,
         validation_images=len(scores),
         rank=rank,
-        fit_images=len(sample) if kind == "mahalanobis" else 0,
+        fit_images=len(sample) if needs_features else 0,
         feature_dim=int(features[0].shape[1]),
     )
-    thresholds = fit_quality_thresholds(quality, input_size)
     metadata = {
         "quality": {
             **thresholds.to_dict(),

@@ -6,7 +6,15 @@ A version exported with the gate serves :class:`GatedModel` instead of
 ``ProbabilityModel`` (``softmax(logits / T)``) and the score higher the further an image is from
 the training photos. The score kinds (``metadata.json``'s ``gate.ood.score``):
 
-- ``mahalanobis`` (default): the classifier is split at its last ``nn.Linear``
+- ``knn`` (default, chosen by measurement: docs/results.md, "Refusing what is not a lesion
+  photo"): deep nearest neighbours (Sun et al. 2022) in two spaces, so that both what the
+  network sees and the photo's colours count. ``d = 1 - cos``, the cosine distance to the
+  ``k``-th nearest of the training images (a bank of up to 2000, stored in the model), of (a)
+  the penultimate features and (b) the square root of the joint RGB histogram (4 x 4 x 4
+  bins) of the model input; each distance divided by its 99th percentile on the validation
+  split, and the score is the larger of the two. A scene, a document or a texture lies far
+  from every dermoscopic photo in one space or the other.
+- ``mahalanobis``: the classifier is split at its last ``nn.Linear``
   (:func:`split_classifier`); its penultimate features ``f`` are compared with one Gaussian per
   class fitted on training-split features (class means ``mu_c``, one shared covariance with
   Ledoit-Wolf shrinkage): ``min_c (f - mu_c)^T P (f - mu_c)``, ``P`` the precision. The means
@@ -31,8 +39,10 @@ import torch.nn as nn
 from contracts.errors import ConfigError, DataError
 from contracts.labels import NUM_CLASSES
 
-OOD_SCORES: tuple[str, ...] = ("mahalanobis", "energy", "msp")
-DEFAULT_OOD_SCORE = "mahalanobis"
+OOD_SCORES: tuple[str, ...] = ("knn", "mahalanobis", "energy", "msp")
+DEFAULT_OOD_SCORE = "knn"
+KNN_K = 5
+HISTOGRAM_BINS = 4  # per channel: a 4 x 4 x 4 joint RGB histogram
 # Eager and TorchScript scores may differ by this much, relative to the score's magnitude
 # (absolute below 1): float32 sums over hundreds of features are reordered by the JIT.
 SCORE_TOLERANCE = 1e-4
@@ -180,6 +190,59 @@ def fit_gaussians(
     return Gaussians(means, whitening, classes, float(shrinkage), len(x))
 
 
+def colour_histogram(image: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.Tensor:
+    """``uint8 [N, H, W, 3]`` -> the square root of each image's joint RGB histogram,
+    ``[N, bins**3]`` (each row sums to 1 before the root)."""
+    q = torch.div(image.long() * bins, 256, rounding_mode="floor")
+    index = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    flat = index.reshape(index.shape[0], -1)
+    # Sizes and the pixel count stay symbolic, so a traced model takes any batch.
+    counts = flat.new_zeros((flat.shape[0], bins**3), dtype=torch.float32)
+    counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float32))
+    return torch.sqrt(counts / counts.sum(dim=1, keepdim=True))
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.asarray(x / np.where(norm > 0, norm, 1.0))
+
+
+def knn_distance(bank: np.ndarray, x: np.ndarray, k: int = KNN_K) -> np.ndarray:
+    """``1 - cos`` to the ``k``-th nearest row of ``bank`` (both unnormalised), per row of x."""
+    similarity = unit_rows(x) @ unit_rows(bank).T
+    kth = np.sort(similarity, axis=1)[:, -min(k, bank.shape[0])]
+    return np.asarray(1.0 - kth)
+
+
+@dataclass
+class Neighbours:
+    """The ``knn`` score's reference: training images' features and colour histograms.
+
+    Args:
+        features: ``[M, D]`` penultimate features of training images.
+        colours: ``[M, bins**3]`` their :func:`colour_histogram`.
+        scales: the two distances' 99th percentiles on validation images (each distance is
+            divided by its own, so neither space dominates).
+        k: which neighbour's distance counts.
+    """
+
+    features: np.ndarray
+    colours: np.ndarray
+    scales: tuple[float, float] = (1.0, 1.0)
+    k: int = KNN_K
+
+    def distances(self, features: np.ndarray, colours: np.ndarray) -> np.ndarray:
+        """``[N, 2]``: the unscaled cosine distances in the two spaces (numpy reference)."""
+        return np.stack(
+            [
+                knn_distance(self.features, features, self.k),
+                knn_distance(self.colours, colours, self.k),
+            ],
+            axis=1,
+        )
+
+
 class GatedModel(nn.Module):
     """``uint8 [N, H, W, 3]`` -> ``(probabilities [N, C], ood_score [N, 1])``: a gated version.
 
@@ -206,6 +269,7 @@ class GatedModel(nn.Module):
         temperature: float = 1.0,
         gaussians: Gaussians | None = None,
         classifier: nn.Module | None = None,
+        neighbours: Neighbours | None = None,
     ) -> None:
         super().__init__()
         if kind not in OOD_SCORES:
@@ -214,16 +278,36 @@ class GatedModel(nn.Module):
             raise ConfigError(f"temperature must be positive, got {temperature}")
         if kind == "mahalanobis" and gaussians is None:
             raise ConfigError("the mahalanobis score needs the fitted class Gaussians")
+        if kind == "knn" and neighbours is None:
+            raise ConfigError("the knn score needs the training images' neighbours")
         self.detector = detector
         self.kind = kind
         self.separate = classifier is not None
         self.classifier = classifier if classifier is not None else nn.Identity()
         self.register_buffer("temperature", torch.tensor(float(temperature)))
-        empty = torch.zeros(0, 0)
-        means = torch.from_numpy(gaussians.means).float() if gaussians else empty
-        whitening = torch.from_numpy(gaussians.whitening).float() if gaussians else empty
+
+        def empty() -> torch.Tensor:  # one per buffer: a traced model cannot share tensors
+            return torch.zeros(0, 0)
+
+        means = torch.from_numpy(gaussians.means).float() if gaussians else empty()
+        whitening = torch.from_numpy(gaussians.whitening).float() if gaussians else empty()
         self.register_buffer("means", means)
         self.register_buffer("whitening", whitening)
+        # The class centres in the whitened space, once (not 7 x D x D multiply-adds a call).
+        centers = (
+            torch.from_numpy(gaussians.means @ gaussians.whitening).float()
+            if gaussians
+            else empty()
+        )
+        self.register_buffer("centers", centers)
+        n = neighbours
+        self.k = min(n.k, len(n.features)) if n is not None else KNN_K
+        bank = torch.from_numpy(unit_rows(n.features)).float() if n is not None else empty()
+        colours = torch.from_numpy(unit_rows(n.colours)).float() if n is not None else empty()
+        self.register_buffer("bank", bank.t().contiguous())  # [D, M]: one product a batch
+        self.register_buffer("colour_bank", colours.t().contiguous())
+        scales = torch.tensor(n.scales if n is not None else (1.0, 1.0), dtype=torch.float32)
+        self.register_buffer("scales", scales)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, features = self.detector(image)
@@ -231,9 +315,12 @@ class GatedModel(nn.Module):
         probabilities = torch.softmax(served / self.temperature, dim=1)
         if self.kind == "mahalanobis":
             z = torch.matmul(features, self.whitening)
-            centers = torch.matmul(self.means, self.whitening)
-            distances = (z.unsqueeze(1) - centers.unsqueeze(0)).pow(2).sum(dim=2)
+            distances = (z.unsqueeze(1) - self.centers.unsqueeze(0)).pow(2).sum(dim=2)
             score = distances.min(dim=1, keepdim=True).values
+        elif self.kind == "knn":
+            d_features = self._knn(features, self.bank)
+            d_colours = self._knn(colour_histogram(image), self.colour_bank)
+            score = torch.maximum(d_features / self.scales[0], d_colours / self.scales[1])
         elif self.kind == "energy":
             score = -self.temperature * torch.logsumexp(
                 logits / self.temperature, dim=1, keepdim=True
@@ -241,6 +328,12 @@ class GatedModel(nn.Module):
         else:
             score = -probabilities.max(dim=1, keepdim=True).values
         return probabilities, score
+
+    def _knn(self, x: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        similarity = torch.matmul(unit, bank)
+        kth = torch.topk(similarity, self.k, dim=1).values[:, self.k - 1 : self.k]
+        return 1.0 - kth
 
 
 def choose_threshold(scores: np.ndarray, target: float) -> tuple[float, float, int]:

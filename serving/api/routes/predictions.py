@@ -37,10 +37,11 @@ REFUSED = {
     "description": "invalid field or unreadable image (`detail`, `errors`); or REFUSED: the "
     "image is not a usable dermoscopic photo of a skin lesion, so it gets no diagnosis "
     "(`detail`: what is wrong and what to do, `code`: the reason, one of too_small, "
-    "aspect_ratio, uniform, underexposed, overexposed, blurred, out_of_distribution, "
-    "multiple_images; `refusal`: what was measured). With SKIN_REFUSAL_MODE=flag a refused "
-    "image gets a 201 with `refused` set and the ranking withheld instead (multiple_images "
-    "stays a 422). A retry with the same request id gets the same refusal.",
+    "aspect_ratio, uniform, colourless, underexposed, overexposed, blurred, "
+    "out_of_distribution, multiple_images; `refusal`: what was measured). With "
+    "SKIN_REFUSAL_MODE=flag a refused image gets a 201 with `refused` set and the ranking "
+    "withheld instead (multiple_images stays a 422). A retry with the same request id gets "
+    "the same refusal.",
 }
 
 
