@@ -16,6 +16,7 @@ import io
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,6 +27,9 @@ from benchmarks.common import Stats, machine, stats
 from contracts.images import eval_resize
 
 MODEL = "efficientnet_lite0"
+KNN = "probabilities + kNN score (the default, bank of 2000)"
+GATE_BEFORE = "gateway before the quality gate (decode + resize + brightness/contrast)"
+GATE_AFTER = "gateway with the quality gate (serving.gate.screen: + sharpness + 6 checks)"
 
 
 def _pillow(data: bytes) -> np.ndarray:
@@ -68,6 +72,24 @@ def ways(size: tuple[int, int]) -> dict[str, Callable]:
     def simplejpeg_scaled(data: bytes) -> np.ndarray:
         return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=h, min_width=w)
 
+    from contracts.images import decode_image, luminance_stats
+    from contracts.quality import QualityThresholds
+    from serving.gate import screen
+
+    # Thresholds every real photo passes, so the whole path runs (a refusal would stop early).
+    passing = QualityThresholds(1, 100.0, 0.0, 0.0, 255.0, 0.0)
+
+    def before_gate(data: bytes) -> np.ndarray:
+        """The gateway's path before the gate: decode, resize, brightness and contrast."""
+        model_input = eval_resize(decode_image(data, max_pixels).rgb, size)
+        luminance_stats(model_input)
+        return model_input
+
+    def gated(data: bytes) -> np.ndarray:
+        screened = screen(data, size, max_pixels, None, passing)
+        assert screened.prepared is not None and screened.refusal is None
+        return screened.prepared.model_input
+
     return {
         "Pillow": lambda d: eval_resize(_pillow(d), size),
         "OpenCV": lambda d: eval_resize(_opencv(d), size),
@@ -76,6 +98,8 @@ def ways(size: tuple[int, int]) -> dict[str, Callable]:
         "gateway prepare_image now (simplejpeg + checks + stats)": lambda d: (
             prepare_image(d, size, max_pixels).model_input
         ),
+        GATE_BEFORE: before_gate,
+        GATE_AFTER: gated,
         "Pillow draft, DCT-scaled": lambda d: eval_resize(pil_draft(d), size),
         "simplejpeg, DCT-scaled": lambda d: eval_resize(simplejpeg_scaled(d), size),
     }
@@ -90,6 +114,66 @@ def _per_image_ms(fn: Callable[[bytes], np.ndarray], photos: list[bytes], repeat
             fn(d)
         samples.append((time.perf_counter() - start) * 1000 / len(photos))
     return stats(samples)
+
+
+def _gated_models(size: tuple[int, int]) -> dict[str, Any]:
+    """The exported model without and with the out-of-distribution score, as export writes
+    them (TorchScript): the default kNN score with a bank of 2000 (random) training images, and
+    Mahalanobis with Gaussians fitted on random features."""
+    import torch
+
+    import models
+    from training.export.gate import GATE_IMAGES
+    from training.export.ood import (
+        HISTOGRAM_BINS,
+        GatedModel,
+        Neighbours,
+        fit_gaussians,
+        split_classifier,
+    )
+    from training.export.torchscript import to_torchscript
+    from training.export.wrapper import ProbabilityModel
+
+    torch.manual_seed(0)
+    classifier = models.create_classifier(MODEL, 7).eval()
+    detector = split_classifier(classifier)
+    example = torch.randint(0, 256, (64, *size, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        _, features = detector(example)
+    labels = np.arange(len(features)) % 7
+    gaussians = fit_gaussians(features.numpy().astype(np.float64), labels)
+    plain = ProbabilityModel(classifier).eval()
+    rng = np.random.default_rng(0)
+    bank = Neighbours(
+        rng.normal(size=(GATE_IMAGES, features.shape[1])),
+        rng.random((GATE_IMAGES, HISTOGRAM_BINS**3)),
+    )
+    knn = GatedModel(detector, "knn", 1.0, neighbours=bank).eval()
+    mahalanobis = GatedModel(detector, "mahalanobis", 1.0, gaussians).eval()
+    return {
+        "probabilities only": to_torchscript(plain, example[:2])[0],
+        KNN: to_torchscript(knn, example[:2])[0],
+        "probabilities + Mahalanobis score": to_torchscript(mahalanobis, example[:2])[0],
+    }
+
+
+def _paired_ms(nets: dict[str, Any], size: tuple[int, int], repeats: int) -> dict[str, Stats]:
+    """Per-image ms at batch 1, the variants interleaved so load affects them alike."""
+    import torch
+
+    x = torch.randint(0, 256, (1, *size, 3), dtype=torch.uint8)
+    samples: dict[str, list[float]] = {name: [] for name in nets}
+    with torch.inference_mode():
+        for net in nets.values():
+            for _ in range(3):
+                net(x)
+        for _ in range(repeats):
+            for name, net in nets.items():
+                start = time.perf_counter()
+                for _ in range(20):
+                    net(x)
+                samples[name].append((time.perf_counter() - start) * 1000 / 20)
+    return {name: stats(v) for name, v in samples.items()}
 
 
 def _model_ms(size: tuple[int, int], repeats: int) -> dict[int, Stats]:
@@ -138,6 +222,7 @@ def run(images_dir: Path | None = None, repeats: int = 5) -> dict:
         "size": list(size),
         "rows": rows,
         "model_ms": _model_ms(size, repeats),
+        "gate_model_ms": _paired_ms(_gated_models(size), size, 3 * repeats),
         "machine": machine(),
     }
 
@@ -165,6 +250,20 @@ def markdown(res: dict) -> str:
         f"batch 32. The gateway's decode is "
         f"{gateway / model[32].median:.2f}x a batched inference of one image, "
         f"{gateway / model[1].median:.2f}x a batch-1 inference.",
+    ]
+    rows = {r["way"]: r["ms"].median for r in res["rows"]}
+    gate = res["gate_model_ms"]
+    plain, scored = gate["probabilities only"], gate[KNN]
+    maha = gate["probabilities + Mahalanobis score"]
+    lines += [
+        "",
+        "The gate's added latency per upload (issue #16's goal: at most 2 ms at p50): the quality "
+        f"checks add {rows[GATE_AFTER] - rows[GATE_BEFORE]:+.2f} ms to the image path "
+        f"({rows[GATE_BEFORE]:.2f} -> {rows[GATE_AFTER]:.2f} ms, medians above); the "
+        f"out-of-distribution score inside the exported {MODEL} (TorchScript as exported, batch "
+        f"1, interleaved runs) takes {plain.fmt(2)} ms without and {scored.fmt(2)} ms with the "
+        f"default kNN score ({scored.median - plain.median:+.2f} ms, "
+        f"{scored.median / plain.median:.2f}x; Mahalanobis: {maha.fmt(2)} ms).",
     ]
     return "\n".join(lines)
 
