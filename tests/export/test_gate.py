@@ -42,7 +42,7 @@ from training.export import (
     split_classifier,
     to_torchscript,
 )
-from training.export.ood import Neighbours, check_split, colour_histogram
+from training.export.ood import KNN_K, Neighbours, check_split, colour_histogram
 from training.recorded_split import datamodule_hparams, rebuild_split
 
 pytestmark = pytest.mark.slow
@@ -145,7 +145,7 @@ def test_colour_histogram_counts_the_pixels_of_each_colour_cell():
     image[0, :2, :2] = torch.tensor([255, 0, 0])  # cell (3, 0, 0)
     image[0, :2, 2:] = torch.tensor([0, 255, 0])  # cell (0, 3, 0)
     image[0, 2:, :2] = torch.tensor([70, 70, 200])  # cell (1, 1, 3)
-    hist = colour_histogram(image)[0] ** 2
+    hist = colour_histogram(image, bins=4)[0] ** 2
     expected = torch.zeros(64)
     for r, g, b in ((3, 0, 0), (0, 3, 0), (1, 1, 3), (0, 0, 0)):
         expected[(r * 4 + g) * 4 + b] = 0.25
@@ -240,7 +240,7 @@ def test_metadata_and_config_of_a_gated_version(gated_version):
     assert isinstance(meta.quality_thresholds(), QualityThresholds)
     assert quality["percentiles"] == [0.1, 99.9] and quality["images"] == ood["fit_images"]
     assert ood["score"] == "knn" and ood["target_false_refusal"] == 0.01
-    assert ood["k"] == 5 and min(ood["scales"].values()) > 0
+    assert ood["k"] == KNN_K and min(ood["scales"].values()) > 0
     assert 400 < ood["fit_images"] <= GATE_IMAGES and ood["feature_dim"] == 192  # compact_cnn
     assert ood["validation_images"] >= 99 and 0 <= ood["validation_false_refusal"] <= 0.01
     assert meta.parity["ood_max_rel_diff"] <= SCORE_TOLERANCE == meta.parity["ood_tolerance"]

@@ -10,7 +10,7 @@ the training photos. The score kinds (``metadata.json``'s ``gate.ood.score``):
   photo"): deep nearest neighbours (Sun et al. 2022) in two spaces, so that both what the
   network sees and the photo's colours count. ``d = 1 - cos``, the cosine distance to the
   ``k``-th nearest of the training images (a bank of up to 2000, stored in the model), of (a)
-  the penultimate features and (b) the square root of the joint RGB histogram (4 x 4 x 4
+  the penultimate features and (b) the square root of the joint RGB histogram (6 x 6 x 6
   bins) of the model input; each distance divided by its 99th percentile on the validation
   split, and the score is the larger of the two. A scene, a document or a texture lies far
   from every dermoscopic photo in one space or the other.
@@ -41,8 +41,8 @@ from contracts.labels import NUM_CLASSES
 
 OOD_SCORES: tuple[str, ...] = ("knn", "mahalanobis", "energy", "msp")
 DEFAULT_OOD_SCORE = "knn"
-KNN_K = 5
-HISTOGRAM_BINS = 4  # per channel: a 4 x 4 x 4 joint RGB histogram
+KNN_K = 10
+HISTOGRAM_BINS = 6  # per channel: a 6 x 6 x 6 joint RGB histogram
 # Eager and TorchScript scores may differ by this much, relative to the score's magnitude
 # (absolute below 1): float32 sums over hundreds of features are reordered by the JIT.
 SCORE_TOLERANCE = 1e-4
