@@ -18,7 +18,7 @@ import pytest
 
 from contracts.metadata import METADATA_FILE, read_metadata
 from serving.triton.server import run_triton
-from tests.fixtures_serving import THRESHOLDS, LiveGateway, gateway_settings
+from tests.fixtures_serving import THRESHOLDS, LiveGateway, session_gateway
 
 # The HAM10000 subset the gated export's split is rebuilt on (the data module's default
 # fractions: 15 % of the lesions for validation): about 1,000 images, 18 s of export here.
@@ -72,15 +72,9 @@ def gated_gateway(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LiveGateway]:
     """The gateway serving the gated version, on SQLite and on PostgreSQL."""
-    tmp = tmp_path_factory.mktemp(f"gated-gateway-{request.param}")
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp / 'predictions.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    settings = gateway_settings(url, gated_triton.grpc_url, tmp, model_repository=gated_repository)
-    live = LiveGateway(settings).start()
-    yield live
-    live.stop()
+    yield from session_gateway(
+        request, tmp_path_factory, "gated-gateway", gated_triton, gated_repository
+    )
 
 
 @pytest.fixture

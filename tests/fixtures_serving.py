@@ -215,12 +215,24 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LiveGateway]:
     """The gateway against the real Triton, on SQLite (WAL) and on PostgreSQL."""
-    tmp = tmp_path_factory.mktemp(f"gateway-{request.param}")
+    yield from session_gateway(request, tmp_path_factory, "gateway", triton, model_repository)
+
+
+def session_gateway(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    triton: Any,
+    repository: Path,
+) -> Iterator[LiveGateway]:
+    """A session gateway on ``request.param``'s database (``sqlite`` or ``postgres``) in front
+    of ``triton``, reading ``repository``'s metadata; stopped when the session ends."""
+    tmp = tmp_path_factory.mktemp(f"{name}-{request.param}")
     if request.param == "sqlite":
         url = f"sqlite:///{tmp / 'predictions.db'}"
     else:
         url = request.getfixturevalue("postgres_url")
-    settings = gateway_settings(url, triton.grpc_url, tmp, model_repository=model_repository)
+    settings = gateway_settings(url, triton.grpc_url, tmp, model_repository=repository)
     live = LiveGateway(settings).start()
     yield live
     live.stop()
