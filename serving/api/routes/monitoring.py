@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from prometheus_client import Gauge
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from contracts.drift import CAPTURE_FEATURES, INSUFFICIENT, DriftBounds, monitoring_report
 from serving.api.deps import AppState, ClientDep, StateDep
@@ -299,6 +299,14 @@ class FreezeBaseline(BaseModel):
     )
     since: datetime | None = Field(None, description="predictions since (ISO 8601; UTC if naive)")
     min_records: int = Field(MIN_RECORDS, ge=1, description="refuse with fewer predictions")
+
+    @field_validator("days", "min_records", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: object) -> object:
+        # JSON true is not a count (pydantic's lax mode would read it as 1).
+        if isinstance(value, bool):
+            raise ValueError("a number is needed, not a boolean")
+        return value
 
 
 @router.get("/baseline")
