@@ -2,6 +2,8 @@
 
 - Training: images/s of a full step (forward, class-weighted loss, backward, AdamW) at
   batch 32, beside the data pipeline's own rate (decode + augment, no model).
+- Fine-tuning with frozen input stages (``model.frozen_stages``): images/s of a channels-last
+  training step of EfficientNet-Lite0 with 0, 2 and 4 stages frozen, against 0 in the same run.
 - Inference: eager, channels-last, TorchScript and frozen TorchScript (``optimize_for_inference``)
   at batch 1 and 32; achieved FLOP/s as a fraction of a large float32 matmul's FLOP/s, the
   machine's physical ceiling for this kind of work.
@@ -18,12 +20,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import models
 from benchmarks.common import Stats, repeat
+from models.registry import freeze_input_stages
 from models.wrappers import ImageClassifier
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r".*TorchScript.*", category=FutureWarning)
 
 SIZE = (112, 150)
+FROZEN = (0, 2, 4)  # stages frozen from the input (the stem counts as one)
 
 
 def matmul_flops(n: int = 2048, repeats: int = 5) -> Stats:
@@ -51,10 +55,17 @@ def forward_flops(model: nn.Module, size: tuple[int, int] = SIZE) -> int:
     return counter.get_total_flops()
 
 
-def train_rate(name: str, batch: int = 32, steps: int = 3) -> Stats:
-    """Images/s of full training steps on random uint8 images."""
+def train_rate(
+    name: str, batch: int = 32, steps: int = 3, frozen_stages: int = 0, channels_last: bool = False
+) -> Stats:
+    """Images/s of full training steps on random uint8 images (the first ``frozen_stages``
+    stages frozen as ``LesionClassifier`` freezes them)."""
     model = build(name).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for module in freeze_input_stages(model.net, frozen_stages):
+        module.eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     loss_fn = nn.CrossEntropyLoss(weight=torch.ones(7))
     x = torch.randint(0, 256, (batch, *SIZE, 3), dtype=torch.uint8)
     y = torch.randint(0, 7, (batch,))
@@ -112,6 +123,9 @@ def run(names: tuple[str, ...] = ("compact_cnn", "efficientnet_lite0", "resnet18
         for variant, m in inference_variants(name).items():
             entry["inference"][variant] = {b: inference_rate(m, b) for b in (1, 32)}
         out["models"][name] = entry
+    out["frozen"] = {
+        k: train_rate("efficientnet_lite0", frozen_stages=k, channels_last=True) for k in FROZEN
+    }
     return out
 
 
@@ -129,6 +143,18 @@ def markdown(res: dict, data_rate: Stats | None = None) -> str:
         lines.append(
             f"| {name} | {e['gflops_per_image']:.3f} | {e['train'].fmt()} | {dr} | {ratio} |"
         )
+    if "frozen" in res:
+        base = res["frozen"][0].median
+        lines += [
+            "",
+            f"EfficientNet-Lite0 fine-tuning at {SIZE[0]}x{SIZE[1]}, channels-last, batch 32, "
+            "with the first stages frozen (`model.frozen_stages`; the stem counts as one):",
+            "",
+            "| frozen stages | train img/s | vs none frozen |",
+            "|---|---|---|",
+        ]
+        for k, rate in res["frozen"].items():
+            lines.append(f"| {k} | {rate.fmt()} | {rate.median / base:.2f}x |")
     lines += [
         "",
         "| model | variant | img/s batch 1 | img/s batch 32 | vs eager (b32) "

@@ -135,6 +135,51 @@ def create_classifier(
     return ImageClassifier(net, spec.mean, spec.std)
 
 
+def input_stages(net: nn.Module) -> list[nn.Module]:
+    """The network's modules from the input onwards, stage by stage: the stem first, then each
+    stage of blocks (timm EfficientNet: ``conv_stem + bn1``, ``blocks[i]``; torchvision ResNet:
+    ``conv1 + bn1``, ``layer1``..; MobileNetV3: ``features[i]``; the compact CNN: its blocks).
+
+    Raises:
+        ConfigError: a network whose stages this function does not know.
+    """
+    if hasattr(net, "conv_stem") and hasattr(net, "blocks"):  # timm EfficientNet(-Lite)
+        return [nn.ModuleList([net.conv_stem, net.bn1]), *net.blocks]
+    if hasattr(net, "layer1") and hasattr(net, "conv1"):  # torchvision ResNet
+        return [nn.ModuleList([net.conv1, net.bn1]), net.layer1, net.layer2, net.layer3, net.layer4]
+    if isinstance(getattr(net, "features", None), nn.Sequential):  # MobileNetV3, compact CNN
+        return list(net.features)
+    raise ConfigError(f"cannot freeze stages of a {type(net).__name__}: its stages are unknown")
+
+
+def freeze_input_stages(net: nn.Module, stages: int) -> list[nn.Module]:
+    """Freeze the stem and the first ``stages - 1`` stages of blocks (``stages`` counts the stem):
+    no gradients for their parameters, and their batch-norm statistics fixed. Frozen early
+    stages keep the ImageNet edge and texture filters and save most of the backward pass where
+    the feature maps are largest (measured: docs/benchmarks.md, "Training throughput").
+
+    Returns:
+        The frozen modules; the caller keeps them in eval mode while training (see
+        ``LesionClassifier.train``).
+
+    Raises:
+        ConfigError: ``stages`` negative or more than the network has.
+    """
+    if stages == 0:
+        return []
+    all_stages = input_stages(net)
+    if not 0 < stages < len(all_stages):
+        raise ConfigError(
+            f"frozen_stages must be in [0, {len(all_stages) - 1}] for this network "
+            f"({len(all_stages)} stages, the stem counted), got {stages}"
+        )
+    frozen = all_stages[:stages]
+    for module in frozen:
+        module.requires_grad_(False)
+        module.eval()
+    return frozen
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a plain state dict (a dict of tensors) saved with ``torch.save``.
 

@@ -9,6 +9,7 @@ normalisation happen inside ``self.model`` (an ``ImageClassifier``), which is wh
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -18,12 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 import models
 from contracts.errors import ConfigError
 from contracts.labels import CLASSES, NUM_CLASSES
+from models.registry import freeze_input_stages
 from models.wrappers import ImageClassifier
 from training.metrics import LesionMetrics
 
@@ -70,6 +73,9 @@ class LesionClassifier(L.LightningModule):
             (linked by the CLI) and export records it.
         channels_last: keep convolution weights in channels-last memory format (faster
             convolutions on CPU oneDNN and GPU tensor cores; batches already arrive NHWC).
+        frozen_stages: how many stages from the input stay as loaded (the stem counts as one;
+            :func:`models.registry.freeze_input_stages`): no gradients, batch-norm statistics
+            fixed. 0 trains everything.
     """
 
     def __init__(  # noqa: PLR0913 (LightningCLI's typed config: each parameter is a model.* key)
@@ -84,12 +90,15 @@ class LesionClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         image_size: tuple[int, int] = (112, 150),
         channels_last: bool = True,
+        frozen_stages: int = 0,
     ) -> None:
         super().__init__()
         _check_arguments(lr, weight_decay, warmup_epochs, label_smoothing, image_size)
         self.save_hyperparameters()
         spec = models.get_spec(model_name)  # ConfigError for an unknown name
         net = models.create(model_name, NUM_CLASSES, dropout, pretrained, weights_path)
+        # A plain list: the modules stay registered where they are, this only remembers them.
+        self._frozen = freeze_input_stages(net, frozen_stages)
         self.model = ImageClassifier(net, spec.mean, spec.std)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -99,6 +108,19 @@ class LesionClassifier(L.LightningModule):
         self.train_accuracy = MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro")
         self.stage_metrics = nn.ModuleDict({s: LesionMetrics(CLASSES) for s in ("val", "test")})
         self.results: dict[str, StageResult] = {}
+
+    def train(self, mode: bool = True) -> LesionClassifier:
+        """As ``nn.Module.train``, but the frozen stages stay in eval mode (fixed statistics)."""
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        if self._frozen:  # they are in eval mode on purpose: Lightning's warning says otherwise
+            warnings.filterwarnings(
+                "ignore", r"Found \d+ module\(s\) in eval mode", PossibleUserWarning
+            )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, 7]`` of ``uint8 [N, H, W, 3]`` RGB images (inference)."""

@@ -186,3 +186,41 @@ def test_max_steps_alone_sizes_the_warmup_from_the_loader(
     trainer.fit(model, datamodule=_datamodule())
     assert trainer.global_step == 4
     assert all(math.isfinite(lr) for lr in recorder.seen)
+
+
+@pytest.mark.usefixtures("synthetic")
+def test_frozen_stages_keep_their_weights_and_statistics_while_the_rest_trains(
+    tmp_path: Path,
+) -> None:
+    model = LesionClassifier(
+        "efficientnet_lite0", pretrained=True, image_size=SIZE, frozen_stages=2
+    )
+    net = model.model.net
+    frozen = {
+        k: v.clone()
+        for k, v in net.state_dict().items()
+        if k.startswith(("conv_stem", "bn1", "blocks.0."))
+    }
+    trained = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("blocks.1.")}
+    assert frozen and trained
+    _trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0).fit(
+        model, _datamodule()
+    )
+    after = net.state_dict()
+    # Weights AND running statistics of the stem and the first stage are as loaded ...
+    assert all(torch.equal(after[k], v) for k, v in frozen.items())
+    assert any("running_mean" in k for k in frozen)
+    # ... while the next stage's weights and statistics moved.
+    changed = [
+        k for k, v in trained.items() if v.is_floating_point() and not torch.equal(after[k], v)
+    ]
+    assert any("running_mean" in k for k in changed) and any("weight" in k for k in changed)
+    # The optimizer was given only what trains.
+    assert not any(p.requires_grad for p in net.blocks[0].parameters())
+
+
+def test_frozen_stages_out_of_range_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"frozen_stages must be in \[0, 7\].*got 9"):
+        LesionClassifier("efficientnet_lite0", image_size=SIZE, frozen_stages=9)
+    with pytest.raises(ConfigError, match=r"frozen_stages must be in \[0, 7\].*got -1"):
+        LesionClassifier("efficientnet_lite0", image_size=SIZE, frozen_stages=-1)
