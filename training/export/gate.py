@@ -11,11 +11,13 @@
   images' penultimate features and colour histograms, and each space's distance is scaled by
   its 99th percentile on the validation split; for ``mahalanobis`` the class Gaussians are
   fitted on those images' features. The threshold is then chosen on EVERY validation image so
-  that the WHOLE gate refuses at most :data:`TARGET_FALSE_REFUSAL` of them: the quality
-  checks' validation refusals use part of that budget, and the score's threshold is the
-  split-conformal quantile (:func:`training.export.ood.choose_threshold`) of the images the
-  checks let through with what is left. The rates reached are recorded
-  (``validation_false_refusal``, ``validation_quality_refusal``, ``validation_score_refusal``).
+  that the WHOLE gate refuses at most :data:`TARGET_FALSE_REFUSAL` of new lesion photos with
+  :data:`GATE_CONFIDENCE` (:func:`choose_gate_threshold`: the validation refusals' one-sided
+  Clopper-Pearson upper bound at most the target, as the referral thresholds hold their
+  sensitivity): the quality checks' validation refusals use part of that budget, the score the
+  rest. The rule, the rates reached and the bound are recorded (``rule``, ``confidence``,
+  ``validation_false_refusal``, ``validation_false_refusal_upper_bound``,
+  ``validation_quality_refusal``, ``validation_score_refusal``).
 
 When the split cannot be rebuilt here (no recorded data module, data missing, synthetic data)
 export warns and writes no gate, like the referral thresholds (``gate: null``; the gateway
@@ -39,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from scipy.stats import beta
 
 from contracts.errors import ConfigError, DataError
 from contracts.images import eval_resize, read_image
@@ -58,6 +61,7 @@ from training.export.ood import (
     OOD_SCORES,
     GatedModel,
     Neighbours,
+    allowed_refusals,
     check_split,
     choose_threshold,
     colour_histogram,
@@ -72,6 +76,9 @@ log = logging.getLogger(__name__)
 
 GATE_IMAGES = 2000
 TARGET_FALSE_REFUSAL = 0.01
+GATE_CONFIDENCE = 0.95
+CONFIDENCE_RULE = "clopper_pearson_upper_bound"
+CONFORMAL_RULE = "split_conformal"
 BATCH_SIZE = 64
 
 
@@ -129,6 +136,59 @@ def _batches(paths: list[str], size: tuple[int, int]) -> Any:
         yield torch.from_numpy(resized), [(img.shape[1], img.shape[0]) for img in originals]
 
 
+def choose_gate_threshold(
+    scores: np.ndarray, passed: np.ndarray, confidence: float = GATE_CONFIDENCE
+) -> tuple[float, int, str]:
+    """The OOD threshold for validation ``scores`` of which the quality checks let ``passed``
+    through, so that the WHOLE gate refuses at most :data:`TARGET_FALSE_REFUSAL` of new images
+    with ``confidence``.
+
+    The gate may refuse ``r`` validation images (:func:`training.export.ood.allowed_refusals`);
+    the quality checks' refusals count first, and the score refuses the rest: the threshold is
+    the ``rank``-th smallest score of the passed images, so that ``r`` minus the quality
+    refusals are over it (fewer on ties). With too few images for the bound (about 300 for
+    1 %), the split-conformal quantile of the passed images with what the checks leave, which
+    holds on average only. When the checks alone refuse more than ``r``, the threshold is the
+    largest passed score (the score refuses none of them), with a warning.
+
+    Returns:
+        ``(threshold, rank, rule)``: ``rule`` is :data:`CONFIDENCE_RULE` or
+        :data:`CONFORMAL_RULE`.
+    """
+    scores, passed = np.asarray(scores, np.float64), np.asarray(passed, bool)
+    kept = np.sort(scores[passed])
+    if not len(kept):
+        log.warning("the quality checks refuse every validation image: no OOD threshold")
+        return float(scores.max()), len(scores), CONFORMAL_RULE
+    quality_refusals = int((~passed).sum())
+    allowed = allowed_refusals(len(scores), TARGET_FALSE_REFUSAL, confidence)
+    if allowed is None:
+        log.warning(
+            "only %d validation images: the %.0f %% false-refusal bound cannot be shown with "
+            "%.2f confidence; the OOD threshold is the split-conformal quantile (holds on average)",
+            len(scores),
+            100 * TARGET_FALSE_REFUSAL,
+            confidence,
+        )
+        budget = (TARGET_FALSE_REFUSAL - quality_refusals / len(scores)) / passed.mean()
+        if budget <= 0:
+            return float(kept[-1]), len(kept), CONFORMAL_RULE
+        threshold, _, rank = choose_threshold(kept, budget)
+        return threshold, rank, CONFORMAL_RULE
+    if quality_refusals > allowed:
+        log.warning(
+            "the quality checks alone refuse %d of %d validation images, more than the %d the "
+            "%.0f %% bound allows: the OOD threshold is the largest score they let through",
+            quality_refusals,
+            len(scores),
+            allowed,
+            100 * TARGET_FALSE_REFUSAL,
+        )
+        return float(kept[-1]), len(kept), CONFIDENCE_RULE
+    rank = max(len(kept) - (allowed - quality_refusals), 1)
+    return float(kept[rank - 1]), rank, CONFIDENCE_RULE
+
+
 @torch.no_grad()
 def compute_gate(  # noqa: PLR0913 (keyword-only options, ExportOptions' gate fields)
     train: pd.DataFrame,
@@ -141,6 +201,7 @@ def compute_gate(  # noqa: PLR0913 (keyword-only options, ExportOptions' gate fi
     max_images: int = GATE_IMAGES,
     seed: int = 0,
     served: nn.Module | None = None,
+    confidence: float = GATE_CONFIDENCE,
 ) -> Gate:
     """The gate of ``classifier`` trained on ``train`` and validated on ``val`` (module doc).
 
@@ -154,6 +215,8 @@ def compute_gate(  # noqa: PLR0913 (keyword-only options, ExportOptions' gate fi
         max_images: training images read for the quality thresholds and the Gaussians.
         seed: seed of the training sample.
         served: the served logits when they are not ``classifier``'s (TTA, ensemble).
+        confidence: with which the whole gate's false-refusal rate is bounded
+            (:func:`choose_gate_threshold`).
 
     Raises:
         ConfigError: bad options, or a classifier that cannot be split (mahalanobis).
@@ -204,8 +267,8 @@ def compute_gate(  # noqa: PLR0913 (keyword-only options, ExportOptions' gate fi
         )
     model = GatedModel(detector, kind, temperature, gaussians, served, neighbours).eval()
     scores = np.concatenate([model(x)[1].double().numpy().ravel() for x, _ in val_batches])
-    # The whole gate refuses at most the target: the quality checks' validation refusals use
-    # part of it, the score the rest (chosen among the images the checks let through).
+    # The whole gate refuses at most the target with confidence: the quality checks' validation
+    # refusals use part of it, the score the rest (among the images the checks let through).
     passed = np.array(
         [
             check_geometry(w, h, thresholds) is None
@@ -214,31 +277,20 @@ def compute_gate(  # noqa: PLR0913 (keyword-only options, ExportOptions' gate fi
             for img, (w, h) in zip(x.numpy(), sizes, strict=True)
         ]
     )
-    quality_rate = 1 - float(passed.mean())
-    budget = (TARGET_FALSE_REFUSAL - quality_rate) / max(float(passed.mean()), 1e-9)
-    if budget <= 0 or not passed.any():
-        log.warning(
-            "the quality checks alone refuse %.2f %% of the validation images: the OOD "
-            "threshold is their largest score",
-            100 * quality_rate,
-        )
-        threshold, rank = float(scores.max()), len(scores)
-    else:
-        threshold, _, rank = choose_threshold(scores[passed], budget)
+    threshold, rank, rule = choose_gate_threshold(scores, passed, confidence)
     achieved = float(np.mean(~passed | (scores > threshold)))
-    if rank == int(passed.sum()) and len(scores) < 1 / TARGET_FALSE_REFUSAL - 1:
-        log.warning(
-            "only %d validation images: the OOD threshold is their largest score, and "
-            "the %.0f %% false-refusal bound does not hold",
-            len(scores),
-            100 * TARGET_FALSE_REFUSAL,
-        )
+    refused = int(np.sum(~passed | (scores > threshold)))
     ood.update(
         threshold=threshold,
         target_false_refusal=TARGET_FALSE_REFUSAL,
+        rule=rule,
+        confidence=confidence if rule == CONFIDENCE_RULE else None,
         validation_false_refusal=achieved,
+        validation_false_refusal_upper_bound=float(
+            beta.ppf(confidence, refused + 1, len(scores) - refused)
+        ),
         validation_score_refusal=float(np.mean(scores > threshold)),
-        validation_quality_refusal=quality_rate,
+        validation_quality_refusal=1 - float(passed.mean()),
         validation_images=len(scores),
         rank=rank,
         fit_images=len(sample) if needs_features else 0,

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from scipy.stats import beta
 
 from contracts.errors import ConfigError, DataError
 from contracts.labels import NUM_CLASSES
@@ -360,6 +361,26 @@ def choose_threshold(scores: np.ndarray, target: float) -> tuple[float, float, i
     k = min(int(np.ceil((len(s) + 1) * (1 - target) - 1e-9)), len(s))
     threshold = float(s[k - 1])
     return threshold, float(np.mean(s > threshold)), k
+
+
+def allowed_refusals(n: int, target: float, confidence: float) -> int | None:
+    """The most validation images of ``n`` a gate may refuse so that its false-refusal rate on
+    new images is at most ``target`` with ``confidence``: the largest ``r`` whose one-sided
+    Clopper-Pearson upper bound of ``r / n`` is at most ``target``. None when even ``r = 0``
+    cannot show it (``n`` below about ``-ln(1 - confidence) / target``: 299 images for 1 % at
+    0.95).
+
+    The split-conformal quantile (:func:`choose_threshold`) bounds the false-refusal rate only
+    on AVERAGE over validation draws: a threshold chosen on one split refuses more than the
+    target about half the time on new images, as the referral thresholds would without their
+    bound (``training.evaluation.thresholds``).
+    """
+    if not 0 < target < 1 or not 0 < confidence < 1:
+        raise ConfigError(f"target and confidence must be in (0, 1), got {target}, {confidence}")
+    r = -1
+    while r + 1 < n and beta.ppf(confidence, r + 2, n - r - 1) <= target:
+        r += 1
+    return r if r >= 0 else None
 
 
 def gaussians_metadata(g: Gaussians) -> dict[str, Any]:
