@@ -24,7 +24,7 @@ from contracts.images import read_image
 from contracts.labels import CLASS_INDEX, CLASSES, NUM_CLASSES
 from training import data
 from training.augment import AugmentOptions, eval_transform, train_transform
-from training.synthetic import make_synthetic
+from training.synthetic import is_synthetic, make_synthetic
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ class LesionDataModule(L.LightningDataModule):
             self.source, df = str(h.csv_path), data.load_csv(h.csv_path)
         elif data_dir := self._data_dir():
             self.source, df = str(data_dir), data.load_ham10000(data_dir)
+            self.synthetic = is_synthetic(data_dir)  # the synthetic set named by its path
         else:
             root = make_synthetic()
             self.source, self.synthetic, df = str(root), True, data.load_ham10000(root)

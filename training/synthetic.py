@@ -162,6 +162,16 @@ def metadata(n_images: int = DEFAULT_IMAGES, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# Written into every synthetic set: a folder that holds it is synthetic wherever it is read from
+# (a split rebuilt from a recorded path must not pass for real data).
+MARKER_FILE = "SYNTHETIC"
+
+
+def is_synthetic(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a set :func:`make_synthetic` wrote."""
+    return (Path(folder) / MARKER_FILE).is_file()
+
+
 def make_synthetic(
     root: str | Path | None = None, n_images: int = DEFAULT_IMAGES, seed: int = 0
 ) -> Path:
@@ -173,6 +183,8 @@ def make_synthetic(
     """
     root = Path(root or CACHE_DIR / "synthetic" / f"v{GENERATOR}-n{n_images}-s{seed}")
     if (root / METADATA_FILE).is_file():
+        if not is_synthetic(root):  # a set written before the marker existed
+            (root / MARKER_FILE).write_text("written by training.synthetic.make_synthetic\n")
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=root.parent))
@@ -188,6 +200,7 @@ def make_synthetic(
         )
         (tmp / "images" / f"{row.image_id}.jpg").write_bytes(jpeg.tobytes())
     meta.to_csv(tmp / METADATA_FILE, index=False)
+    (tmp / MARKER_FILE).write_text("written by training.synthetic.make_synthetic\n")
     try:
         os.rename(tmp, root)
     except OSError:  # another process finished first: keep theirs

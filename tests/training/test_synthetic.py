@@ -78,3 +78,20 @@ def test_synthetic_classes_are_learnable(tmp_path):
     truth = splits["test"]["label"].map(CLASSES.index).to_numpy()
     recall = [np.mean(predicted[truth == i] == i) for i in range(len(CLASSES))]
     assert np.mean(recall) > 0.7, recall
+
+
+def test_the_synthetic_set_stays_synthetic_when_named_by_its_path(tmp_path, monkeypatch):
+    """A split rebuilt from a recorded path (export's gate, evaluation) must not take the
+    synthetic set for real data: its folder carries a marker the data module reads."""
+    from training.datamodule import LesionDataModule
+
+    monkeypatch.delenv("HAM10000_DIR", raising=False)
+    root = synthetic.make_synthetic(tmp_path / "set", n_images=70)
+    assert synthetic.is_synthetic(root) and not synthetic.is_synthetic(tmp_path)
+    dm = LesionDataModule(data_dir=str(root), image_size=(48, 64), num_workers=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.synthetic is True and dm.dataset_version.startswith("synthetic-")
+    # A set written before the marker existed gets it when it is next asked for.
+    (root / synthetic.MARKER_FILE).unlink()
+    assert synthetic.make_synthetic(root, n_images=70) == root and synthetic.is_synthetic(root)
