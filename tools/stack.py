@@ -1,8 +1,10 @@
 """``make run``: the whole main job on one machine.
 
 1. Train (``python -m training fit --config CONFIG``) unless the repository already holds a
-   version exported from that config's run; then evaluate on the held-out split and export the
-   calibrated model with its operating point (``python -m training evaluate --export cnn``).
+   version exported from that config's run; then evaluate on the held-out split, with and
+   without test-time augmentation, and export the calibrated variant with the higher VALIDATION
+   balanced accuracy with its operating points and gate
+   (``python -m training evaluate --tta --export best``).
    That version becomes the served one (another config: a new version, promoted; the previous
    one stays for ``python -m serving.versions rollback``).
 2. Start the real Triton on a CPU copy of the repository and the gateway, and print the URLs.
@@ -41,7 +43,8 @@ def _run(args: list[str]) -> None:
 
 
 def train_and_export(config: Path, repository: Path, name: str) -> None:
-    """Fit the configured run, evaluate its best checkpoint, export the calibrated model."""
+    """Fit the configured run, evaluate its best checkpoint, export the calibrated variant
+    (plain or TTA) chosen on validation."""
     root = yaml.safe_load(config.read_text())["trainer"]["default_root_dir"]
     _run(["-m", "training", "fit", "--config", str(config)])
     checkpoint = Path(root) / "checkpoints" / "best.ckpt"
@@ -57,8 +60,9 @@ def train_and_export(config: Path, repository: Path, name: str) -> None:
             "evaluate",
             "--model",
             str(checkpoint),
+            "--tta",
             "--export",
-            "cnn",
+            "best",
             "--repository",
             str(repository),
             "--export-name",

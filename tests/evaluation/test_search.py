@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def tiny_base(tmp_path: Path, ham_dir: Path) -> Path:
-    """configs/default.yaml shrunk to seconds: 48x64 images, 4 per class, 2+2 batches."""
-    base = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    """configs/compact_cnn.yaml shrunk to seconds: 48x64 images, 4 per class, 2+2 batches."""
+    base = yaml.safe_load((ROOT / "configs" / "compact_cnn.yaml").read_text())
     base["trainer"].update(
         max_epochs=2,
         limit_train_batches=2,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,12 @@ def test_stack_trains_exports_serves_and_answers(
     assert "The stack is up" in out.stdout
     assert f"check: {photo.name} -> " in out.stdout
     meta = yaml.safe_load((tmp_path / "model_repository/skin_lesion/1/metadata.json").read_text())
+    # The variant was chosen on validation (plain or TTA), and what was exported is that one.
+    chosen = re.search(
+        r"validation balanced accuracy: cnn [\d.]+, tta [\d.]+; exporting (\w+)", out.stdout
+    )
+    assert chosen, out.stdout[-3000:]
+    assert ("tta" in meta) == (chosen.group(1) == "tta")
     assert meta["synthetic"] is True
     assert meta["thresholds"]["mel"]["threshold"] > 0  # the evaluation's operating point
     # A second run finds the config's exported model and does not train again.

@@ -25,7 +25,7 @@ from training.cli import main as cli_main
 from training.module import LesionClassifier
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "default.yaml"
+CONFIG = ROOT / "configs" / "compact_cnn.yaml"
 
 
 @pytest.fixture(autouse=True)

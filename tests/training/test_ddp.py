@@ -32,7 +32,7 @@ def test_fit_and_test_on_two_processes_sync_the_metrics(
         "-m",
         "training",
         "fit",
-        "--config=configs/default.yaml",
+        "--config=configs/compact_cnn.yaml",
         "--trainer.accelerator=cpu",
         "--trainer.devices=2",
         "--trainer.strategy=ddp",

@@ -20,7 +20,7 @@ from tests.wandb_records import wandb_records
 from training.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "default.yaml"
+CONFIG = ROOT / "configs" / "compact_cnn.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def _history_item(records: list[dict], key: str) -> dict:
 def test_run_is_offline_and_tagged_with_the_data(offline_run: dict) -> None:
     records, dm = offline_run["records"], offline_run["cli"].datamodule
     runs = [r["run"] for r in records if r["type"] == "run"]
-    assert runs[-1]["display_name"] == "default" and runs[-1]["project"] == "skin-lesion"
+    assert runs[-1]["display_name"] == "compact_cnn" and runs[-1]["project"] == "skin-lesion"
     assert "synthetic" in runs[-1]["tags"]
     assert any(
         r["type"] == "telemetry" and r["telemetry"]["feature"].get("offline") for r in records

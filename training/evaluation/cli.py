@@ -23,11 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from contracts.errors import ConfigError
+from contracts.labels import NUM_CLASSES
+from contracts.metrics import confusion_matrix, metrics_from_confusion
 from contracts.repository import served_version
 from contracts.tensors import DEFAULT_MODEL_NAME
 from training.evaluation.bootstrap import N_RESAMPLES
 from training.evaluation.config import RULES_PATH, SPLITS, EvaluationConfig
 from training.evaluation.report import write
+from training.evaluation.results import Evaluation
 from training.evaluation.run import evaluate
 from training.evaluation.thresholds import DEFAULT_CONFIDENCE
 from training.export.cli import add_gate_arguments
@@ -87,7 +90,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--limit-per-class", type=int, help="quick look: cap images per class")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-wandb", dest="wandb", action="store_false")
-    p.add_argument("--export", choices=EXPORTABLE, help="export this variant as a new version")
+    p.add_argument(
+        "--export",
+        choices=(*EXPORTABLE, "best"),
+        help="export this variant as a new version; best: of those evaluated (cnn, with --tta "
+        "tta, with --ensemble ensemble), the one with the highest VALIDATION balanced accuracy",
+    )
     p.add_argument("--repository", default="model_repository")
     p.add_argument("--export-name", help="model name in the repository (default skin_lesion)")
     p.add_argument("--parity-images", help="real images for the export's parity check")
@@ -97,6 +105,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace) -> EvaluationConfig:
     """The evaluation the command line asks for."""
+    if args.export == "best" and not (args.tta or args.ensemble):
+        raise ConfigError("--export best chooses among variants: add --tta or --ensemble")
     if (args.export == "tta" and not args.tta) or (args.export == "ensemble" and not args.ensemble):
         raise ConfigError(f"--export {args.export} needs --{args.export} to evaluate it first")
     compare = args.compare
@@ -127,6 +137,20 @@ def config_from_args(args: argparse.Namespace) -> EvaluationConfig:
     )
 
 
+def best_on_validation(ev: Evaluation) -> tuple[str, dict[str, float]]:
+    """The exportable variant of ``ev`` with the highest balanced accuracy on the VALIDATION
+    cases (the test split is for reporting the choice, not making it), and each one's figure.
+    A tie keeps the simpler: cnn before tta before ensemble."""
+    labels = ev.val_cases.labels
+    figures = {}
+    for key in EXPORTABLE:
+        if key in ev.variants:
+            cm = confusion_matrix(labels, ev.variants[key].val.argmax(1), NUM_CLASSES)
+            figures[key] = metrics_from_confusion(cm)["balanced_accuracy"]
+    best = max(figures, key=lambda k: (figures[k], -EXPORTABLE.index(k)))
+    return best, figures
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m training evaluate``; exit status 3 when the gate refuses."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -141,9 +165,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{main_score.specificity_mel_op:.3f}), ECE {main_score.ece:.3f}"
     )
     if args.export:
+        which = args.export
+        if which == "best":
+            which, figures = best_on_validation(ev)
+            print(
+                "validation balanced accuracy: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
+                + f"; exporting {which}"
+            )
         version = export_variant(
             ev,
-            args.export,
+            which,
             args.repository,
             args.export_name,
             args.parity_images,
@@ -151,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ood_score=args.ood_score,
             gate_images=args.gate_images,
         )
-        print(f"exported {args.export} as {version}")
+        print(f"exported {which} as {version}")
     if ev.gate is not None:
         print(ev.gate.summary())
         return 0 if ev.gate.promote else 3
