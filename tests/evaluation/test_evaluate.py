@@ -63,6 +63,16 @@ def test_calibration_lowers_validation_nll(ev):
     assert nll(logits, labels, ev.temperature) <= nll(logits, labels, 1.0)
     # Temperature never changes the decision.
     assert (ev.variants["cnn"].test.argmax(1) == ev.variants["cnn_raw"].test.argmax(1)).all()
+    # TTA's mean of calibrated views gets its own temperature: the one that minimises the
+    # validation NLL of the mean's logarithm (tta.val = softmax(log(mean) / T)).
+    tta = ev.variants["tta"]
+    mean_logits = tta.temperature * np.log(np.clip(tta.val, 1e-30, None))
+    assert tta.temperature != 1.0
+    assert nll(mean_logits, labels, tta.temperature) < nll(mean_logits, labels, 1.0)
+    # A minimum of the search (bounded at T = 20, which these barely trained test models reach).
+    assert nll(mean_logits, labels, tta.temperature) <= nll(
+        mean_logits, labels, 0.8 * tta.temperature
+    )
 
 
 def test_ensemble_is_the_mean_of_its_calibrated_members(ev):
@@ -139,6 +149,10 @@ def test_exported_model_gives_the_evaluated_probabilities(ev, repository, which,
     assert sum(meta["reference"]["features"]["predicted_class"]["counts"]) > 0
     if which == "cnn":
         assert meta["temperature"] == pytest.approx(ev.temperature)
+    if which == "tta":
+        assert meta["temperature"] == pytest.approx(ev.variants["tta"].temperature)
+        assert meta["tta"]["temperature_after_averaging"] == meta["temperature"]
+        assert meta["tta"]["temperature"] == pytest.approx(ev.temperature)
     if which == "ensemble":
         assert [m["path"] for m in meta["ensemble"]["members"]] == [
             str(m.path) for m, _ in ev.members

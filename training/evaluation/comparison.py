@@ -16,12 +16,13 @@ from contracts.errors import ConfigError
 from contracts.rules import load_rules
 from training.evaluation import scoring
 from training.evaluation.baselines import DemographicBaseline, MajorityBaseline
+from training.evaluation.calibration import apply_temperature, fit_temperature
 from training.evaluation.config import EvaluationConfig
 from training.evaluation.prediction import Calibrated, Predictor
 from training.evaluation.results import Variant
 from training.evaluation.sources import ModelSource, load_source
 from training.evaluation.thresholds import points_from_metadata
-from training.export.wrapper import ProbabilityModel
+from training.export.wrapper import LOG_FLOOR, ProbabilityModel
 from training.tta import TTA
 
 
@@ -65,9 +66,24 @@ def model_rows(
 
 
 def tta_row(source: ModelSource, temperature: float, predictor: Predictor) -> Variant:
-    """The calibrated model with test-time augmentation (flips, 180°)."""
+    """The calibrated model with test-time augmentation (flips, 180°), recalibrated.
+
+    The mean of the views' calibrated probabilities is less confident than each view (measured:
+    ECE 0.062 against the plain network's 0.046 for make run's model), so a second temperature,
+    fitted on validation like the first, is applied to the mean's logarithm (when calibrating;
+    the argmax does not change). Export serves exactly this (``LogProbabilities`` and that
+    temperature).
+    """
     model = TTA(ProbabilityModel(source.logits, temperature), input_size=source.input_size)
-    return Variant("CNN + TTA (flips, 180°)", "tta", *predictor.logits(source, model))
+    val, cases = (np.log(np.maximum(x, LOG_FLOOR)) for x in predictor.logits(source, model))
+    t = fit_temperature(val, predictor.y_val) if predictor.calibrate else 1.0
+    return Variant(
+        "CNN + TTA (flips, 180°)",
+        "tta",
+        apply_temperature(val, t),
+        apply_temperature(cases, t),
+        temperature=t,
+    )
 
 
 def ensemble_rows(

@@ -28,6 +28,8 @@ class Variant:
     val: np.ndarray
     test: np.ndarray
     points: dict[str, th.OperatingPoint] | None = None
+    # A temperature applied to this row's own log-probabilities (TTA: after averaging the views).
+    temperature: float = 1.0
 
 
 @dataclass

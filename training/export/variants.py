@@ -39,8 +39,15 @@ def _module(ev: Evaluation, which: str) -> tuple[nn.Module, float, dict[str, Any
         return src.logits, ev.temperature, {}
     if which == "tta":
         tta = TTA(ProbabilityModel(src.logits, ev.temperature), input_size=src.input_size)
-        extra = {"tta": {"ops": list(tta.ops), "temperature": ev.temperature}}
-        return LogProbabilities(tta), 1.0, extra
+        after = ev.variants["tta"].temperature if "tta" in ev.variants else 1.0
+        extra = {
+            "tta": {
+                "ops": list(tta.ops),
+                "temperature": ev.temperature,
+                "temperature_after_averaging": after,
+            }
+        }
+        return LogProbabilities(tta), after, extra
     if which == "ensemble":
         if not ev.members:
             raise ConfigError("no ensemble was evaluated: pass --ensemble MODEL ... first")

@@ -34,6 +34,9 @@ class ProbabilityModel(nn.Module):
         return torch.softmax(logits / self.temperature, dim=1)
 
 
+LOG_FLOOR = 1e-30  # the smallest probability LogProbabilities takes the log of
+
+
 class LogProbabilities(nn.Module):
     """``log`` of a probability model's output: exact logits for softmax, temperature and export
     (:func:`training.export.writer.export_model` applies ``softmax(logits / T)`` to it)."""
@@ -44,7 +47,7 @@ class LogProbabilities(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # The floor keeps an exact 0 finite; exp(-69) is below float32's resolution near 1.
-        return torch.log(self.model(images).float().clamp_min(1e-30))
+        return torch.log(self.model(images).float().clamp_min(LOG_FLOOR))
 
 
 class FirstOutput(nn.Module):
