@@ -4,6 +4,7 @@ images run work here. No container engine runs on this machine, so images are no
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -271,3 +272,58 @@ def test_the_gateway_can_write_consented_photos(compose: dict, k8s: list) -> Non
             f"(writable mounts: {mounts}): mount a volume there (shared by all replicas, e.g. "
             "a ReadWriteMany claim) so consented photos can be stored"
         )
+
+
+def _dockerignored(path: str, rules: list[tuple[str, bool]]) -> bool:
+    """Docker's rule for a context path: the last pattern that matches it or one of its parent
+    folders decides; ``!`` re-includes (moby patternmatcher, MatchesOrParentMatches)."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern, include in rules:
+        if any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
+            ignored = not include
+    return ignored
+
+
+def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_else() -> None:
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            rules.append((line.lstrip("!"), line.startswith("!")))
+    sources = set()
+    for line in DOCKERFILE.read_text().splitlines():
+        words = line.split()
+        if words and words[0].upper() in ("COPY", "ADD"):
+            args = [w for w in words[1:] if not w.startswith("--")]
+            sources.update(s.rstrip("/") for s in args[:-1])
+    assert sources and "." not in sources
+    # Every file the Dockerfile copies reaches the builder ...
+    for source in sorted(sources):
+        files = (
+            [source]
+            if (ROOT / source).is_file()
+            else [
+                p.relative_to(ROOT).as_posix()
+                for p in (ROOT / source).rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts
+            ]
+        )
+        assert files, source
+        assert not [f for f in files if _dockerignored(f, rules)], source
+    # ... and nothing a local checkout holds besides.
+    for local in (
+        ".venv/bin/python",
+        "runs/default/checkpoints/best.ckpt",
+        "wandb/x",
+        ".env",
+        "reports/default/report.md",
+        ".cache/serving/dev-api-key",
+        ".git/HEAD",
+        "model_repository/skin_lesion/1/model.pt",
+        "tests/conftest.py",
+        "serving/__pycache__/app.cpython-311.pyc",
+        "data/HAM10000_metadata.csv",
+    ):
+        assert _dockerignored(local, rules), local
