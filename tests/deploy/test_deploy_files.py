@@ -115,15 +115,32 @@ def _deployment(k8s: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def test_compose_needs_its_secrets_and_says_which() -> None:
+    secrets = ("POSTGRES_PASSWORD", "SKIN_API_KEY_HASHES")
     if not shutil.which("docker-compose"):  # then at least the guards are in the file
         text = COMPOSE.read_text()
-        assert all(f"${{{name}:?" in text for name in COMPOSE_ENV)
+        assert all(f"${{{name}:?" in text for name in secrets)
+        assert "${HAM10000_HOST_DIR:?" not in text
         return
     env = {k: v for k, v in os.environ.items() if k not in COMPOSE_ENV}
     done = run("docker-compose", "-f", str(COMPOSE), "config", "-q", env=env)
     assert done.returncode != 0 and "set POSTGRES_PASSWORD" in done.stderr
-    done = run("docker-compose", "-f", str(COMPOSE), "config", "-q", env={**env, **COMPOSE_ENV})
+    # A serve-only `up` needs the secrets, not the training data's folder ...
+    given = {**env, **{k: COMPOSE_ENV[k] for k in secrets}}
+    done = run("docker-compose", "-f", str(COMPOSE), "config", "-q", env=given)
     assert done.returncode == 0, done.stderr
+    # ... and the train service then mounts a source that does not exist, so `run train` stops
+    # at once instead of training on an empty folder; given, it mounts the folder read-only.
+    for host_dir, expected in ((None, "/set-HAM10000_HOST_DIR"), ("/srv/ham", "/srv/ham")):
+        env_here = {**given, **({"HAM10000_HOST_DIR": host_dir} if host_dir else {})}
+        done = run(
+            "docker-compose", "-f", str(COMPOSE), "--profile", "train", "config", env=env_here
+        )
+        assert done.returncode == 0, done.stderr
+        mounts = yaml.safe_load(done.stdout)["services"]["train"]["volumes"]
+        data = next(m for m in mounts if isinstance(m, dict) and m["target"] == "/data/ham10000")
+        assert data["type"] == "bind" and data["read_only"] is True
+        assert data["source"].startswith(expected)
+    assert not Path(expected := "/set-HAM10000_HOST_DIR-to-your-HAM10000-copy").exists(), expected
 
 
 def test_every_skin_variable_is_a_setting(compose: dict, k8s: list) -> None:
