@@ -138,7 +138,8 @@ def create_classifier(
 def input_stages(net: nn.Module) -> list[nn.Module]:
     """The network's modules from the input onwards, stage by stage: the stem first, then each
     stage of blocks (timm EfficientNet: ``conv_stem + bn1``, ``blocks[i]``; torchvision ResNet:
-    ``conv1 + bn1``, ``layer1``..; MobileNetV3: ``features[i]``; the compact CNN: its blocks).
+    ``conv1 + bn1``, ``layer1``..; MobileNetV3: ``features[i]``, each an inverted-residual
+    block; the compact CNN: ``features[i]``, each a single conv, batch-norm or activation layer).
 
     Raises:
         ConfigError: a network whose stages this function does not know.

@@ -41,7 +41,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from scipy.stats import beta
 
 from contracts.errors import ConfigError, DataError
 from contracts.images import eval_resize, read_image
@@ -67,6 +66,7 @@ from training.export.ood import (
     colour_histogram,
     fit_gaussians,
     gaussians_metadata,
+    refusal_upper_bound,
     split_classifier,
 )
 from training.recorded_split import datamodule_hparams, rebuild_split
@@ -278,17 +278,15 @@ def compute_gate(  # noqa: PLR0913 (keyword-only options, ExportOptions' gate fi
         ]
     )
     threshold, rank, rule = choose_gate_threshold(scores, passed, confidence)
-    achieved = float(np.mean(~passed | (scores > threshold)))
     refused = int(np.sum(~passed | (scores > threshold)))
+    achieved = refused / len(scores)
     ood.update(
         threshold=threshold,
         target_false_refusal=TARGET_FALSE_REFUSAL,
         rule=rule,
         confidence=confidence if rule == CONFIDENCE_RULE else None,
         validation_false_refusal=achieved,
-        validation_false_refusal_upper_bound=float(
-            beta.ppf(confidence, refused + 1, len(scores) - refused)
-        ),
+        validation_false_refusal_upper_bound=refusal_upper_bound(refused, len(scores), confidence),
         validation_score_refusal=float(np.mean(scores > threshold)),
         validation_quality_refusal=1 - float(passed.mean()),
         validation_images=len(scores),

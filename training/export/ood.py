@@ -363,12 +363,17 @@ def choose_threshold(scores: np.ndarray, target: float) -> tuple[float, float, i
     return threshold, float(np.mean(s > threshold)), k
 
 
+def refusal_upper_bound(refused: int, n: int, confidence: float) -> float:
+    """One-sided Clopper-Pearson upper bound, at ``confidence``, of a refusal rate measured as
+    ``refused`` of ``n`` images."""
+    return 1.0 if refused >= n else float(beta.ppf(confidence, refused + 1, n - refused))
+
+
 def allowed_refusals(n: int, target: float, confidence: float) -> int | None:
     """The most validation images of ``n`` a gate may refuse so that its false-refusal rate on
-    new images is at most ``target`` with ``confidence``: the largest ``r`` whose one-sided
-    Clopper-Pearson upper bound of ``r / n`` is at most ``target``. None when even ``r = 0``
-    cannot show it (``n`` below about ``-ln(1 - confidence) / target``: 299 images for 1 % at
-    0.95).
+    new images is at most ``target`` with ``confidence``: the largest ``r`` whose
+    :func:`refusal_upper_bound` is at most ``target``. None when even ``r = 0`` cannot show it
+    (``n`` below about ``-ln(1 - confidence) / target``: 299 images for 1 % at 0.95).
 
     The split-conformal quantile (:func:`choose_threshold`) bounds the false-refusal rate only
     on AVERAGE over validation draws: a threshold chosen on one split refuses more than the
@@ -378,7 +383,7 @@ def allowed_refusals(n: int, target: float, confidence: float) -> int | None:
     if not 0 < target < 1 or not 0 < confidence < 1:
         raise ConfigError(f"target and confidence must be in (0, 1), got {target}, {confidence}")
     r = -1
-    while r + 1 < n and beta.ppf(confidence, r + 2, n - r - 1) <= target:
+    while r + 1 < n and refusal_upper_bound(r + 1, n, confidence) <= target:
         r += 1
     return r if r >= 0 else None
 
