@@ -152,10 +152,11 @@ def sendable(case: schemathesis.Case) -> bool:
 
 def valid_on_the_wire(case: schemathesis.Case) -> bool:
     """Whether a "negative" multipart case is in fact valid once sent. A number or an object in
-    a text field travels as text (``request_id=1.5``, ``request_id={}``); an empty optional
-    field counts as absent (the HTML form convention FastAPI follows); a list is sent as
-    repeated parts, of which FastAPI reads the last; and schemathesis sometimes turns a null
-    into a string that the field's other branch accepts. Such cases test nothing: skipped."""
+        a text field travels as text (``request_id=1.5``, ``request_id={}``), and 0 or 1 in the
+    boolean field as "0" or "1", a valid boolean for the form; an empty optional
+        field counts as absent (the HTML form convention FastAPI follows); a list is sent as
+        repeated parts, of which FastAPI reads the last; and schemathesis sometimes turns a null
+        into a string that the field's other branch accepts. Such cases test nothing: skipped."""
     if not (isinstance(case.body, dict) and case.media_type == "multipart/form-data"):
         return False
     sent = {}
@@ -166,6 +167,8 @@ def valid_on_the_wire(case: schemathesis.Case) -> bool:
             continue
         if name == "request_id" and not isinstance(value, str):
             value = json.dumps(value)  # how it travels: a number or an object as text
+        if name == "consent_to_store_image" and type(value) is int and value in (0, 1):
+            value = bool(value)  # travels as "0" or "1", which the form reads as a boolean
         sent[name] = "<image bytes>" if name == "image" else value
     return FORM.is_valid(sent)
 
