@@ -152,11 +152,11 @@ def sendable(case: schemathesis.Case) -> bool:
 
 def valid_on_the_wire(case: schemathesis.Case) -> bool:
     """Whether a "negative" multipart case is in fact valid once sent. A number or an object in
-        a text field travels as text (``request_id=1.5``, ``request_id={}``), and 0 or 1 in the
-    boolean field as "0" or "1", a valid boolean for the form; an empty optional
-        field counts as absent (the HTML form convention FastAPI follows); a list is sent as
-        repeated parts, of which FastAPI reads the last; and schemathesis sometimes turns a null
-        into a string that the field's other branch accepts. Such cases test nothing: skipped."""
+    a text field travels as text (``request_id=1.5``, ``request_id={}``), and 0 or 1 in the
+    boolean field as "0" or "1", a valid boolean for the form; an empty optional field counts
+    as absent (the HTML form convention FastAPI follows); a list is sent as repeated parts, of
+    which FastAPI reads the last; and schemathesis sometimes turns a null into a string that
+    the field's other branch accepts. Such cases test nothing: skipped."""
     if not (isinstance(case.body, dict) and case.media_type == "multipart/form-data"):
         return False
     sent = {}
