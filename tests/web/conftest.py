@@ -39,7 +39,7 @@ def browser() -> Iterator[object]:
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.fail(
             "the browser tests need Debian's Chromium and its driver: "
-            "`apt-get install -y chromium chromium-driver` (.ci/run installs them)"
+            "`apt-get install -y chromium chromium-driver` (`make test` installs them as root)"
         )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
