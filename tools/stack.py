@@ -7,8 +7,14 @@
    (``python -m training evaluate --tta --export best``).
    That version becomes the served one (another config: a new version, promoted; the previous
    one stays for ``python -m serving.versions rollback``).
-2. Start the real Triton on a CPU copy of the repository and the gateway, and print the URLs.
-3. Serve until Ctrl-C or SIGTERM (``--check`` instead sends one real photo and exits).
+2. Start the real Triton on a CPU copy of the repository (on Triton's ports, gRPC 8001, where
+   free) and the gateway, wait until the gateway's strict readiness says the model is served,
+   and print the URLs.
+3. Serve until Ctrl-C or SIGTERM (``--check`` instead sends one real photo and exits). When
+   Triton exits (an out-of-memory kill, a crash) it is started again on the same ports, after
+   1, 2, 4 ... s (at most 30 s), at most ``--triton-restarts`` times within
+   ``--restart-window`` seconds; one more exit, or the gateway's exit, stops the stack with
+   status 1. Every child is reaped.
 
 Data: ``HAM10000_DIR`` when set, else the synthetic set (labelled synthetic everywhere).
 """
@@ -22,14 +28,25 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
 
+from contracts.errors import ConfigError
 from contracts.metadata import MetadataError, read_metadata
 from contracts.repository import promote, served_version
 from contracts.tensors import DEFAULT_MODEL_NAME
 from serving.security import DEV_KEY_FILE, ensure_dev_key
+from serving.triton.install import TritonServerError
+from serving.triton.process import (
+    RestartBudget,
+    RestartPolicy,
+    describe_exit,
+    die_with_parent,
+    terminate,
+)
+from serving.triton.server import CPU_INSTANCES, TritonOptions, TritonServer, run_triton
 
 
 def _versions(repository: Path, name: str) -> list[int]:
@@ -110,15 +127,16 @@ def prepare_model(config: Path, repository: Path, name: str) -> None:
 
 
 def wait_ready(
-    url: str, proc: subprocess.Popen, timeout_s: float = 120.0, what: str = "gateway"
+    url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.0, what: str = "gateway"
 ) -> None:
-    """Poll ``url``/readyz until 200; raise if ``proc`` exits or ``timeout_s`` passes."""
+    """Poll ``url``/readyz?strict=true (the model and the database ready too) until 200; raise
+    if ``proc`` exits or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the {what} exited with status {proc.returncode}")
+            raise RuntimeError(f"the {what} exited with {describe_exit(proc.returncode)}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/readyz", params={"strict": "true"}, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -126,7 +144,65 @@ def wait_ready(
     raise RuntimeError(f"the {what} was not ready within {timeout_s:.0f} s")
 
 
-def check(url: str, key: str, photo: Path) -> dict:
+def supervise(
+    triton: TritonServer,
+    gateway: subprocess.Popen[bytes],
+    policy: RestartPolicy,
+    poll_s: float = 0.5,
+) -> int:
+    """Serve until a child gives up: restart Triton when it exits (same ports and repository,
+    within ``policy``), and return 1 when its restarts are spent or the gateway exits.
+
+    ``poll`` reaps an exited child at once: no zombie, and the Python-backend stubs of a killed
+    Triton, which wait for their parent's pid to vanish, exit too.
+    """
+    budget = RestartBudget(policy)
+    while True:
+        if gateway.poll() is not None:
+            print(
+                f"error: the gateway exited with {describe_exit(gateway.returncode)}: "
+                "stopping the stack",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
+        status = triton.poll()
+        if status is not None and not restart_triton(
+            triton, budget, f"Triton exited with {describe_exit(status)}"
+        ):
+            return 1
+        time.sleep(poll_s)
+
+
+def restart_triton(triton: TritonServer, budget: RestartBudget, reason: str) -> bool:
+    """Start Triton again after its backoff, as often as ``budget`` allows; False when spent."""
+    p = budget.policy
+    triton.stop()  # reaped already by poll; clears its state file
+    while True:
+        delay = budget.next_delay(time.monotonic())
+        if delay is None:
+            print(
+                f"error: {reason}, and its {p.max_restarts} restarts within {p.window_s:g} s are "
+                f"used up: stopping the stack (Triton log: {triton.log_path})",
+                file=sys.stderr,
+                flush=True,
+            )
+            return False
+        print(
+            f"{reason}; restarting in {delay:g} s (restart {budget.used} of {p.max_restarts})",
+            flush=True,
+        )
+        time.sleep(delay)
+        try:
+            triton.restart()
+        except TritonServerError as exc:
+            reason = f"Triton did not start again: {str(exc).splitlines()[0]}"
+            continue
+        print(f"Triton is serving again on gRPC {triton.grpc_url}", flush=True)
+        return True
+
+
+def check(url: str, key: str, photo: Path) -> dict[str, Any]:
     """One real prediction through the running stack."""
     with photo.open("rb") as f:
         r = httpx.post(
@@ -137,7 +213,8 @@ def check(url: str, key: str, photo: Path) -> dict:
             timeout=30,
         )
     r.raise_for_status()
-    return r.json()
+    answer: dict[str, Any] = r.json()
+    return answer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +233,35 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PHOTO",
         help="send this photo through the stack, print the answer and stop",
     )
+    p.add_argument(
+        "--triton-free-ports",
+        action="store_true",
+        help="any free ports for Triton, not its own 8000-8002 (several stacks on one host)",
+    )
+    p.add_argument(
+        "--triton-restarts",
+        type=int,
+        default=RestartPolicy.max_restarts,
+        help="restarts of Triton allowed within --restart-window (default: %(default)s)",
+    )
+    p.add_argument("--restart-window", type=float, default=RestartPolicy.window_s, help="seconds")
+    p.add_argument(
+        "--restart-backoff",
+        type=float,
+        default=RestartPolicy.first_delay_s,
+        help="seconds before the first restart; doubled for each next one, at most "
+        f"{RestartPolicy.max_delay_s:g} s",
+    )
     args = p.parse_args(argv)
+    try:
+        policy = RestartPolicy(
+            max_restarts=args.triton_restarts,
+            window_s=args.restart_window,
+            first_delay_s=args.restart_backoff,
+            max_delay_s=max(RestartPolicy.max_delay_s, args.restart_backoff),
+        )
+    except ConfigError as exc:
+        p.error(str(exc))
 
     prepare_model(args.config, args.repository, args.name)
 
@@ -165,52 +270,65 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM ends the stack like Ctrl-C: both children are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
-    from serving.triton.server import CPU_INSTANCES, TritonOptions, run_triton
+    options = TritonOptions(
+        conventional_ports=not args.triton_free_ports,
+        reserved_ports=(args.port,),
+        instances=CPU_INSTANCES,
+    )
+    try:
+        with run_triton(args.repository, options=options) as triton:
+            return serve(triton, args, key, policy)
+    except TritonServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
 
-    with run_triton(args.repository, options=TritonOptions(instances=CPU_INSTANCES)) as triton:
-        env = {
-            **os.environ,
-            "SKIN_TRITON_URL": triton.grpc_url,
-            "SKIN_PORT": str(args.port),
-            "SKIN_MODEL_NAME": args.name,
-            "SKIN_MODEL_REPOSITORY": str(args.repository),
-        }
-        gateway = subprocess.Popen([sys.executable, "-m", "serving"], env=env)
-        url = f"http://127.0.0.1:{args.port}"
-        try:
-            wait_ready(url, gateway)
+
+def serve(
+    triton: TritonServer, args: argparse.Namespace, key: str | None, policy: RestartPolicy
+) -> int:
+    """Start the gateway against the running ``triton``, then check or supervise both."""
+    for note in triton.port_notes:
+        print(note, flush=True)
+    env = {
+        **os.environ,
+        "SKIN_TRITON_URL": triton.grpc_url,
+        "SKIN_PORT": str(args.port),
+        "SKIN_MODEL_NAME": args.name,
+        "SKIN_MODEL_REPOSITORY": str(args.repository),
+    }
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "serving"], env=env, preexec_fn=die_with_parent
+    )
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        wait_ready(url, gateway)
+        print(
+            "\nThe stack is up:\n"
+            f"  clinician page   {url}/\n"
+            f"  monitoring page  {url}/monitoring\n"
+            f"  REST API docs    {url}/docs\n"
+            f"  Triton gRPC      {triton.grpc_url} (model {args.name})\n"
+            f"  API key          {DEV_KEY_FILE} "
+            f"({'dev key' if key else 'SKIN_API_KEY_HASHES from your .env; key not on disk'})\n"
+            f"  Triton log       {triton.cache_dir / 'tritonserver.log'}\n"
+            "Ctrl-C stops it.",
+            flush=True,
+        )
+        if args.check:
+            if key is None:
+                raise SystemExit("--check needs the dev key in " + str(DEV_KEY_FILE))
+            answer = check(url, key, args.check)
+            top = answer["ranking"][0]
             print(
-                "\nThe stack is up:\n"
-                f"  clinician page   {url}/\n"
-                f"  monitoring page  {url}/monitoring\n"
-                f"  REST API docs    {url}/docs\n"
-                f"  Triton gRPC      {triton.grpc_url} (model {args.name})\n"
-                f"  API key          {DEV_KEY_FILE} "
-                f"({'dev key' if key else 'SKIN_API_KEY_HASHES from your .env; key not on disk'})\n"
-                f"  Triton log       {triton.cache_dir / 'tritonserver.log'}\n"
-                "Ctrl-C stops it.",
-                flush=True,
+                f"check: {args.check.name} -> {top['code']} ({top['probability']:.3f}), "
+                f"model version {answer['model']['version']}, prediction {answer['id']}"
             )
-            if args.check:
-                if key is None:
-                    raise SystemExit("--check needs the dev key in " + str(DEV_KEY_FILE))
-                answer = check(url, key, args.check)
-                top = answer["ranking"][0]
-                print(
-                    f"check: {args.check.name} -> {top['code']} ({top['probability']:.3f}), "
-                    f"model version {answer['model']['version']}, prediction {answer['id']}"
-                )
-                return 0
-            gateway.wait()
-            return gateway.returncode
-        except KeyboardInterrupt:
             return 0
-        finally:
-            gateway.terminate()
-            try:
-                gateway.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
+        return supervise(triton, gateway, policy)
+    finally:
+        terminate(gateway, 15)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """``python -m serving.triton``: serve ``model_repository/`` with the real Triton on this machine.
 
-Renders the CPU variant under ``.cache/triton/repo``, starts ``tritonserver``, waits until the
-models are ready, prints the endpoints, and stops the server cleanly on Ctrl-C or SIGTERM.
+Renders the CPU variant under ``.cache/triton/repo``, starts ``tritonserver`` on Triton's own
+ports (HTTP 8000, gRPC 8001, metrics 8002; a taken one is replaced by a free one, and said),
+waits until the models are ready, prints the endpoints, and stops the server cleanly on Ctrl-C
+or SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import signal
 import sys
 from pathlib import Path
 
+from contracts.errors import ConfigError
 from serving.triton.install import TritonServerError
+from serving.triton.ports import TRITON_PORTS
+from serving.triton.process import describe_exit
 from serving.triton.server import CPU_INSTANCES, TritonOptions, TritonServer
 from serving.triton.state import DEFAULT_CACHE
 
@@ -21,9 +26,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: all)")
-    p.add_argument("--grpc-port", type=int, help="default: a free port")
-    p.add_argument("--http-port", type=int, help="default: a free port")
-    p.add_argument("--metrics-port", type=int, help="default: a free port")
+    for name in ("grpc", "http", "metrics"):
+        p.add_argument(
+            f"--{name}-port",
+            type=int,
+            help=f"default: {TRITON_PORTS[name]} when free, else a free one; 0: a free one",
+        )
     p.add_argument(
         "--instances",
         type=int,
@@ -46,23 +54,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.instances < 1 or args.torch_threads < 1:
         print("error: --instances and --torch-threads must be at least 1", file=sys.stderr)
         return 2
-    server = TritonServer(
-        args.repository,
-        cache_dir=args.cache_dir,
-        options=TritonOptions(
+    try:
+        options = TritonOptions(
             host=args.host,
             http_port=args.http_port,
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
+            conventional_ports=True,
             instances=args.instances,
             dynamic_batching=not args.no_dynamic_batching,
             torch_threads=args.torch_threads,
             startup_timeout_s=args.startup_timeout,
-        ),
-    )
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    server = TritonServer(args.repository, cache_dir=args.cache_dir, options=options)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         server.start()
+        for note in server.port_notes:
+            print(note, flush=True)
         print(
             f"Triton ready: gRPC {server.grpc_url}  HTTP {server.http_url}  "
             f"metrics {server.metrics_url}\nlog: {server.log_path}  (Ctrl-C stops it)",
@@ -71,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         assert server.process is not None
         status = server.process.wait()
         print(
-            f"error: tritonserver exited with status {status}; log:\n{server.log_tail()}",
+            f"error: tritonserver exited with {describe_exit(status)}; log:\n{server.log_tail()}",
             file=sys.stderr,
         )
         return 1

@@ -1,8 +1,11 @@
-"""TCP ports on this host: a free one for a server or a test, and whether one is taken."""
+"""TCP ports on this host: Triton's conventional ones, a free one, and whether one is taken."""
 
 from __future__ import annotations
 
 import socket
+
+# Triton's own defaults (tritonserver, NVIDIA's container, deploy/): what clients expect.
+TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
 
 def free_port(host: str = "127.0.0.1") -> int:

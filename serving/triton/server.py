@@ -9,6 +9,10 @@ Five lines give any test folder its own server::
         with run_triton(repository, cache_dir=tmp_path_factory.mktemp("triton")) as server:
             yield server  # server.grpc_url, server.http_url, server.reload(), ...
 
+Tests get free ports; ``python -m serving.triton`` and ``make run`` ask for Triton's own (gRPC
+8001, ...) with ``TritonOptions(conventional_ports=True)``. A server started again after its
+process exited (:meth:`TritonServer.restart`) keeps its ports and repository.
+
 The wheel's files: :mod:`serving.triton.install`; ports: :mod:`serving.triton.ports`; the
 state file other processes read: :mod:`serving.triton.state`. See
 ``../shared/notes/triton-local.md`` for the facts this relies on.
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contracts.errors import ConfigError
 from contracts.repository import model_dirs
 from serving.triton.client import load_models
 from serving.triton.install import (
@@ -36,7 +41,7 @@ from serving.triton.install import (
     prepare_backends,
     server_environment,
 )
-from serving.triton.ports import free_port, port_taken
+from serving.triton.ports import TRITON_PORTS, free_port, port_taken
 from serving.triton.process import die_with_parent, log_tail, terminate
 from serving.triton.render import render_repository
 from serving.triton.state import DEFAULT_CACHE, clear_state, write_state
@@ -44,6 +49,7 @@ from serving.triton.state import DEFAULT_CACHE, clear_state, write_state
 # CPU instances of the local copy: 2 instances x 1 torch thread was the fastest mode on a
 # 2-core host (Triton section of docs/benchmarks.md); never more instances than cores.
 CPU_INSTANCES = max(1, min(2, os.cpu_count() or 1))
+PORT_LABELS = {"http": "HTTP", "grpc": "gRPC", "metrics": "metrics"}
 
 
 @dataclass(frozen=True)
@@ -52,9 +58,13 @@ class TritonOptions:
 
     Args:
         host: address the endpoints listen on.
-        http_port: fixed HTTP port, or None for a free one.
-        grpc_port: fixed gRPC port, or None for a free one.
-        metrics_port: fixed metrics port, or None for a free one.
+        http_port: fixed HTTP port; 0 for a free one; None for the default (below).
+        grpc_port: fixed gRPC port; 0 for a free one; None for the default (below).
+        metrics_port: fixed metrics port; 0 for a free one; None for the default (below).
+        conventional_ports: a port left None is Triton's own (:data:`TRITON_PORTS`: HTTP
+            8000, gRPC 8001, metrics 8002) when it is free, else a free one, said in
+            ``port_notes``. Off (tests): a free one.
+        reserved_ports: ports a conventional choice must leave alone (the gateway's).
         instances: CPU instances per model.
         dynamic_batching: keep the production config's dynamic batching (off: one request
             per execution, for comparisons).
@@ -66,10 +76,18 @@ class TritonOptions:
     http_port: int | None = None
     grpc_port: int | None = None
     metrics_port: int | None = None
+    conventional_ports: bool = False
+    reserved_ports: tuple[int, ...] = ()
     instances: int = 1
     dynamic_batching: bool = True
     torch_threads: int = 1
     startup_timeout_s: float = 180.0
+
+    def __post_init__(self) -> None:
+        for name in ("http_port", "grpc_port", "metrics_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                raise ConfigError(f"{name} must be 0 to 65535 (0: a free port), not {port}")
 
 
 class TritonServer:
@@ -96,6 +114,10 @@ class TritonServer:
             "grpc": o.grpc_port,
             "metrics": o.metrics_port,
         }
+        self.conventional_ports = o.conventional_ports
+        self.reserved_ports = frozenset(o.reserved_ports)
+        # One line per port that is not the one asked for (a conventional port was taken).
+        self.port_notes: list[str] = []
         self.render_options: dict[str, Any] = {
             "instances": o.instances,
             "dynamic_batching": o.dynamic_batching,
@@ -151,6 +173,9 @@ class TritonServer:
     def start(self) -> TritonServer:
         """Render, start the server, wait until every model is ready.
 
+        The ports are chosen at the first start and kept: a later start (after :meth:`stop`,
+        or :meth:`restart`) listens where clients already point.
+
         Raises:
             TritonServerError: no model, no install, a taken port, or a failed start.
         """
@@ -181,15 +206,51 @@ class TritonServer:
         write_state(self.cache_dir, self._state())
         return self
 
+    def restart(self) -> TritonServer:
+        """Start again after the process exited (or stop it first): same ports, same
+        repository, rendered again. The previous log is kept as ``tritonserver.log.1``.
+
+        Raises:
+            TritonServerError: as :meth:`start`; a port taken meanwhile, among others.
+        """
+        self.stop()
+        if self.log_path.exists():
+            os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+        return self.start()
+
+    def poll(self) -> int | None:
+        """The process's exit status once it has exited (and is reaped), else None; None
+        before :meth:`start` and after :meth:`stop` as well."""
+        return None if self.process is None else self.process.poll()
+
     def _claim_ports(self) -> None:
         for name, port in self.ports.items():
-            if port is None:
+            if port is None and self.conventional_ports:
+                self.ports[name] = self._conventional_port(name)
+            elif not port:
                 self.ports[name] = free_port(self._client_host)
             elif port_taken(self.host, port):
                 raise TritonServerError(
                     f"{name} port {port} on {self.host} is taken: stop what uses it, or pick "
-                    "another port (or none: a free one is chosen)"
+                    "another port (0: a free one)"
                 )
+
+    def _conventional_port(self, name: str) -> int:
+        wanted = TRITON_PORTS[name]
+        if wanted in self.reserved_ports:
+            why = "is reserved for another server of this stack"
+        elif port_taken(self.host, wanted):
+            why = f"on {self.host} is taken"
+        else:
+            return wanted
+        port = free_port(self._client_host)
+        while port in self.reserved_ports:
+            port = free_port(self._client_host)
+        note = f"Triton's {PORT_LABELS[name]} port {wanted} {why}: using {port} instead"
+        if name == "grpc":
+            note += f" (clients: SKIN_TRITON_URL={self._client_host}:{port})"
+        self.port_notes.append(note)
+        return port
 
     def _wait_ready(self, models: list[str]) -> None:
         deadline = time.monotonic() + self.startup_timeout_s

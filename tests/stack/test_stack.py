@@ -49,6 +49,7 @@ def test_stack_trains_exports_serves_and_answers(
         "tiny.yaml",
         "--port",
         str(free_port()),
+        "--triton-free-ports",  # Triton's own 8000-8002 may be another server's on this host
         "--check",
         str(photo),
     ]

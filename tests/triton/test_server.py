@@ -96,7 +96,8 @@ def test_empty_repository_is_a_clear_error(tmp_path):
 def test_cli_serves_until_sigterm_then_stops_the_server(model_repository, tmp_path):
     cli = subprocess.Popen(
         [sys.executable, "-m", "serving.triton", "--repository", str(model_repository),
-         "--cache-dir", str(tmp_path)],
+         "--cache-dir", str(tmp_path), "--grpc-port", "0", "--http-port", "0",
+         "--metrics-port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -112,6 +113,26 @@ def test_cli_serves_until_sigterm_then_stops_the_server(model_repository, tmp_pa
     with pytest.raises(ProcessLookupError):
         os.kill(state["pid"], 0)
     assert not (tmp_path / STATE_FILE).exists()
+
+
+def test_restart_after_a_kill_keeps_ports_and_reaps_the_dead_process(
+    model_repository, tmp_path, lesions
+):
+    _, images = lesions
+    with run_triton(model_repository, cache_dir=tmp_path) as server:
+        ports, old = dict(server.ports), server.process.pid
+        os.kill(old, signal.SIGKILL)  # as the kernel's out-of-memory killer does
+        deadline = time.monotonic() + 30
+        while server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.poll() == -signal.SIGKILL
+        with pytest.raises(ChildProcessError):  # poll reaped it: no zombie left behind
+            os.waitpid(old, os.WNOHANG)
+        server.restart()
+        assert server.ports == ports and server.process.pid != old
+        assert TritonClassifier(server.grpc_url).predict(images[:2]).shape == (2, 7)
+        assert json.loads((tmp_path / STATE_FILE).read_text())["pid"] == server.process.pid
+        assert (tmp_path / "tritonserver.log.1").is_file()  # the dead server's log is kept
 
 
 def test_missing_backend_stub_is_a_clear_error():
