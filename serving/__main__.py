@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from pydantic import ValidationError
@@ -23,15 +22,16 @@ def main() -> int:
 
     from serving.app import create_app
     from serving.limits import server_options
+    from serving.logs import configure
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(settings.log_format, settings.log_level)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # serving/logs.py's handler, not uvicorn's
+        access_log=False,  # the gateway writes its own access line (serving/request_context.py)
         proxy_headers=True,
         timeout_graceful_shutdown=10,
         **server_options(settings),

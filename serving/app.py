@@ -2,7 +2,8 @@
 
 The lifespan builds everything once per process: the rules (a bad file stops the start),
 the database (migrated to head), the Triton client and the served-model catalog. Triton may
-be down at start: the gateway starts anyway and /readyz says it is not ready.
+be down at start: the gateway starts anyway, answers uploads 503 + Retry-After, and /readyz
+says which dependency is down (``?strict=true``: 503 until both are ready).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,13 +23,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts.images import ImageRejected
 from contracts.rules import load_rules
-from serving import web
+from serving import problems, web
+from serving.access import RequestContext
 from serving.api.deps import AppState
 from serving.api.routes import health, model_versions, monitoring, predictions
-from serving.api.schemas import Problem, ValidationProblem
+from serving.api.schemas import InternalProblem, Problem, ValidationProblem
 from serving.db import Database, DatabaseUnavailable
 from serving.gate import GatePolicy
 from serving.limits import BodySizeLimit
@@ -106,19 +108,27 @@ API_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "no such prediction (or path)"},
     422: {"model": ValidationProblem, "description": "invalid field or unreadable image"},
     429: {"model": Problem, "description": "rate limit per API key exceeded: see Retry-After"},
+    500: {"model": InternalProblem, "description": "a bug: quote error_id to the operator"},
 }
-
-
-def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+IMAGE_KINDS = {413: "image-too-large", 415: "unsupported-image-type", 422: "unreadable-image"}
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    """Every error as an RFC 9457 problem (serving/problems.py)."""
     metrics: Metrics = app.state.metrics
     retry = {"Retry-After": str(app.state.settings.retry_after_s)}
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # The routes' ProblemError, FastAPI's and the router's own (404 path, 405, 400).
+        kind = problems.kind_of(exc)
+        extra = exc.extra if isinstance(exc, problems.ProblemError) else {}
+        return problems.response(
+            request, kind, exc.status_code, str(exc.detail), exc.headers, **extra
+        )
+
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # One readable sentence per field; never echo the input back (it may be an image).
         errors = [
             {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
@@ -126,54 +136,50 @@ def _install_error_handlers(app: FastAPI) -> None:
         ]
         detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
         metrics.rejected.labels("422").inc()
-        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+        return problems.response(request, "invalid-request", 422, detail, errors=errors)
 
     @app.exception_handler(ImageRejected)
-    async def rejected(_: Request, exc: ImageRejected) -> JSONResponse:
+    async def rejected(request: Request, exc: ImageRejected) -> JSONResponse:
         metrics.rejected.labels(str(exc.status_code)).inc()
-        return _problem(exc.status_code, str(exc))
+        kind = IMAGE_KINDS.get(exc.status_code)
+        return problems.response(request, kind, exc.status_code, str(exc))
 
     @app.exception_handler(TritonUnavailable)
-    async def unavailable(_: Request, exc: TritonUnavailable) -> JSONResponse:
+    async def unavailable(request: Request, exc: TritonUnavailable) -> JSONResponse:
         metrics.triton_errors.labels("unavailable").inc()
         log.warning("Triton unavailable: %s", exc)
-        return _problem(503, "the model server is unavailable: retry later", retry)
+        detail = "the model server is unavailable: retry later"
+        return problems.response(request, "model-server-unavailable", 503, detail, retry)
 
     @app.exception_handler(TritonModelNotReady)
     async def not_ready(request: Request, exc: TritonModelNotReady) -> JSONResponse:
         metrics.triton_errors.labels("model_not_ready").inc()
         request.app.state.gateway.catalog.forget()  # the cached version may be gone
         log.warning("model not ready: %s", exc)
-        return _problem(503, "the model is not loaded (yet): retry later", retry)
+        detail = "the model is not loaded (yet): retry later"
+        return problems.response(request, "model-not-loaded", 503, detail, retry)
 
     @app.exception_handler(TritonError)
-    async def triton_failed(_: Request, exc: TritonError) -> JSONResponse:
+    async def triton_failed(request: Request, exc: TritonError) -> JSONResponse:
         # TritonBadRequest lands here too: the gateway built the tensor, so it is our fault.
         kind = "bad_request" if isinstance(exc, TritonBadRequest) else "other"
         metrics.triton_errors.labels(kind).inc()
         log.error("Triton failed: %s", exc)
-        return _problem(502, "the model server failed on this request; the operator is told")
+        detail = "the model server failed on this request; the operator is told"
+        return problems.response(request, "model-server-failed", 502, detail)
 
     @app.exception_handler(DataError)
-    async def unstorable(_: Request, exc: DataError) -> JSONResponse:
+    async def unstorable(request: Request, exc: DataError) -> JSONResponse:
         # PostgreSQL refused a value from the request (a NUL byte in a path id): the client's
         # to fix. Neither the value nor the statement is logged or echoed (they may be personal).
         log.warning("database refused a request value: %s", type(exc.orig).__name__)
         detail = "a value in this request cannot be stored or looked up: remove control characters"
-        return _problem(422, detail)
+        return problems.response(request, "unstorable-value", 422, detail)
 
     @app.exception_handler(DatabaseUnavailable)
-    async def db_down(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
-        return _problem(503, "the database is unavailable: retry later", retry)
-
-    @app.exception_handler(Exception)
-    async def crashed(_: Request, exc: Exception) -> JSONResponse:
-        error_id = uuid.uuid4().hex[:12]
-        log.error("unhandled error %s", error_id, exc_info=exc)
-        return JSONResponse(
-            {"detail": "internal error; quote this id to the operator", "error_id": error_id},
-            status_code=500,
-        )
+    async def db_down(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        detail = "the database is unavailable: retry later"
+        return problems.response(request, "database-unavailable", 503, detail, retry)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -192,7 +198,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problems.document(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(health.router)
+    app.include_router(problems.router)
     for router in (predictions.router, model_versions.router, monitoring.router):
         app.include_router(router, responses=API_ERRORS)
     web.mount(app)  # the clinician's page at / and the monitoring page
@@ -208,7 +223,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_allow_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["X-API-Key", "Authorization", "Content-Type", "Idempotency-Key"],
+            allow_headers=[
+                "X-API-Key",
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "X-Request-ID",
+            ],
+            expose_headers=["X-Request-ID", "Retry-After", "Location", "Idempotent-Replayed"],
             max_age=600,
         )
+    app.add_middleware(RequestContext)  # outermost: the request id for everything inside
     return app

@@ -10,9 +10,9 @@ the cut-off body as an error, and that answer is replaced).
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
+from serving import problems
 from serving.settings import Settings
 
 
@@ -43,22 +43,13 @@ class BodySizeLimit:
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
 
-    def _message(self) -> bytes:
+    async def _reject(self, scope: dict[str, Any], send: Any) -> None:
         detail = (
             f"the request body is larger than {self.max_bytes} bytes: send a smaller image "
             "(the limit is SKIN_MAX_UPLOAD_BYTES plus 64 KiB for the form)"
         )
-        return json.dumps({"detail": detail}).encode()
-
-    async def _reject(self, send: Any) -> None:
-        body = self._message()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        problem = problems.body("body-too-large", 413, detail, scope["path"])
+        await problems.send(send, 413, problem, [(b"connection", b"close")])
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -71,7 +62,7 @@ class BodySizeLimit:
                 except ValueError:
                     declared = -1
                 if declared > self.max_bytes:
-                    await self._reject(send)
+                    await self._reject(scope, send)
                     return
         received = 0
         exceeded = False
@@ -99,4 +90,4 @@ class BodySizeLimit:
         with contextlib.suppress(BodyTooLarge):
             await self.app(scope, limited_receive, guarded_send)
         if exceeded and not started:
-            await self._reject(send)
+            await self._reject(scope, send)

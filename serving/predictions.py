@@ -30,6 +30,7 @@ from contracts.images import DecodedImage, ImageRejected, PreparedImage
 from contracts.labels import CLASS_NAMES, CLASSES, MALIGNANT
 from contracts.quality import Refusal, multiple_images
 from contracts.rules import Rules, apply_rules
+from serving import problems
 from serving.api.deps import AppState
 from serving.api.schemas import PredictionCreate, PredictionPublic, RefusalProblem
 from serving.db import crud
@@ -42,6 +43,8 @@ from serving.model_info import ServedModel
 from serving.referral import decide, no_advice
 from serving.storage import store_image
 from serving.triton.client import TritonModelNotReady
+
+ROUTE = "/v1/predictions"  # the instance of a refusal's problem
 
 
 class RequestIdReused(ValueError):
@@ -394,18 +397,21 @@ def refusal_answer(upload: Upload, refused: Refused, ticket: RefusalTicket) -> d
     model = refused.model
     model_ref = {"name": model.name, "version": model.version} if model is not None else None
     refusal_id, created_at = ticket.id, ticket.created_at
-    if ticket.mode == REJECT:
-        body = {
-            "detail": refused.refusal.message,
-            "code": refused.refusal.code,
-            "refusal": {
+    if ticket.mode == REJECT:  # an RFC 9457 problem, kept whole to answer a retry the same
+        body = problems.body(
+            "image-refused",
+            422,
+            refused.refusal.message,
+            ROUTE,
+            code=refused.refusal.code,
+            refusal={
                 **refusal_public(refused),
                 "id": refusal_id,
                 "created_at": created_at,
                 "request_id": upload.request_id,
                 "model": model_ref,
             },
-        }
+        )
         return RefusalProblem.model_validate(body).model_dump(mode="json")
     form = upload.form
     answer = {

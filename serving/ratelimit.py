@@ -12,12 +12,12 @@ limit; a limit shared by all replicas belongs at the ingress (or a shared store)
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
 from typing import Any
 
+from serving import problems
 from serving.security import client_id, match_key
 from serving.settings import Settings
 
@@ -97,11 +97,5 @@ class RateLimit:
             f"rate limit of {s.rate_limit_per_s:g} requests/s per API key (bursts of "
             f"{s.rate_limit_burst}) exceeded: retry after {retry} s"
         )
-        body = json.dumps({"detail": detail}).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(retry).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 429, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        problem = problems.body("rate-limited", 429, detail, scope["path"])
+        await problems.send(send, 429, problem, [(b"retry-after", str(retry).encode())])

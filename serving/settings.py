@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     )
     image_dir: Path = Field(Path(".cache/serving/images"), description="consented images")
     log_level: str = Field("info", description="uvicorn and app log level")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="JSON lines, plain text, or auto: text on a terminal, JSON otherwise "
+        "(serving/logs.py)",
+    )
     # Monitoring (contracts.drift, serving.retraining): GET /v1/monitoring and its gauges.
     drift_window: int = Field(500, ge=1, description="the last N predictions are the window")
     drift_window_days: float | None = Field(

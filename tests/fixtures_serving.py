@@ -91,7 +91,10 @@ def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def _pg_bin() -> Path:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not found:
-        pytest.fail("PostgreSQL is not installed: `apt-get install -y postgresql` (.ci/run does)")
+        pytest.fail(
+            "PostgreSQL is not installed: `apt-get install -y postgresql` "
+            "(`make test` installs it as root)"
+        )
     return found[-1].parent
 
 
@@ -283,3 +286,20 @@ def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
     admin.dispose()
+
+
+PROBLEM_MEMBERS = {"type", "title", "status", "detail", "instance"}
+
+
+def assert_problem(r: Any, kind: str | None, status: int, *extra: str) -> dict[str, Any]:
+    """``r`` is an RFC 9457 problem of ``kind`` (None: about:blank) with exactly the standard
+    members plus ``extra``, a readable detail, and the request id header."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json", r.headers
+    body: dict[str, Any] = r.json()
+    assert set(body) == PROBLEM_MEMBERS | set(extra), body
+    assert body["type"] == (f"/problems/{kind}" if kind else "about:blank"), body
+    assert body["status"] == status and body["title"] and body["detail"], body
+    assert body["instance"] == httpx.URL(str(r.request.url)).path, body
+    assert r.headers.get("x-request-id"), r.headers
+    return body

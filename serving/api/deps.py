@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import anyio
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from contracts.rules import Rules
 from serving.db import Database
 from serving.metrics import Metrics
 from serving.model_info import ModelCatalog
+from serving.problems import ProblemError
 from serving.security import client_id, match_key
 from serving.settings import Settings
 from serving.triton.client import AsyncTritonClassifier
@@ -51,15 +52,15 @@ def authenticate(settings: Settings, key: str | None) -> str:
         return ANONYMOUS
     challenge = {"WWW-Authenticate": 'Bearer realm="skin-lesion"'}
     if not key:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
+        raise ProblemError(
+            "unauthorized",
             "missing API key: send it in the X-API-Key header (or Authorization: Bearer <key>)",
             headers=challenge,
         )
     digest = match_key(key, settings.api_key_hashes)
     if digest is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
+        raise ProblemError(
+            "unauthorized",
             "invalid API key: check the key you were given; ask the operator for a new one",
             headers=challenge,
         )

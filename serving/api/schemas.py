@@ -19,9 +19,23 @@ Confirmation = Literal[CONFIRMATIONS]  # type: ignore[valid-type]
 
 
 class Problem(BaseModel):
-    """Every error the gateway itself answers: one sentence saying what is wrong and what to do."""
+    """Every error the gateway answers: an RFC 9457 problem (``application/problem+json``,
+    serving/problems.py). Branch on ``type``; ``detail`` is one sentence for people saying what
+    is wrong and what to do."""
 
-    detail: str
+    type: str = Field(
+        description="the kind of error: a URI reference, relative to the gateway, whose page "
+        "(GET it) says what it means; about:blank where the status says all",
+        examples=["/problems/not-found"],
+    )
+    title: str = Field(description="the kind's fixed summary (the status phrase for about:blank)")
+    status: int = Field(description="the HTTP status of this answer")
+    detail: str = Field(description="what went wrong in this request, and what to do")
+    instance: str = Field(description="the request's path (without the query)")
+
+
+class InternalProblem(Problem):
+    error_id: str = Field(description="names the log entry with the details: quote it")
 
 
 class InvalidField(BaseModel):
@@ -150,8 +164,8 @@ class RefusalRecord(RefusalPublic):
 
 
 class RefusalProblem(Problem):
-    """The 422 answer to an upload the gate refused (SKIN_REFUSAL_MODE=reject): ``detail`` is
-    the sentence, as in every error of the API, ``code`` the reason."""
+    """The 422 answer to an upload the gate refused (SKIN_REFUSAL_MODE=reject), type
+    ``/problems/image-refused``: ``detail`` is the sentence, ``code`` the reason."""
 
     code: ReasonCode
     refusal: RefusalRecord
@@ -254,7 +268,11 @@ class ModelsPublic(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "not ready"]
+    status: Literal["ready", "degraded", "not ready"] = Field(
+        description="ready: Triton and the database answer; degraded: one does not, and this "
+        "replica answers uploads 503 + Retry-After (HTTP 200); not ready: the same with "
+        "strict=true (HTTP 503)"
+    )
     checks: dict[str, str]
     referral: str | None = Field(
         None,

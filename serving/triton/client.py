@@ -21,6 +21,7 @@ from contracts.tensors import (
     OOD_OUTPUT_NAME,
     OUTPUT_NAME,
 )
+from serving.request_context import current_request_id
 
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_TIMEOUT_S = 10.0
@@ -155,7 +156,9 @@ class _Classifier:
         outputs: tuple[str, ...] = (OUTPUT_NAME,),
     ) -> dict[str, Any]:
         inputs, requested = _request(check_batch(batch), module, outputs)
-        return {**self._model_args(version), "inputs": inputs, "outputs": requested}
+        # The gateway's request id names the inference in Triton's logs and traces too.
+        traced = {"request_id": request_id} if (request_id := current_request_id()) else {}
+        return {**self._model_args(version), "inputs": inputs, "outputs": requested, **traced}
 
     def _error(self, exc: InferenceServerException) -> TritonError:
         return map_error(exc, self.url, self.model_name)

@@ -199,6 +199,7 @@ def test_after_a_baseline_shifted_streams_alarm_on_their_own_features(
     with gateway.client() as c:
         few = post(c, "/v1/monitoring/baseline", json={"days": 1, "min_records": 1000})
         assert few.status_code == 409
+        assert few.json()["type"] == "/problems/too-few-predictions"
         assert "only 28 predictions" in few.json()["detail"]
         assert "at least 1000" in few.json()["detail"]
         assert post(c, "/v1/monitoring/baseline", json={"days": -1}).status_code == 422

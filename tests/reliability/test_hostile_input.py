@@ -26,8 +26,9 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow]
 LEAKS = re.compile(r"Traceback|File \"|object at 0x|sqlalchemy|psycopg|site-packages", re.I)
 
 
-def send_raw(url: str, req: Request) -> tuple[int, str]:
-    """Write a request to a socket as is; the status and body of the answer (0: none)."""
+def send_raw(url: str, req: Request) -> tuple[int, str, str]:
+    """Write a request to a socket as is; the status, body and content type of the answer
+    (0: none)."""
     host, port = url.removeprefix("http://").split(":")
     assert req.raw is not None
     answer = b""
@@ -42,10 +43,12 @@ def send_raw(url: str, req: Request) -> tuple[int, str]:
                 answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     match = re.match(rb"HTTP/1\.1 (\d{3})", head)
-    return (int(match.group(1)) if match else 0), body.decode(errors="replace")
+    kind = re.search(rb"(?im)^content-type:\s*([^\r\n;]+)", head)
+    status = int(match.group(1)) if match else 0
+    return status, body.decode(errors="replace"), kind.group(1).decode() if kind else ""
 
 
-def send(client: httpx.Client, url: str, req: Request, pid: str) -> tuple[int, str]:
+def send(client: httpx.Client, url: str, req: Request, pid: str) -> tuple[int, str, str]:
     if req.raw is not None:
         return send_raw(url, req)
     r = client.request(
@@ -56,10 +59,10 @@ def send(client: httpx.Client, url: str, req: Request, pid: str) -> tuple[int, s
         content=req.content,
         headers=req.headers,
     )
-    return r.status_code, r.text
+    return r.status_code, r.text, r.headers.get("content-type", "")
 
 
-def check(case: Case, status: int, text: str) -> list[str]:
+def check(case: Case, status: int, text: str, content_type: str) -> list[str]:
     problems = []
     if status not in (case.expect if isinstance(case.expect, tuple) else (case.expect,)):
         problems.append(f"status {status}, expected {case.expect}: {text[:300]}")
@@ -69,10 +72,18 @@ def check(case: Case, status: int, text: str) -> list[str]:
             problems.append(f"reason {code!r}, expected {case.code!r}: {text[:300]}")
     if LEAKS.search(text):
         problems.append(f"internals leak into the answer: {text[:300]}")
-    if status >= 400 and case.group != "http":  # the app's own errors are JSON with a detail
-        detail = httpx.Response(status, text=text).json().get("detail")
-        if not (isinstance(detail, str) and detail):
+    if status >= 400 and case.group != "http":  # the app's own errors: RFC 9457 problems
+        problem = httpx.Response(status, text=text).json()
+        if content_type != "application/problem+json":
+            problems.append(f"content type {content_type!r}, not application/problem+json")
+        if problem.get("status") != status or not str(problem.get("type", "")).startswith(
+            ("/problems/", "about:blank")
+        ):
+            problems.append(f"not a problem of status {status}: {text[:300]}")
+        if not (isinstance(problem.get("detail"), str) and problem["detail"]):
             problems.append(f"no readable detail: {text[:300]}")
+        if not (problem.get("title") and str(problem.get("instance", "")).startswith("/")):
+            problems.append(f"no title or instance: {text[:300]}")
     return problems
 
 
@@ -98,8 +109,8 @@ def test_hostile_corpus(
         for case in CASES:
             before, feedback_before = rows(gateway), gateway.count(Feedback)
             refusals_before = gateway.count(Refusal)
-            status, text = send(client, gateway.url, case.build(photo), pid)
-            problems = check(case, status, text)
+            status, text, content_type = send(client, gateway.url, case.build(photo), pid)
+            problems = check(case, status, text, content_type)
             new = rows(gateway) - before
             refused = gateway.count(Refusal) - refusals_before
             if refused != (1 if case.code is not None and status == 422 else 0):

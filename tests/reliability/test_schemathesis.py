@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,6 +121,8 @@ def exercise(
     def run(case: schemathesis.Case) -> None:
         if not sendable(case) or (mode is GenerationMode.NEGATIVE and valid_on_the_wire(case)):
             reject()
+        if mode is GenerationMode.POSITIVE:
+            fresh_request_id(case)
         response = case.call(headers=AUTH)
         statuses[(label, mode.value, response.status_code)] += 1
         case.validate_response(response, checks=CHECKS.get_all(), headers=AUTH)
@@ -148,6 +151,18 @@ def sendable(case: schemathesis.Case) -> bool:
     if any(v is None for v in case.body.values()):
         return False
     return not (case.body.get("request_id") and (case.headers or {}).get("Idempotency-Key"))
+
+
+def fresh_request_id(case: schemathesis.Case) -> None:
+    """Generated request ids repeat across cases ("0", "a"), and an id reused for another
+    upload is rightly refused (422, /problems/idempotency-key-reused): a state the schema
+    cannot express, tested on its own in tests/serving. A positive case gets its id made
+    unique, still valid (no control characters, at most 200 characters)."""
+    suffix = uuid.uuid4().hex
+    if isinstance(case.body, dict) and isinstance(case.body.get("request_id"), str):
+        case.body["request_id"] = f"{case.body['request_id'][:160]}-{suffix}"
+    if case.headers and isinstance(case.headers.get("Idempotency-Key"), str):
+        case.headers["Idempotency-Key"] = f"{case.headers['Idempotency-Key'][:160]}-{suffix}"
 
 
 def valid_on_the_wire(case: schemathesis.Case) -> bool:

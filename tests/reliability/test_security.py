@@ -3,6 +3,7 @@ by default, no personal data in the gateway's logs, the feedback audit trail rea
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -15,14 +16,15 @@ from pydantic import ValidationError
 
 from serving.ratelimit import RateLimiter, TokenBucket
 from serving.settings import Settings
-from tests.fixtures_serving import API_KEY, OTHER_KEY
+from tests.fixtures_serving import API_KEY, OTHER_KEY, assert_problem
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 # Public by design: health probes, the API's own documentation, and the two pages, which hold
 # no data and call the API with the key the user types. Everything else needs a key.
 PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-PAGES = {"/", "/monitoring"}
+PAGES = {"/", "/monitoring", "/problems/", "/problems/{slug}"}  # problem types' pages, too
+EXAMPLE = {"slug": "image-refused"}
 
 
 def routes(app: Any) -> list[tuple[str, str]]:
@@ -39,14 +41,15 @@ def test_every_route_but_health_requires_a_key(gateway: Any) -> None:
     assert ("POST", "/v1/predictions") in served and ("GET", "/metrics") in served
     with httpx.Client(base_url=gateway.url, timeout=30) as c:
         for method, path in served:
-            url = re.sub(r"\{[^}]+\}", "some-id", path)
+            url = re.sub(r"\{([^}]+)\}", lambda m: EXAMPLE.get(m[1], "some-id"), path)
             if path in PUBLIC | PAGES:
                 assert c.request(method, url).status_code == 200, path
                 continue
             for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}):
                 r = c.request(method, url, headers=headers)
                 assert r.status_code == 401, (method, path, headers, r.text)
-                assert "API key" in r.json()["detail"]
+                assert "API key" in assert_problem(r, "unauthorized", 401)["detail"]
+                assert r.headers["www-authenticate"].startswith("Bearer")
 
 
 def test_rate_limit_per_key_with_retry_after(
@@ -61,7 +64,7 @@ def test_rate_limit_per_key_with_retry_after(
     with live.client() as c, live.client(OTHER_KEY) as other:
         assert [c.get("/v1/predictions/x").status_code for _ in range(3)] == [404] * 3
         limited = c.get("/v1/predictions/x")
-        assert limited.status_code == 429, limited.text
+        assert_problem(limited, "rate-limited", 429)
         assert int(limited.headers["retry-after"]) >= 1
         assert "retry after" in limited.json()["detail"]
         # Refused before the body is read: a 429 for an upload, and no record.
@@ -113,10 +116,11 @@ def test_cors_closed_by_default_and_open_only_to_named_origins(
     with live.client() as c:
         ok = c.options("/v1/predictions", headers={**preflight, "Origin": clinic})
         assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == clinic
-        assert (
-            c.get("/v1/models", headers={"Origin": clinic}).headers["access-control-allow-origin"]
-            == clinic
-        )
+        allowed = c.get("/v1/models", headers={"Origin": clinic}).headers
+        assert allowed["access-control-allow-origin"] == clinic
+        # The page's script may read the request id (to quote it) and Retry-After.
+        exposed = allowed["access-control-expose-headers"].lower()
+        assert "x-request-id" in exposed and "retry-after" in exposed
         refused = c.options("/v1/predictions", headers=preflight)
         assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
         assert "access-control-allow-origin" not in c.get("/v1/models", headers=foreign).headers
@@ -168,7 +172,12 @@ def test_logs_hold_no_personal_data(
         )
         assert bad.status_code == 415
     text = log.read_text(errors="replace")
-    assert '"POST /v1/predictions HTTP/1.1" 201' in text  # the access log is there...
+    # The access log is there, one JSON line per request, naming the upload's record...
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "serving.access"]
+    upload = [line for line in access if line["request_id"] == made.headers["x-request-id"]]
+    assert len(upload) == 1 and upload[0]["prediction_id"] == pid, access
+    assert upload[0]["route"] == "/v1/predictions" and upload[0]["status"] == 201, upload
     leaks = {
         "client IP": ip in text,
         "request id": request_id in text,
@@ -185,7 +194,7 @@ def test_logs_hold_no_personal_data(
 def wait_ready(client: httpx.Client, timeout_s: float = 60) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if client.get("/readyz").status_code == 200:
+        if client.get("/readyz?strict=true").status_code == 200:
             return True
         time.sleep(0.3)
     return False

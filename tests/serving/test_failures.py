@@ -18,6 +18,7 @@ from serving.app import create_app
 from serving.inference import predict_with_retries
 from serving.settings import Settings
 from serving.triton.client import AsyncTritonClassifier, TritonModelNotReady, TritonUnavailable
+from tests.fixtures_serving import assert_problem
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -51,18 +52,24 @@ def test_triton_down_gives_503_with_retry_after(
         f"sqlite:///{tmp_path / 'down.db'}", closed_port_url(), triton_timeout_s=2.0
     )
     with live.client() as c:
-        assert c.get("/healthz").status_code == 200  # alive, just not ready
+        assert c.get("/healthz").status_code == 200
+        # The replica stays in the load balancer: it answers, with 503 + Retry-After.
         ready = c.get("/readyz")
-        assert ready.status_code == 503 and ready.headers["retry-after"] == "5"
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded"
         assert "not ready" in ready.json()["checks"]["triton"]
         assert ready.json()["checks"]["database"] == "ready"
+        whole = c.get("/readyz", params={"strict": "true"})  # the whole service: not ready
+        assert whole.status_code == 503 and whole.headers["retry-after"] == "5"
+        assert whole.json()["status"] == "not ready"
         models = c.get("/v1/models")
-        assert models.status_code == 503 and "retry later" in models.json()["detail"]
+        assert_problem(models, "model-server-unavailable", 503)
+        assert "retry later" in models.json()["detail"]
         start = time.monotonic()
         r = upload(live, jpeg)
         assert time.monotonic() - start < 5  # bounded by the deadline, retries included
         assert r.status_code == 503 and r.headers["retry-after"] == "5"
-        assert r.json() == {"detail": "the model server is unavailable: retry later"}
+        problem = assert_problem(r, "model-server-unavailable", 503)
+        assert problem["detail"] == "the model server is unavailable: retry later"
         assert 'skin_triton_errors_total{kind="unavailable"}' in c.get("/metrics").text
     assert live.count() == 0
 
@@ -72,9 +79,11 @@ def test_model_not_loaded_gives_503(
 ) -> None:
     live = make_gateway(f"sqlite:///{tmp_path / 'nm.db'}", triton.grpc_url, model_name="absent")
     with live.client() as c:
-        assert c.get("/readyz").status_code == 503
+        assert c.get("/readyz").json()["status"] == "degraded"
+        assert c.get("/readyz?strict=true").status_code == 503
         r = upload(live, jpeg)
-        assert r.status_code == 503 and "not loaded" in r.json()["detail"]
+        assert_problem(r, "model-not-loaded", 503)
+        assert "not loaded" in r.json()["detail"]
         assert 'skin_triton_errors_total{kind="model_not_ready"}' in c.get("/metrics").text
     assert live.count() == 0
 
@@ -105,17 +114,20 @@ def test_database_down_gives_503_then_recovers(
         )
     try:
         with live.client() as c:
-            ready = c.get("/readyz")
+            ready = c.get("/readyz?strict=true")
             assert ready.status_code == 503 and ready.json()["checks"]["database"] == "unavailable"
+            assert c.get("/readyz").json()["status"] == "degraded"  # the replica stays in
             r = upload(live, jpeg)
             assert r.status_code == 503 and r.headers["retry-after"] == "5"
-            assert r.json()["detail"] == "the database is unavailable: retry later"
+            assert assert_problem(r, "database-unavailable", 503)["detail"] == (
+                "the database is unavailable: retry later"
+            )
             assert c.get("/v1/predictions/x").status_code == 503
     finally:
         with admin.connect() as conn:
             conn.execute(text("ALTER DATABASE skin_outage ALLOW_CONNECTIONS true"))
     with live.client() as c:
-        assert c.get("/readyz").status_code == 200
+        assert c.get("/readyz?strict=true").status_code == 200
     assert upload(live, jpeg).status_code == 201
     assert live.count() == 2  # the refused upload left nothing behind
     admin.dispose()
@@ -137,11 +149,11 @@ def test_unhandled_error_is_opaque_and_logged(
         raise RuntimeError("secret internals: /etc/passwd")
 
     with TestClient(app, raise_server_exceptions=False) as c, caplog.at_level(logging.ERROR):
-        r = c.get("/boom")
-    assert r.status_code == 500
-    body = r.json()
-    assert set(body) == {"detail", "error_id"} and "secret" not in r.text
-    assert any(body["error_id"] in rec.getMessage() and rec.exc_info for rec in caplog.records)
+        r = c.get("/boom", headers={"X-Request-ID": "trace-boom-1"})
+    body = assert_problem(r, "internal-error", 500, "error_id")
+    assert "secret" not in r.text and r.headers["x-request-id"] == "trace-boom-1"
+    logged = [rec for rec in caplog.records if body["error_id"] in rec.getMessage()]
+    assert logged and logged[0].exc_info  # the traceback, in the log only
 
 
 class CountingClient(AsyncTritonClassifier):

@@ -122,7 +122,8 @@ def test_idempotent_retries_store_one_record(
         assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
         # The same id for another upload is a client bug: refused, nothing stored.
         clash = upload(c, other, key, body_location="hand")
-        assert clash.status_code == 409 and "different upload" in clash.json()["detail"]
+        assert clash.status_code == 422 and "different upload" in clash.json()["detail"]
+        assert clash.json()["type"] == "/problems/idempotency-key-reused"
         # The form field works like the header.
         rid = f"form-{key['Idempotency-Key']}"
         a = upload(c, data, body_location="hand", request_id=rid)

@@ -27,7 +27,7 @@ from serving.db.tables import Prediction, Refusal
 from serving.triton.client import TritonClassifier
 from serving.triton.server import run_triton
 from tests import gate_images as gi
-from tests.fixtures_serving import MODEL_SIZE
+from tests.fixtures_serving import MODEL_SIZE, assert_problem
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 SIZE = MODEL_SIZE
@@ -83,9 +83,7 @@ def post(
 
 def assert_refusal(r: httpx.Response, code: str) -> dict[str, Any]:
     """A 422 refusal in the API's error shape: the sentence as ``detail``, the code, the record."""
-    assert r.status_code == 422, r.text
-    body = r.json()
-    assert set(body) == {"detail", "code", "refusal"}, body
+    body = assert_problem(r, "image-refused", 422, "code", "refusal")
     assert body["code"] == body["refusal"]["code"] == code, body
     assert body["detail"] == body["refusal"]["message"] and "Traceback" not in r.text
     return body
@@ -358,7 +356,8 @@ def test_refusals_are_counted_replayed_and_lose_nothing_recorded(
         ready = c.get("/readyz").json()
     assert retry.status_code == 422 and retry.json() == tiny
     assert retry.headers["idempotent-replayed"] == "true"
-    assert clash.status_code == 409 and "different upload" in clash.json()["detail"]
+    assert clash.status_code == 422 and "different upload" in clash.json()["detail"]
+    assert clash.json()["type"] == "/problems/idempotency-key-reused"
     assert after == before and after["feedback"]["diagnosis"] == "nv"
     assert (live.count(), live.count(Refusal)) == (1, 2)
     for code, n in {"too_small": 1, "blurred": 1, "uniform": 0}.items():
@@ -472,10 +471,16 @@ def test_openapi_documents_the_refusal(gated_gateway: Any) -> None:
     with gated_gateway.client() as c:
         spec = c.get("/openapi.json").json()
     answer = spec["paths"]["/v1/predictions"]["post"]["responses"]["422"]
-    refs = {s["$ref"] for s in answer["content"]["application/json"]["schema"]["anyOf"]}
-    assert refs == {"#/components/schemas/ValidationProblem", "#/components/schemas/RefusalProblem"}
+    assert set(answer["content"]) == {"application/problem+json"}  # RFC 9457
+    refs = {s["$ref"] for s in answer["content"]["application/problem+json"]["schema"]["anyOf"]}
+    assert refs == {
+        "#/components/schemas/ValidationProblem",
+        "#/components/schemas/RefusalProblem",
+        "#/components/schemas/Problem",  # the request id reused for another upload
+    }
     assert "out_of_distribution" in answer["description"]
     schemas = spec["components"]["schemas"]
-    assert schemas["RefusalProblem"]["required"] == ["detail", "code", "refusal"]
+    problem = ["type", "title", "status", "detail", "instance"]
+    assert schemas["RefusalProblem"]["required"] == [*problem, "code", "refusal"]
     assert schemas["RefusalPublic"]["properties"]["code"]["enum"] == list(REASON_CODES)
     assert "refused" in schemas["PredictionPublic"]["properties"]

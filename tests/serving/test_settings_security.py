@@ -195,7 +195,9 @@ def test_python_m_serving_starts_and_refuses_without_keys(tmp_path: Path) -> Non
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.2)
         assert r.json() == {"status": "alive"}
-        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 503  # no Triton
+        assert (
+            httpx.get(f"http://127.0.0.1:{port}/readyz?strict=true").status_code == 503
+        )  # no Triton
         assert (tmp_path / "db.sqlite").exists()  # migrated at startup
     finally:
         proc.terminate()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
 from serving.api.deps import AppState, StateDep, metrics_access
 from serving.api.schemas import Readiness
@@ -32,8 +32,21 @@ async def _served(state: AppState) -> tuple[str, bool | None, str | None]:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(state: StateDep, response: Response) -> Any:
-    """Ready when Triton has the model loaded AND the database answers (no API key).
+async def readyz(
+    state: StateDep,
+    response: Response,
+    strict: Annotated[
+        bool, Query(description="503 unless Triton and the database are ready too")
+    ] = False,
+) -> Any:
+    """Whether this replica can take traffic (no API key).
+
+    A started replica can always answer: with Triton or the database down it serves the pages
+    and answers uploads 503 + Retry-After, which is what a client should get. So ``/readyz``
+    is 200 (``status`` "degraded" while a dependency is down) and a load balancer keeps every
+    replica in while Triton restarts; Triton's own readiness is Triton's probe. ``strict=true``
+    asks for the whole service: 503 + Retry-After unless Triton has the model loaded AND the
+    database answers (``make run`` waits on it; a deploy pipeline's smoke test should too).
 
     ``referral`` says whether answers carry referral advice: a version without validated
     thresholds still serves rankings, so it does not make the replica unready. ``gate`` says
@@ -49,11 +62,13 @@ async def readyz(state: StateDep, response: Response) -> Any:
     }
     referral, advice, gate = await _served(state) if triton_ok else (None, None, None)
     answer = {"checks": checks, "referral": referral, "referral_advice": advice, "gate": gate}
-    if not (triton_ok and db_ok):
+    if triton_ok and db_ok:
+        return {"status": "ready", **answer}
+    if strict:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         response.headers["Retry-After"] = str(state.settings.retry_after_s)
         return {"status": "not ready", **answer}
-    return {"status": "ready", **answer}
+    return {"status": "degraded", **answer}
 
 
 @router.get("/metrics", include_in_schema=False, dependencies=[Depends(metrics_access)])

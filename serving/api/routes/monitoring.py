@@ -11,7 +11,7 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from prometheus_client import Gauge
 from pydantic import BaseModel, Field, field_validator
 
@@ -34,6 +34,7 @@ from serving.monitoring import (
     TooFewRecords,
     freeze,
 )
+from serving.problems import ProblemError
 from serving.retraining import RetrainingBounds, recommend
 
 log = logging.getLogger(__name__)
@@ -345,5 +346,5 @@ async def freeze_baseline(
     try:
         frozen: dict[str, Any] = await state.db.run(freeze, since, body.min_records, client)
     except TooFewRecords as e:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
+        raise ProblemError("too-few-predictions", str(e)) from e
     return frozen

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Header, HTTPException, Request, Response, status
+from fastapi import APIRouter, Form, Header, Request, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
 from serving import predictions as service
+from serving import problems
 from serving.api.deps import ClientDep, StateDep
 from serving.api.schemas import (
     FeedbackCreate,
@@ -17,23 +18,32 @@ from serving.api.schemas import (
     PredictionCreate,
     PredictionPublic,
     PredictionWithFeedback,
+    Problem,
     RefusalProblem,
     ValidationProblem,
 )
 from serving.db import crud
+from serving.problems import ProblemError
+from serving.request_context import annotate
 
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or invalid API key"},
-    409: {"description": "request id reused for a different request"},
-    413: {"description": "image too large (bytes or pixels)"},
-    415: {"description": "not a JPEG or PNG"},
-    422: {"description": "invalid field or unreadable image"},
-    503: {"description": "Triton or the database is unavailable; retry after Retry-After"},
+    401: {"model": Problem, "description": "missing or invalid API key"},
+    409: {
+        "model": Problem,
+        "description": "feedback for a refused upload: no diagnosis to confirm",
+    },
+    413: {"model": Problem, "description": "image too large (bytes or pixels)"},
+    415: {"model": Problem, "description": "not a JPEG or PNG"},
+    422: {"model": ValidationProblem, "description": "invalid field or unreadable image"},
+    503: {
+        "model": Problem,
+        "description": "Triton or the database is unavailable; retry after Retry-After",
+    },
 }
 REFUSED = {
-    "model": ValidationProblem | RefusalProblem,
+    "model": ValidationProblem | RefusalProblem | Problem,
     "description": "invalid field or unreadable image (`detail`, `errors`); or REFUSED: the "
     "image is not a usable dermoscopic photo of a skin lesion, so it gets no diagnosis "
     "(`detail`: what is wrong and what to do, `code`: the reason, one of too_small, "
@@ -41,15 +51,16 @@ REFUSED = {
     "out_of_distribution, multiple_images; `refusal`: what was measured). With "
     "SKIN_REFUSAL_MODE=flag a refused image gets a 201 with `refused` set and the ranking "
     "withheld instead (multiple_images stays a 422). A retry with the same request id gets "
-    "the same refusal.",
+    "the same refusal. Also 422: the request id reused for a different upload "
+    "(`type` /problems/idempotency-key-reused).",
 }
 
 
 def _request_id(form: PredictionCreate, header: str | None) -> str | None:
     if header is not None and form.request_id is not None and header != form.request_id:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            "the Idempotency-Key header and the request_id field differ: send one of them",
+        detail = "the Idempotency-Key header and the request_id field differ: send one of them"
+        raise ProblemError(
+            "invalid-request", detail, errors=[{"field": "request_id", "message": detail}]
         )
     return header if header is not None else form.request_id
 
@@ -91,10 +102,14 @@ async def create_prediction(
     try:
         created = await service.create_prediction(state, upload)
     except service.RequestIdReused as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    if created.rejected:
-        headers = {"Idempotent-Replayed": "true"} if created.replayed else None
-        return JSONResponse(created.answer, status.HTTP_422_UNPROCESSABLE_CONTENT, headers)
+        raise ProblemError("idempotency-key-reused", str(exc)) from None
+    _annotate(created, client)
+    if created.rejected:  # the stored problem: a retry gets the same
+        headers = {"Idempotent-Replayed": "true"} if created.replayed else {}
+        answer = created.answer
+        if "type" not in answer:  # recorded before answers were RFC 9457 problems
+            answer = problems.body("image-refused", 422, instance=router.prefix, **answer)
+        return JSONResponse(answer, 422, headers, media_type=problems.MEDIA_TYPE)
     if created.replayed:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
@@ -103,9 +118,24 @@ async def create_prediction(
     return created.answer
 
 
-def _not_found(prediction_id: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_404_NOT_FOUND,
+def _annotate(created: service.Created, client: str) -> None:
+    """What the access line says about this upload: the record, the version, Triton's time."""
+    answer = created.answer
+    refusal = answer.get("refusal") or {}
+    model = answer.get("model") or refusal.get("model") or {}
+    annotate(
+        client=client,
+        prediction_id=answer.get("id") or refusal.get("id"),
+        model_version=f"{model['name']}/{model['version']}" if model else None,
+        triton_ms=(answer.get("timings") or {}).get("inference_ms"),
+        refused=(answer.get("refused") or answer).get("code"),
+        replayed=created.replayed,
+    )
+
+
+def _not_found(prediction_id: str) -> ProblemError:
+    return ProblemError(
+        "not-found",
         f"no prediction {prediction_id!r}: use the id returned by POST /v1/predictions",
     )
 
@@ -145,8 +175,8 @@ async def create_feedback(
     if record is None:
         reason = await state.db.run(crud.refusal_reason, prediction_id)
         if reason is not None:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
+            raise ProblemError(
+                "prediction-refused",
                 f"{prediction_id!r} was refused ({reason}): it has no diagnosis to confirm; "
                 "send feedback for a prediction",
             )
