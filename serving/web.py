@@ -12,7 +12,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from contracts.labels import BODY_SITES, SEXES
+from contracts.labels import BODY_SITES, CLASS_NAMES, CLASSES, CONFIRMATIONS, SEXES
 
 STATIC = Path(__file__).resolve().parent / "static"
 router = APIRouter(include_in_schema=False)
@@ -25,12 +25,33 @@ def _options(values: tuple[str, ...], selected: str | None = None) -> str:
     )
 
 
+# How a diagnosis was confirmed, in words (the API's values: contracts.labels.CONFIRMATIONS).
+CONFIRMATION_NAMES = {
+    "histo": "histopathology",
+    "follow_up": "follow-up",
+    "consensus": "expert consensus",
+    "confocal": "confocal microscopy",
+}
+
+
+def _labelled(labels: dict[str, str]) -> str:
+    return "\n".join(
+        f'<option value="{escape(v)}">{escape(name)} ({escape(v)})</option>'
+        for v, name in labels.items()
+    )
+
+
 @cache
 def _page(name: str) -> str:
     # Filled once from the label contract, so the dropdowns cannot drift from the API's enums.
     html = (STATIC / name).read_text()
-    return html.replace("<!--BODY_SITES-->", _options(BODY_SITES)).replace(
-        "<!--SEXES-->", _options(SEXES, "unknown")
+    classes = {c: CLASS_NAMES[c] for c in CLASSES}
+    confirmations = {c: CONFIRMATION_NAMES[c] for c in CONFIRMATIONS}
+    return (
+        html.replace("<!--BODY_SITES-->", _options(BODY_SITES))
+        .replace("<!--SEXES-->", _options(SEXES, "unknown"))
+        .replace("<!--CLASSES-->", _labelled(classes))
+        .replace("<!--CONFIRMATIONS-->", _labelled(confirmations))
     )
 
 

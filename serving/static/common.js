@@ -14,7 +14,9 @@ const Skin = (() => {
   input.addEventListener("change", keep);
   remember.addEventListener("change", keep);
 
-  async function api(path, options = {}) {
+  // {status, body} of an API call with the key; an error answer (an RFC 9457 problem) throws
+  // an Error whose message is "<status>: <detail>", with the status and the problem attached.
+  async function call(path, options = {}) {
     const key = input.value.trim();
     if (!key) throw new Error("enter your API key first");
     const headers = { ...(options.headers || {}), "X-API-Key": key };
@@ -23,10 +25,14 @@ const Skin = (() => {
     if (!response.ok) {
       const error = new Error(`${response.status}: ${body.detail || response.statusText}`);
       error.status = response.status;
-      error.body = body; // a refused photo's 422 carries the reason: {detail, code, refusal}
+      error.body = body; // a refused photo's 422 carries the reason: {type, detail, code, refusal}
       throw error;
     }
-    return body;
+    return { status: response.status, body };
+  }
+
+  async function api(path, options = {}) {
+    return (await call(path, options)).body;
   }
 
   // Builds DOM nodes with textContent only, so nothing from a response is parsed as HTML.
@@ -39,5 +45,5 @@ const Skin = (() => {
     return node;
   }
   const pct = (p) => (p === null || p === undefined ? "–" : `${(100 * p).toFixed(1)} %`);
-  return { api, el, pct };
+  return { api, call, el, pct };
 })();

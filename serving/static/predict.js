@@ -2,16 +2,20 @@
 // the rules excluded and why, and the referral decision (or why the served version gives none);
 // or, for a photo the gateway refused (not a usable dermoscopic lesion photo), the reason
 // instead of any ranking: a 422 {detail, code, refusal} by default, a 201 with `refused` when
-// the gateway runs with SKIN_REFUSAL_MODE=flag.
+// the gateway runs with SKIN_REFUSAL_MODE=flag. After a result the clinician can record the
+// confirmed diagnosis (POST /v1/predictions/{id}/feedback) and print the result.
 "use strict";
 (() => {
-  const { api, el, pct } = Skin;
+  const { api, call, el, pct } = Skin;
   const form = document.getElementById("predict-form");
   const status = document.getElementById("status");
   const result = document.getElementById("result");
   const refusal = document.getElementById("refusal");
   const image = document.getElementById("image");
   const preview = document.getElementById("preview");
+  const feedback = document.getElementById("feedback");
+  const feedbackForm = document.getElementById("feedback-form");
+  const feedbackStatus = document.getElementById("feedback-status");
 
   image.addEventListener("change", () => {
     const file = image.files[0];
@@ -38,6 +42,7 @@
     document.getElementById("refusal-meta").textContent =
       `Reason code ${refused.code}${id ? `; record ${id}` : ""}.`;
     result.classList.add("hidden");
+    feedback.classList.add("hidden"); // nothing to confirm: no diagnosis was given
     refusal.classList.remove("hidden");
   }
 
@@ -70,8 +75,48 @@
       `Prediction ${answer.id} by ${answer.model.name} version ${answer.model.version}; ` +
       `image ${answer.image.width}×${answer.image.height}${answer.image.stored ? ", stored" : ""}. ` +
       answer.disclaimer;
+    document.getElementById("result-photo").src = preview.src;
+    const site = `${answer.body_location}${answer.age !== null ? `, age ${answer.age}` : ""}` +
+      `${answer.sex !== "unknown" ? `, ${answer.sex}` : ""}`;
+    document.getElementById("printed-at").textContent =
+      `Classified ${new Date(answer.created_at).toLocaleString()} (${site}); ` +
+      `printed ${new Date().toLocaleString()}.`;
     result.classList.remove("hidden");
+    feedbackForm.reset();
+    feedbackStatus.className = "";
+    feedbackStatus.textContent = "";
+    feedback.dataset.predictionId = answer.id;
+    feedback.classList.remove("hidden");
   }
+
+  document.getElementById("print").addEventListener("click", () => window.print());
+
+  // The confirmed diagnosis: 201 recorded (or a correction), 200 the same was already there;
+  // an error (unknown id, a refused upload, an invalid value) is shown and nothing is recorded.
+  feedbackForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const id = feedback.dataset.predictionId;
+    const chosen = { diagnosis: feedbackForm.diagnosis.value,
+      confirmation: feedbackForm.confirmation.value };
+    feedbackStatus.className = "";
+    feedbackStatus.textContent = "recording…";
+    try {
+      const { status: code, body } = await call(`/v1/predictions/${encodeURIComponent(id)}/feedback`, {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(chosen),
+      });
+      const what = feedbackForm.diagnosis.selectedOptions[0].textContent;
+      const how = feedbackForm.confirmation.selectedOptions[0].textContent;
+      feedback.dataset.revision = String(body.revision);
+      feedbackStatus.textContent = code === 200
+        ? `Already recorded: ${what}, confirmed by ${how} (revision ${body.revision}).`
+        : `Recorded: ${what}, confirmed by ${how} (revision ${body.revision}).`;
+      feedbackStatus.className = "ok";
+    } catch (err) {
+      feedbackStatus.className = "error";
+      feedbackStatus.textContent = `Not recorded: ${err.message}`;
+    }
+  });
 
   // /readyz (no API key) says whether answers carry referral advice: warn before any upload.
   async function referralNotice() {
@@ -99,6 +144,7 @@
     status.textContent = "classifying…";
     result.classList.add("hidden");
     refusal.classList.add("hidden");
+    feedback.classList.add("hidden");
     try {
       const answer = await api("/v1/predictions", {
         method: "POST", body: data, headers: { "Idempotency-Key": requestId() },
