@@ -71,6 +71,12 @@ def _triton() -> str:
     return triton_bench.markdown(triton_bench.run())
 
 
+def _onnx() -> str:
+    from benchmarks import onnx_bench
+
+    return onnx_bench.markdown(onnx_bench.run())
+
+
 def _gateway() -> str:
     from benchmarks import gateway_bench
 
@@ -82,6 +88,7 @@ SECTIONS: dict[str, tuple[str, Callable[[], str]]] = {
     "models": ("Models: training steps and inference variants", _models),
     "image": ("The image path: decode and resize of a full-size JPEG against the model", _image),
     "triton": ("Triton on this CPU: dynamic batching on and off, one and two instances", _triton),
+    "onnx": ("ONNX Runtime against TorchScript: the two files of one export, on this CPU", _onnx),
     "gateway": (
         "Serving end to end: gateway + Triton, the eager FastAPI baseline, Triton direct",
         _gateway,

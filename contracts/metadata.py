@@ -26,7 +26,7 @@ from contracts.tensors import (
     OUTPUT_DATATYPE,
     OUTPUT_NAME,
 )
-from contracts.triton_config import write_text_atomic
+from contracts.triton_config import ARTIFACT_FILES, TORCHSCRIPT_FILE, write_text_atomic
 
 METADATA_FILE = "metadata.json"
 REFERRAL_TARGETS: tuple[str, ...] = ("malignant", "mel")
@@ -54,6 +54,13 @@ class VersionMetadata:
         metrics: the checkpoint's logged metrics (``val/balanced_accuracy``, ...).
         reference: training-data statistics for drift monitoring, or None.
         parity: ``{"max_abs_diff", "tolerance", "images"}`` of eager vs TorchScript.
+        artifacts: the model files of the version by kind, ``{"torchscript": "model.pt",
+            "onnx": "model.onnx"}`` (:data:`contracts.triton_config.ARTIFACT_FILES`); None
+            for versions exported before it was recorded, which have ``model.pt`` alone
+            (:meth:`artifact_files`). Every file listed must be in the folder
+            (:func:`check_artifacts`).
+        onnx: how ``model.onnx`` was made (``exporter``, ``opset``, the ``onnx`` and
+            ``onnxruntime`` versions), or None without one.
         gate: what refuses an image that is not a dermoscopic lesion photo, or None (versions
             exported before the gate): ``{"quality": {QualityThresholds fields, "percentiles",
             "images"}, "ood": {"score", "threshold", "target_false_refusal", ...}}``. A version
@@ -80,6 +87,8 @@ class VersionMetadata:
     parity: dict[str, Any] | None = None
     torch_version: str | None = None
     torchscript: str | None = None
+    artifacts: dict[str, str] | None = None
+    onnx: dict[str, Any] | None = None
     reference: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -112,6 +121,11 @@ class VersionMetadata:
             raise MetadataError(
                 f"{self.name} version {self.version}: gate.quality: {exc}"
             ) from None
+
+    def artifact_files(self) -> dict[str, str]:
+        """``{kind: file name}`` of the version's model files (``model.pt`` alone for versions
+        exported before ``artifacts`` was recorded)."""
+        return dict(self.artifacts) if self.artifacts else {"torchscript": TORCHSCRIPT_FILE}
 
     def output_names(self) -> list[str]:
         """The model's outputs, in order."""
@@ -180,9 +194,22 @@ class VersionMetadata:
             raise MetadataError(f"{source} has no usable input_size (got {size!r})")
         known = {f.name for f in fields(cls)} - {"extra", "input_size", "classes"}
         values = {k: raw[k] for k in known if k in raw and raw[k] is not None}
-        for key in ("thresholds", "gate"):
+        for key in ("thresholds", "gate", "artifacts", "onnx"):
             if not isinstance(values.get(key, {}), dict):
                 raise MetadataError(f"{source}: {key} must be an object")
+        artifacts = values.get("artifacts", {})
+        # A kind this code knows has its own file name; one it does not (a newer writer's) is
+        # kept, and must still be a plain file name in the version folder.
+        odd = {
+            k: v
+            for k, v in artifacts.items()
+            if ARTIFACT_FILES.get(k, v) != v or not isinstance(v, str) or Path(v).name != v
+        }
+        if odd or (artifacts and "torchscript" not in artifacts):
+            raise MetadataError(
+                f"{source}: artifacts {artifacts} must name the model files of this code, "
+                f"{ARTIFACT_FILES} (model.pt always), as plain file names"
+            )
         extra = {
             k: v
             for k, v in raw.items()
@@ -216,6 +243,32 @@ def read_metadata(path: Path) -> VersionMetadata:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MetadataError(f"cannot read {path}: {exc}") from None
     return VersionMetadata.from_dict(raw, str(path))
+
+
+def check_artifacts(version_dir: Path) -> VersionMetadata:
+    """The version's ``metadata.json``, once every model file it lists is in the folder.
+
+    Export checks the folder it is about to place, and the local Triton's rendering and its
+    Python backend check the versions they load, so a version missing ``model.onnx`` (or
+    ``model.pt``) that its ``metadata.json`` lists is refused, never half served.
+
+    Raises:
+        MetadataError: ``metadata.json`` is missing or unreadable, or a listed file is absent
+            (the message names it).
+    """
+    version_dir = Path(version_dir)
+    metadata = read_metadata(version_dir)
+    files = metadata.artifact_files()
+    for kind, name in files.items():
+        path = version_dir / name
+        if not path.is_file() or path.stat().st_size == 0:
+            raise MetadataError(
+                f"{path} is missing or empty, but {version_dir / METADATA_FILE} lists the "
+                f"artifacts {files}: the {kind} model of version {version_dir.name} is gone. "
+                "Export the checkpoint again, or delete the version "
+                "(`python -m serving.versions delete N`)"
+            )
+    return metadata
 
 
 def jsonable(value: Any) -> Any:

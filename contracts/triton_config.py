@@ -1,9 +1,11 @@
 """Triton model configs (``config.pbtxt``) as protobuf messages: build, read, write, edit.
 
-The production config targets NVIDIA's Triton container with the native PyTorch backend; the
-local CPU server renders its own variant from it (``serving.triton.render``). Working on the
-``ModelConfig`` message from ``tritonclient.grpc.model_config_pb2`` rather than on text means
-every file we write is one Triton parses.
+The production config targets NVIDIA's Triton container with the native PyTorch backend
+(``model.pt``); :func:`onnxruntime_config` derives from it the variant for Triton's ONNX
+Runtime backend (``model.onnx``, docs/export_onnx.md), and the local CPU server renders its
+own variant from either (``serving.triton.render``). Working on the ``ModelConfig`` message
+from ``tritonclient.grpc.model_config_pb2`` rather than on text means every file we write is
+one Triton parses.
 """
 
 from __future__ import annotations
@@ -20,6 +22,21 @@ from contracts.tensors import INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
 
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
+# The model files of a version folder, by artifact kind (``metadata.json``'s ``artifacts``).
+TORCHSCRIPT_FILE = "model.pt"
+ONNX_FILE = "model.onnx"
+ARTIFACT_FILES: dict[str, str] = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE}
+# Triton's ONNX Runtime backend, and the name of the ONNX variant of a model's config in its
+# ``configs/`` folder: ``tritonserver --model-config-name=onnxruntime`` reads
+# ``<model>/configs/onnxruntime.pbtxt`` instead of ``<model>/config.pbtxt``.
+ONNX_PLATFORM = "onnxruntime_onnx"
+ONNX_CONFIG_NAME = "onnxruntime"
+CUSTOM_CONFIG_DIR = "configs"
+ONNX_HEADER = (
+    "# Written by `python -m training.export.onnx config` from config.pbtxt: the same model\n"
+    "# on Triton's ONNX Runtime backend. Write it again after promote/rollback\n"
+    "# (docs/export_onnx.md). Tensor names: contracts/tensors.py.\n"
+)
 MAX_BATCH_SIZE = 32
 # Long enough to gather a few concurrent requests, short next to a CNN's forward pass.
 QUEUE_DELAY_US = 2000
@@ -74,6 +91,38 @@ def production_config(
     tensor.dims.extend([height, width, 3])
     tensor.zero_data = True
     return cfg
+
+
+def onnxruntime_config(cfg: mc.ModelConfig, input_size: tuple[int, int]) -> mc.ModelConfig:
+    """``cfg`` (a production config) for Triton's ONNX Runtime backend, serving ``model.onnx``.
+
+    Name, tensors, outputs, batching, instances and the served version stay ``cfg``'s; the
+    platform becomes ``onnxruntime_onnx`` with ``default_model_filename: "model.onnx"``, and
+    the PyTorch backend's parameters go. The image input is pinned to ``input_size``, the
+    served version's (its ``metadata.json``): ``model.onnx`` has a fixed height and width, and
+    that backend refuses a config whose dimension is ``-1`` where the model's is fixed. So the
+    file is written again whenever the served version changes (docs/export_onnx.md).
+
+    Raises:
+        ConfigFileError: ``cfg`` has no image input, or a size that is not positive.
+    """
+    height, width = input_size
+    if height <= 0 or width <= 0:
+        raise ConfigFileError(f"input size {input_size} of {cfg.name!r} is not positive")
+    out = mc.ModelConfig()
+    out.CopyFrom(cfg)
+    out.backend, out.platform = "", ONNX_PLATFORM
+    out.default_model_filename = ONNX_FILE
+    out.ClearField("parameters")  # INFERENCE_MODE & co. are the PyTorch backend's
+    tensor = _image_input(out)
+    del tensor.dims[:]
+    tensor.dims.extend([height, width, 3])
+    for warmup in out.model_warmup:
+        for name, data in warmup.inputs.items():
+            if name == tensor.name:
+                del data.dims[:]
+                data.dims.extend([height, width, 3])
+    return out
 
 
 def set_served_version(cfg: mc.ModelConfig, version: int) -> None:

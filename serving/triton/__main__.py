@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 from contracts.errors import ConfigError
+from contracts.triton_config import ConfigFileError
 from serving.triton.install import TritonServerError
 from serving.triton.ports import TRITON_PORTS
 from serving.triton.process import describe_exit
+from serving.triton.render import RUNTIMES
 from serving.triton.server import CPU_INSTANCES, TritonOptions, TritonServer
 from serving.triton.state import DEFAULT_CACHE
 
@@ -41,6 +43,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--torch-threads", type=int, default=1, help="threads per instance")
     p.add_argument("--no-dynamic-batching", action="store_true")
+    p.add_argument(
+        "--runtime",
+        choices=sorted(RUNTIMES),
+        default="torchscript",
+        help="run model.pt (TorchScript) or model.onnx (ONNX Runtime) in the Python backend",
+    )
     p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds")
     return p.parse_args(argv)
 
@@ -64,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             instances=args.instances,
             dynamic_batching=not args.no_dynamic_batching,
             torch_threads=args.torch_threads,
+            runtime=args.runtime,
             startup_timeout_s=args.startup_timeout,
         )
     except ConfigError as exc:
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except TritonServerError as exc:
+    except (TritonServerError, ConfigFileError) as exc:  # ConfigFileError: a version's files
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

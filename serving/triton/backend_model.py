@@ -1,9 +1,16 @@
-"""Triton Python-backend model that runs an exported TorchScript ``model.pt`` on CPU.
+"""Triton Python-backend model that runs an exported version on CPU: its TorchScript
+``model.pt`` with torch, or (config parameter ``RUNTIME: "onnx"``) its ``model.onnx`` with
+ONNX Runtime.
 
 Copied as ``model.py`` into each version of the locally rendered repository
 (``serving.triton.render``); it is not imported by the project. Tensors cross the backend
 boundary through DLPack: with numpy 2, ``pb_utils.Tensor(name, ndarray)`` sends empty tensors.
 All requests of one ``execute`` call (a dynamic batch) go through the network as one batch.
+
+Before loading, the version is checked against its ``metadata.json``: every model file its
+``artifacts`` lists must be there, and ``model.onnx`` must take ``uint8 [-1, H, W, 3]`` at
+the ``input_size`` it records and return the config's outputs; a version that fails does not
+load, and the error names the file and what disagrees.
 
 A gated version's model returns a tuple ``(probabilities, ood_score)``, an older one the
 probabilities alone; as with the native PyTorch backend, an output ``<name>__<i>`` of the
@@ -14,10 +21,22 @@ asks for (all the config lists when it names none).
 import json
 import os
 import site
+import sys
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
+
+# metadata.json's artifacts by kind (contracts.triton_config.ARTIFACT_FILES; this file runs in
+# Triton's stub and imports nothing of the project), and the kind each runtime runs.
+RUNTIME_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+NUM_CLASSES = 7
+# What numpy's DLPack capsule destructor reports once Triton has consumed the capsule: Triton
+# renames a consumed capsule "used_dlpack", not DLPack's "used_dltensor", so numpy's destructor
+# does not recognise it, leaves the tensor alone (Triton's own deleter call frees it) and
+# reports this, a traceback in the log for every output. torch's destructor stays silent.
+CAPSULE_NOISE = "PyCapsule_GetPointer called with incorrect name"
 
 
 class TritonPythonModel:
@@ -31,42 +50,94 @@ class TritonPythonModel:
         # gateway, spinning threads took 46 ms of CPU per request instead of 16
         # (benchmarks.profile_gateway, 1 instance x 2 threads, docs/benchmarks.md).
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        import torch
-        from torch.utils import dlpack
-
-        self.torch, self.dlpack = torch, dlpack
-        torch.set_num_threads(int(params.get("TORCH_NUM_THREADS", "1")))
+        self.runtime = params.get("RUNTIME", "torchscript")
+        threads = int(params.get("TORCH_NUM_THREADS", "1"))
         self.input_name = config["input"][0]["name"]
         # name -> index of the model's returned tensor (``probabilities__0``, ``ood_score__1``).
         self.outputs = {o["name"]: _index(o["name"], i) for i, o in enumerate(config["output"])}
         self.version = args["model_version"]
         version_dir = os.path.join(args["model_repository"], args["model_version"])
-        path = os.path.join(version_dir, "model.pt")
         # The config takes any image size (versions may differ); this version takes its own.
-        with open(os.path.join(version_dir, "metadata.json")) as f:
-            self.size = tuple(int(v) for v in json.load(f)["input_size"])
+        metadata_path = os.path.join(version_dir, "metadata.json")
+        with open(metadata_path) as f:
+            metadata = json.load(f)
+        self.size = tuple(int(v) for v in metadata["input_size"])
+        # Messages name the production files, which the rendered ones link to.
+        source = os.path.dirname(os.path.realpath(metadata_path))
+        path = _model_file(version_dir, source, metadata, self.runtime)
+        if self.runtime == "onnx":
+            self._load_onnx(path, os.path.join(source, RUNTIME_FILES["onnx"]), threads)
+        else:
+            self._load_torchscript(path, threads)
+
+    def _load_torchscript(self, path: str, threads: int) -> None:
+        import torch
+        from torch.utils import dlpack
+
+        self.torch, self.dlpack = torch, dlpack
+        torch.set_num_threads(threads)
         with warnings.catch_warnings():
             warnings.filterwarnings(
                 "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
             )
             self.model = torch.jit.load(path, map_location="cpu").eval()
+        self.run = self._run_torchscript
 
-    def execute(self, requests: list[Any]) -> list[Any]:
+    def _load_onnx(self, path: str, shown: str, threads: int) -> None:
+        import importlib
+
+        import numpy as np
+
+        # Imported by name: onnxruntime ships no type information (mypy checks this file).
+        ort = importlib.import_module("onnxruntime")
+        self.np = np
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning (as OMP_WAIT_POLICY=PASSIVE for torch).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        _quiet_capsule_destructor()
+        why = _onnx_mismatch(self.session, self.input_name, self.size, list(self.outputs))
+        if why is not None:
+            raise ValueError(f"{shown} does not fit this version: it has {why}")
+        self.run = self._run_onnx
+
+    def _run_torchscript(self, requests: list[Any]) -> tuple[list[Any], list[Any]]:
+        """``(images, outputs)`` of the requests: the DLPack inputs and the returned tensors of
+        the fitting ones as one batch, as torch tensors."""
         torch, dlpack = self.torch, self.dlpack
         images = [
             dlpack.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name).to_dlpack())
             for r in requests
         ]
+        good = [x for x in images if tuple(x.shape[1:3]) == self.size]
+        if not good:
+            return images, []
+        with torch.inference_mode():
+            out = self.model(torch.cat(good) if len(good) > 1 else good[0])
+        return images, list(out) if isinstance(out, tuple | list) else [out]
+
+    def _run_onnx(self, requests: list[Any]) -> tuple[list[Any], list[Any]]:
+        """As :meth:`_run_torchscript`, through ONNX Runtime, as numpy arrays."""
+        np = self.np
+        images = [
+            np.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name)) for r in requests
+        ]
+        good = [x for x in images if tuple(x.shape[1:3]) == self.size]
+        if not good:
+            return images, []
+        batch = np.ascontiguousarray(np.concatenate(good) if len(good) > 1 else good[0])
+        out = self.session.run(None, {self.input_name: batch})
+        return images, list(out)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        try:
+            images, results = self.run(requests)
+        except Exception as exc:  # noqa: BLE001 (per-request error, never crash the model: Triton)
+            return [_error(f"model failed: {exc}") for _ in requests]
         fits = [tuple(x.shape[1:3]) == self.size for x in images]
-        good = [x for x, ok in zip(images, fits, strict=True) if ok]
-        results: list[Any] = []
-        if good:
-            try:
-                with torch.inference_mode():
-                    out = self.model(torch.cat(good) if len(good) > 1 else good[0])
-            except Exception as exc:  # noqa: BLE001 (per-request error, never crash the model: Triton)
-                return [_error(f"model failed: {exc}") for _ in requests]
-            results = list(out) if isinstance(out, tuple | list) else [out]
+        good = any(fits)
         missing = [n for n, i in self.outputs.items() if i >= len(results) and good]
         if missing:
             message = (
@@ -75,8 +146,8 @@ class TritonPythonModel:
                 "the config's outputs from the version's metadata.json"
             )
             return [_error(message) for _ in requests]
-        sizes = [len(x) for x in good]
-        parts = iter(zip(*(torch.split(r, sizes) for r in results), strict=True) if good else [])
+        sizes = [len(x) for x, ok in zip(images, fits, strict=True) if ok]
+        parts = iter(zip(*(_split(r, sizes) for r in results), strict=True) if good else [])
         responses = []
         for request, image, ok in zip(requests, images, fits, strict=True):
             if not ok:
@@ -91,14 +162,91 @@ class TritonPythonModel:
             part = next(parts)
             asked = list(request.requested_output_names()) or list(self.outputs)
             tensors = [
-                pb_utils.Tensor.from_dlpack(
-                    name, dlpack.to_dlpack(part[self.outputs[name]].contiguous())
-                )
+                pb_utils.Tensor.from_dlpack(name, self._capsule(part[self.outputs[name]]))
                 for name in asked
                 if name in self.outputs
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
+
+    def _capsule(self, tensor: Any) -> Any:
+        """A DLPack capsule of ``tensor`` (a torch tensor or a numpy array), made contiguous."""
+        if self.runtime == "onnx":
+            return self.np.ascontiguousarray(tensor).__dlpack__()
+        return tensor.contiguous().__dlpack__()
+
+
+def _quiet_capsule_destructor() -> None:
+    """Drop :data:`CAPSULE_NOISE` reports (numpy's capsules after Triton consumed them), pass
+    every other unraisable exception on to the hook in place."""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets_capsules", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if unraisable.exc_type is ValueError and str(unraisable.exc_value) == CAPSULE_NOISE:
+            return
+        previous(unraisable)
+
+    hook.quiets_capsules = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _split(batch: Any, sizes: list[int]) -> list[Any]:
+    """``batch`` cut into consecutive parts of ``sizes`` rows (torch tensor or numpy array)."""
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(batch[start : start + size])
+        start += size
+    return parts
+
+
+def _model_file(version_dir: str, source: str, metadata: dict[str, Any], runtime: str) -> str:
+    """The path of the file ``runtime`` runs, once every model file the version's
+    ``metadata.json`` lists is there (a version without ``artifacts`` has ``model.pt``).
+
+    Raises:
+        ValueError: an unknown runtime, or a missing file (named with its production path).
+    """
+    if runtime not in RUNTIME_FILES:
+        raise ValueError(f"RUNTIME {runtime!r} is not one of {', '.join(RUNTIME_FILES)}")
+    artifacts = metadata.get("artifacts") or {"torchscript": RUNTIME_FILES["torchscript"]}
+    for kind, name in artifacts.items():  # the kinds the rendering links (it checked others)
+        if kind in RUNTIME_FILES and not os.path.isfile(os.path.join(version_dir, name)):
+            raise ValueError(
+                f"{os.path.join(source, name)} is missing, but {source}/metadata.json lists the "
+                f"artifacts {artifacts}: the {kind} model of this version is gone; export the "
+                "checkpoint again, or delete the version"
+            )
+    if runtime not in artifacts:
+        raise ValueError(
+            f"{os.path.join(source, RUNTIME_FILES[runtime])} does not exist: this version has "
+            f"{artifacts} (exported before {runtime}, or without it); serve it with another "
+            "runtime or export the checkpoint again"
+        )
+    return os.path.join(version_dir, artifacts[runtime])
+
+
+def _onnx_mismatch(
+    session: Any, input_name: str, size: Sequence[int], outputs: list[str]
+) -> str | None:
+    """What of an ONNX model's inputs and outputs disagrees with the version (``uint8
+    [-1, H, W, 3]`` in as ``input_name``, ``float32 [-1, 7]`` / ``[-1, 1]`` out under the
+    config's names, ``-1`` a dynamic batch), or None. As ``training.export.onnx``'s check."""
+
+    def dims(shape: Sequence[Any]) -> list[int]:
+        return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
+
+    want_in = [(input_name, "tensor(uint8)", [-1, *size, 3])]
+    got_in = [(i.name, i.type, dims(i.shape)) for i in session.get_inputs()]
+    if got_in != want_in:
+        return f"inputs {got_in or 'none'}; its metadata.json's input_size says {want_in}"
+    got_out = {o.name: (o.type, dims(o.shape)) for o in session.get_outputs()}
+    for name in outputs:
+        want = ("tensor(float)", [-1, 1 if name.startswith("ood_score") else NUM_CLASSES])
+        if got_out.get(name) != want:
+            return f"outputs {got_out}; the config wants {name!r} as {want}"
+    return None
 
 
 def _index(name: str, position: int) -> int:

@@ -4,6 +4,12 @@
 the nvidia-pytriton wheel has no PyTorch backend, so we serve the same ``model.pt`` files
 through the Python backend: same names, tensors, batching and version policy, CPU instances.
 The production files are only read, never edited, here.
+
+``runtime="onnx"`` serves each version's ``model.onnx`` with ONNX Runtime instead, from the
+config Triton's ONNX Runtime backend would get (``contracts.triton_config.onnxruntime_config``:
+the image input pinned to the served version's size): the Python-backend model reads the
+config's ``RUNTIME`` parameter. The served versions are checked first: every model file their
+``metadata.json`` lists must be there, and ``model.onnx`` for the ONNX runtime.
 """
 
 from __future__ import annotations
@@ -15,27 +21,44 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from contracts.metadata import METADATA_FILE, MetadataError, check_artifacts
 from contracts.repository import model_dirs, versions
 from contracts.triton_config import (
+    ARTIFACT_FILES,
     CONFIG_FILE,
     LABELS_FILE,
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
+    ConfigFileError,
+    onnxruntime_config,
     read_config,
+    served_versions,
     write_config,
     write_text_atomic,
 )
 
 TEMPLATE = Path(__file__).with_name("backend_model.py")
-VERSION_FILES = ("model.pt", "metadata.json")
+VERSION_FILES = (*ARTIFACT_FILES.values(), METADATA_FILE)
+# The model file each runtime of the Python-backend model runs.
+RUNTIMES: dict[str, str] = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE}
+DEFAULT_RUNTIME = "torchscript"
 RENDERED_HEADER = "# Rendered by serving.triton.render from model_repository/; do not edit.\n"
 
 
 def cpu_config(
-    cfg: mc.ModelConfig, instances: int, dynamic_batching: bool, torch_threads: int
+    cfg: mc.ModelConfig,
+    instances: int,
+    dynamic_batching: bool,
+    torch_threads: int,
+    runtime: str = DEFAULT_RUNTIME,
 ) -> mc.ModelConfig:
-    """The production config, moved to the Python backend on ``instances`` CPU instances."""
+    """The production config (or its ONNX Runtime variant), moved to the Python backend on
+    ``instances`` CPU instances of ``torch_threads`` intra-op threads (torch's, or ONNX
+    Runtime's), running ``runtime``'s model file."""
     cpu = mc.ModelConfig()
     cpu.CopyFrom(cfg)
     cpu.backend, cpu.platform = "python", ""
+    cpu.ClearField("default_model_filename")  # the Python backend's is model.py
     del cpu.instance_group[:]
     cpu.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)
     if not dynamic_batching:
@@ -47,7 +70,39 @@ def cpu_config(
     cpu.ClearField("model_warmup")
     cpu.parameters["SITE_PACKAGES"].string_value = sysconfig.get_paths()["purelib"]
     cpu.parameters["TORCH_NUM_THREADS"].string_value = str(torch_threads)
+    cpu.parameters["RUNTIME"].string_value = runtime
     return cpu
+
+
+def _served_config(source: Path, runtime: str) -> mc.ModelConfig:
+    """The model's config for ``runtime``, once its served versions have their model files.
+
+    Raises:
+        ConfigFileError: the config is unreadable, a served version lacks a file its
+            ``metadata.json`` lists or the runtime's model file (the message names it).
+    """
+    cfg = read_config(source / CONFIG_FILE)
+    served = [v for v in served_versions(cfg) if v in versions(source)]
+    sizes = []
+    for version in served:
+        try:
+            metadata = check_artifacts(source / str(version))
+        except MetadataError as exc:
+            raise ConfigFileError(
+                f"cannot serve version {version} of {source.name}: {exc}"
+            ) from None
+        if runtime == "onnx" and "onnx" not in metadata.artifact_files():
+            raise ConfigFileError(
+                f"cannot serve version {version} of {source.name} with ONNX Runtime: "
+                f"{source / str(version) / ONNX_FILE} does not exist (exported before ONNX, or "
+                "with --no-onnx; its metadata.json lists "
+                f"{metadata.artifact_files()}). Serve it with the torchscript runtime, or "
+                "export the checkpoint again"
+            )
+        sizes.append(metadata.input_size)
+    if runtime == "onnx" and sizes:
+        return onnxruntime_config(cfg, sizes[0])
+    return cfg
 
 
 def render_repository(
@@ -56,15 +111,26 @@ def render_repository(
     instances: int = 1,
     dynamic_batching: bool = True,
     torch_threads: int = 1,
+    runtime: str = DEFAULT_RUNTIME,
 ) -> list[str]:
     """Write the CPU variant of every model of ``repository`` under ``target``.
 
     Safe to call while Triton serves ``target``: files are replaced atomically and a model only
     changes when Triton is asked to (re)load it.
 
+    Args:
+        runtime: ``"torchscript"`` runs each version's ``model.pt`` with torch, ``"onnx"``
+            its ``model.onnx`` with ONNX Runtime (CPU).
+
     Returns:
         The names of the rendered models.
+
+    Raises:
+        ConfigFileError: an unknown runtime, an unreadable config, or a served version that
+            lacks a model file (see :func:`_served_config`).
     """
+    if runtime not in RUNTIMES:
+        raise ConfigFileError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     repository, target = Path(repository).resolve(), Path(target)
     sources = model_dirs(repository)
     target.mkdir(parents=True, exist_ok=True)
@@ -72,7 +138,7 @@ def render_repository(
         shutil.rmtree(target / stale)
     for source in sources:
         cfg = cpu_config(
-            read_config(source / CONFIG_FILE), instances, dynamic_batching, torch_threads
+            _served_config(source, runtime), instances, dynamic_batching, torch_threads, runtime
         )
         out = target / source.name
         out.mkdir(exist_ok=True)
@@ -86,6 +152,8 @@ def render_repository(
             for name in VERSION_FILES:
                 if (source / str(version) / name).exists():
                     _link(source / str(version) / name, vdir / name)
+                else:  # gone from the source: the backend must not find a stale link
+                    (vdir / name).unlink(missing_ok=True)
         if (source / LABELS_FILE).exists():
             shutil.copyfile(source / LABELS_FILE, out / LABELS_FILE)
         write_config(out / CONFIG_FILE, cfg, header=RENDERED_HEADER)

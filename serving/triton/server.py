@@ -69,6 +69,8 @@ class TritonOptions:
         dynamic_batching: keep the production config's dynamic batching (off: one request
             per execution, for comparisons).
         torch_threads: intra-op threads of each instance.
+        runtime: what the Python backend runs: ``torchscript`` (model.pt) or ``onnx``
+            (model.onnx through ONNX Runtime; serving/triton/render.py).
         startup_timeout_s: how long to wait for the models to load.
     """
 
@@ -81,6 +83,7 @@ class TritonOptions:
     instances: int = 1
     dynamic_batching: bool = True
     torch_threads: int = 1
+    runtime: str = "torchscript"
     startup_timeout_s: float = 180.0
 
     def __post_init__(self) -> None:
@@ -122,6 +125,7 @@ class TritonServer:
             "instances": o.instances,
             "dynamic_batching": o.dynamic_batching,
             "torch_threads": o.torch_threads,
+            "runtime": o.runtime,
         }
         self.startup_timeout_s = o.startup_timeout_s
         self.rendered = self.cache_dir / "repo"

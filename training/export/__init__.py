@@ -3,7 +3,8 @@ what the evaluation chose (``python -m training evaluate --export``) as a new ve
 
 Modules by job: ``wrapper`` (the served module), ``ood`` (the gated module: probabilities and
 an out-of-distribution score), ``gate`` (its threshold and the quality thresholds, from the
-recorded split), ``torchscript`` (conversion, parity check),
+recorded split), ``torchscript`` (conversion, parity check), ``onnx`` (the ONNX file beside
+it, its ONNX Runtime parity check, the ONNX Runtime config),
 ``checkpoint`` (reading a checkpoint), ``provenance`` (git state), ``writer`` (the one writer
 of a version and its ``metadata.json``), ``cli`` (the command and :func:`export`), and
 ``variants`` (the evaluation's TTA and ensemble; it imports the evaluation, so it is not
@@ -13,6 +14,7 @@ re-exported here).
 from training.export.checkpoint import Loaded, checkpoint_metrics, load_checkpoint
 from training.export.cli import ExportOptions, export, main
 from training.export.gate import GATE_IMAGES, TARGET_FALSE_REFUSAL, Gate, compute_gate
+from training.export.onnx import ONNX_TOLERANCE, OnnxRuntimeModel, check_onnx, to_onnx
 from training.export.ood import (
     OOD_SCORES,
     SCORE_TOLERANCE,
@@ -40,6 +42,7 @@ from training.export.writer import export_model
 
 __all__ = [
     "GATE_IMAGES",
+    "ONNX_TOLERANCE",
     "OOD_SCORES",
     "PARITY_IMAGES",
     "PARITY_TOLERANCE",
@@ -53,7 +56,9 @@ __all__ = [
     "Gaussians",
     "Loaded",
     "LogProbabilities",
+    "OnnxRuntimeModel",
     "ProbabilityModel",
+    "check_onnx",
     "checkpoint_metrics",
     "choose_threshold",
     "compute_gate",
@@ -70,5 +75,6 @@ __all__ = [
     "parity_outputs",
     "quiet_torchscript",
     "split_classifier",
+    "to_onnx",
     "to_torchscript",
 ]

@@ -4,13 +4,15 @@
         [--repository model_repository] [--name skin_lesion] [--parity-images DIR]
 
 Writes ``<repository>/<name>/<version>/model.pt`` (TorchScript: ``uint8 [N, H, W, 3]`` RGB in,
-``float32`` probabilities ``[N, 7]`` out) and ``metadata.json``, plus the model-level
+``float32`` probabilities ``[N, 7]`` out), the same model as ``model.onnx`` (``--no-onnx``
+leaves it out; docs/export_onnx.md) and ``metadata.json``, plus the model-level
 ``config.pbtxt`` (NVIDIA Triton, PyTorch backend) and ``labels.txt`` on the first export.
 A new export gets the next version number and is not served until promoted
 (``python -m serving.versions promote N``); the first export is served at once. A version is
 never overwritten: it is built in a private folder and renamed into place under the model's
-lock. Eager and TorchScript outputs are compared on real images first; a version that differs
-by more than 1e-5 is not written.
+lock. Eager and TorchScript outputs are compared on real images first, and eager and ONNX
+Runtime's; a version that differs by more than 1e-5 (TorchScript) or 1e-4 (ONNX) is not
+written.
 
 With the gate (the default; ``--no-gate`` to leave it out) the model has a second output, an
 out-of-distribution score per image (``--ood-score``, default knn), and
@@ -58,6 +60,7 @@ class ExportOptions:
         gate_images: training images (seeded, stratified) in the knn bank or the mahalanobis
             Gaussians; the quality thresholds use every training image, the threshold every
             validation image.
+        onnx: write ``model.onnx`` beside ``model.pt`` (``training.export.onnx``).
     """
 
     parity_images: str | Path | None = None
@@ -68,6 +71,7 @@ class ExportOptions:
     gate: bool = True
     ood_score: str = DEFAULT_OOD_SCORE
     gate_images: int = GATE_IMAGES
+    onnx: bool = True
 
 
 def export(
@@ -135,6 +139,7 @@ def export(
         images,
         metadata,
         gated=gate.model if gate else None,
+        onnx=o.onnx,
     )
 
 
@@ -161,6 +166,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--reference-images", type=int, default=MAX_IMAGES, help="images read per split for it"
     )
     add_gate_arguments(p)
+    p.add_argument(
+        "--no-onnx",
+        dest="onnx",
+        action="store_false",
+        help="write model.pt alone, without model.onnx (metadata.json's artifacts says so)",
+    )
     return p.parse_args(argv)
 
 
@@ -204,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 gate=args.gate,
                 ood_score=args.ood_score,
                 gate_images=args.gate_images,
+                onnx=args.onnx,
             ),
         )
     except (ConfigError, DataError) as exc:
@@ -219,9 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if meta.has_ood_output
         else "; no gate"
     )
+    onnx = ((meta.parity or {}).get("onnx") or {}).get("max_abs_diff")
     print(
         f"exported {args.name} version {meta.version} to {path} (parity "
-        f"{(meta.parity or {})['max_abs_diff']:.2g}{gate}); "
+        f"{(meta.parity or {})['max_abs_diff']:.2g}"
+        + (f", ONNX {onnx:.2g}" if onnx is not None else ", no ONNX")
+        + f"{gate}); "
         + (
             "it is served"
             if served

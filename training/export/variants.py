@@ -158,6 +158,7 @@ def export_variant(  # noqa: PLR0913 (the evaluate command's export options)
     gate: bool = True,
     ood_score: str = DEFAULT_OOD_SCORE,
     gate_images: int = GATE_IMAGES,
+    onnx: bool = True,
 ) -> Path:
     """Write ``ev``'s ``which`` (cnn, tta, ensemble) as the next version of ``name``.
 
@@ -173,6 +174,8 @@ def export_variant(  # noqa: PLR0913 (the evaluate command's export options)
             ``python -m training export`` does; False exports the probabilities alone.
         ood_score: the score kind (``training.export.ood.OOD_SCORES``).
         gate_images: training images read for the gate.
+        onnx: write ``model.onnx`` beside ``model.pt`` (TTA, ensembles and the gate's score
+            all convert; ``training.export.onnx``).
 
     Returns:
         The version folder.
@@ -194,4 +197,5 @@ def export_variant(  # noqa: PLR0913 (the evaluate command's export options)
         images,
         metadata,
         gated=computed.model if computed else None,
+        onnx=onnx,
     )

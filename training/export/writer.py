@@ -1,5 +1,5 @@
-"""The one writer of an exported version: ``model.pt``, ``metadata.json``, and on the first
-export of a model its ``config.pbtxt`` and ``labels.txt``.
+"""The one writer of an exported version: ``model.pt``, ``model.onnx``, ``metadata.json``, and
+on the first export of a model its ``config.pbtxt`` and ``labels.txt``.
 
 A version is never overwritten: it is built in a private folder, ``metadata.json`` complete
 inside it, and renamed into place under the model's lock. Nothing patches it afterwards.
@@ -22,12 +22,14 @@ import torch.nn as nn
 
 from contracts.errors import ConfigError, DataError
 from contracts.labels import CLASSES, NUM_CLASSES
-from contracts.metadata import METADATA_FILE, VersionMetadata
+from contracts.metadata import METADATA_FILE, MetadataError, VersionMetadata, check_artifacts
 from contracts.repository import model_lock, record, versions
 from contracts.tensors import DEFAULT_MODEL_NAME
 from contracts.triton_config import (
     CONFIG_FILE,
     LABELS_FILE,
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
     ConfigFileError,
     allow_any_input_size,
     input_size,
@@ -36,12 +38,19 @@ from contracts.triton_config import (
     write_config,
     write_text_atomic,
 )
+from training.export.onnx import (
+    ONNX_TOLERANCE,
+    OnnxRuntimeModel,
+    check_onnx,
+    onnx_facts,
+    to_onnx,
+)
 from training.export.ood import SCORE_TOLERANCE, GatedModel
 from training.export.provenance import git_state
 from training.export.torchscript import PARITY_TOLERANCE, parity_outputs, to_torchscript
 from training.export.wrapper import ProbabilityModel
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = TORCHSCRIPT_FILE
 
 
 def writable(repository: Path) -> Path:
@@ -89,8 +98,10 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
     metadata: VersionMetadata | None = None,
     tolerance: float = PARITY_TOLERANCE,
     gated: GatedModel | None = None,
+    onnx: bool = True,
 ) -> Path:
-    """Script ``classifier`` (``uint8 NHWC`` -> logits), check parity, write the next version.
+    """Script ``classifier`` (``uint8 NHWC`` -> logits) and convert it to ONNX, check both
+    against eager PyTorch, write the next version.
 
     Args:
         classifier: an ``ImageClassifier`` (preprocessing inside), or any module giving
@@ -101,19 +112,24 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
         metadata: what the version says of itself: its model ``name``, ``temperature``
             (stored inside the model), ``thresholds``, the checkpoint's facts and any
             ``extra`` keys (default: nothing but the name ``skin_lesion``). Export fills in
-            ``version``, ``parity``, ``git``, ``created_at``, ``torch_version`` and
-            ``torchscript``.
-        tolerance: largest accepted eager-vs-TorchScript difference of probabilities.
+            ``version``, ``parity``, ``git``, ``created_at``, ``torch_version``,
+            ``torchscript``, ``artifacts`` and ``onnx``.
+        tolerance: largest accepted eager-vs-TorchScript difference of probabilities
+            (eager vs ONNX Runtime: :data:`ONNX_TOLERANCE`).
         gated: the module to serve instead of ``ProbabilityModel(classifier, temperature)``
             when the version has the out-of-distribution output (``metadata.gate.ood``): the
             :class:`GatedModel` its threshold was chosen with (``training.export.gate``). Its
             score must match TorchScript's within :data:`SCORE_TOLERANCE` (relative).
+        onnx: also write ``model.onnx`` (:mod:`training.export.onnx`); False writes
+            ``model.pt`` alone, and ``metadata.json``'s ``artifacts`` says so.
 
     Returns:
         The new version's folder.
 
     Raises:
-        ConfigError: parity failure, unwritable repository, incompatible existing config,
+        ConfigError: parity failure (TorchScript or ONNX), a module no exporter converts to
+            ONNX, an ONNX file whose inputs or outputs are not the version's, unwritable
+            repository, incompatible existing config,
             ``metadata`` for another input size, or ``gated`` and ``metadata.gate.ood`` not
             given together (or at another temperature).
     """
@@ -153,6 +169,13 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
     checked: dict[str, Any] = {"max_abs_diff": diff, "tolerance": tolerance, "images": len(images)}
     if score_diff is not None:
         checked.update(ood_max_rel_diff=score_diff, ood_tolerance=SCORE_TOLERANCE)
+    artifacts = {"torchscript": MODEL_FILE}
+    onnx_bytes, facts = None, None
+    if onnx:
+        onnx_bytes, exporter = to_onnx(model, torch.from_numpy(images[:2]), metadata.output_names())
+        checked["onnx"] = _onnx_parity(model, onnx_bytes, images, size, metadata.output_names())
+        artifacts["onnx"] = ONNX_FILE
+        facts = onnx_facts(exporter)
     metadata = dataclasses.replace(
         metadata,
         git=git_state(),
@@ -160,12 +183,17 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
         parity=checked,
         torch_version=torch.__version__,
         torchscript=method,
+        artifacts=artifacts,
+        onnx=facts,
     )
     model_dir.mkdir(exist_ok=True)
     tmp = model_dir / f".tmp-export-{uuid.uuid4().hex}"  # same filesystem: rename is atomic
     tmp.mkdir()
     try:
         scripted.save(str(tmp / MODEL_FILE))
+        if onnx_bytes is not None:
+            (tmp / ONNX_FILE).write_bytes(onnx_bytes)
+            check_onnx(tmp / ONNX_FILE, size, metadata.output_names())  # the file as written
         with model_lock(model_dir):
             has_config = _check_compatible(model_dir, size)
             version = _place(tmp, model_dir, metadata)
@@ -183,10 +211,44 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
     return model_dir / str(version)
 
 
+def _onnx_parity(
+    model: nn.Module,
+    onnx_bytes: bytes,
+    images: np.ndarray,
+    size: tuple[int, int],
+    outputs: list[str],
+) -> dict[str, Any]:
+    """Eager vs ONNX Runtime on the real images (the whole batch and one image alone), after
+    checking the ONNX model's inputs and outputs; ``parity.onnx`` of ``metadata.json``.
+
+    Raises:
+        ConfigError: another signature, or a difference over the tolerances, naming
+            ``model.onnx``: nothing is written.
+    """
+    runtime = OnnxRuntimeModel(check_onnx(onnx_bytes, size, outputs))
+    diff, score_diff = parity_outputs(model, runtime, images)
+    if not diff <= ONNX_TOLERANCE or (score_diff is not None and not score_diff <= SCORE_TOLERANCE):
+        what = (
+            f"in the probabilities by {diff:.3g} (max abs, > {ONNX_TOLERANCE:g})"
+            if not diff <= ONNX_TOLERANCE
+            else f"in the OOD score by {score_diff:.3g} (relative, > {SCORE_TOLERANCE:g})"
+        )
+        raise ConfigError(
+            f"{ONNX_FILE} run by ONNX Runtime and the eager model differ {what} on "
+            f"{len(images)} real images: nothing was written. The network has operations the "
+            "ONNX export changes; fix them, or export with --no-onnx (model.pt alone)"
+        )
+    checked: dict[str, Any] = {"max_abs_diff": diff, "tolerance": ONNX_TOLERANCE}
+    if score_diff is not None:
+        checked.update(ood_max_rel_diff=score_diff, ood_tolerance=SCORE_TOLERANCE)
+    return checked
+
+
 def _place(tmp: Path, model_dir: Path, metadata: VersionMetadata) -> int:
     """Rename ``tmp`` to the next free version; a taken number (rename fails) means try the next.
 
-    ``metadata.json`` is written inside ``tmp`` with the number it is about to get, so the
+    ``metadata.json`` is written inside ``tmp`` with the number it is about to get, and every
+    model file it lists checked there (:func:`contracts.metadata.check_artifacts`), so the
     version appears complete or not at all.
     """
     numbered = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
@@ -194,6 +256,10 @@ def _place(tmp: Path, model_dir: Path, metadata: VersionMetadata) -> int:
     while True:
         metadata.version = version
         metadata.write(tmp / METADATA_FILE)
+        try:
+            check_artifacts(tmp)
+        except MetadataError as exc:
+            raise ConfigError(f"{exc}: nothing was written") from None
         try:
             os.rename(tmp, model_dir / str(version))  # fails if that folder holds anything
             return version
