@@ -32,6 +32,7 @@ from contracts.triton_config import (
 )
 
 HISTORY_FILE = "history.jsonl"
+MODEL_CARD_FILE = "MODEL_CARD.md"  # in a version folder: written by evaluate --export
 LOCK_FILE = ".lock"
 PUSHES = ("first_export", "promote")
 

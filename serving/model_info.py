@@ -27,6 +27,7 @@ from contracts.metadata import (
     VersionMetadata,
     read_metadata,
 )
+from contracts.repository import MODEL_CARD_FILE
 from serving.gate import NO_GATE, Gate, GatePolicy, gate_for
 from serving.triton.client import AsyncTritonClassifier, TritonModelNotReady, input_size
 
@@ -236,3 +237,21 @@ class ModelCatalog:
 
 def _as_json(metadata: VersionMetadata | None) -> dict[str, Any] | None:
     return metadata.to_dict() if metadata is not None else None
+
+
+def model_card(repository: Path | None, model: str, version: int) -> str:
+    """``<repository>/<model>/<version>/MODEL_CARD.md`` (written by ``evaluate --export``).
+
+    Raises:
+        FileNotFoundError: no such version, or a version exported without a card.
+    """
+    if repository is None:
+        raise FileNotFoundError("the gateway has no model repository to read cards from")
+    path = repository / model / str(version) / MODEL_CARD_FILE
+    if not path.is_file():
+        what = "no such version" if not path.parent.is_dir() else "exported without a card"
+        raise FileNotFoundError(
+            f"version {version} of {model!r} has no model card ({what}): cards are written by "
+            "`python -m training evaluate --export`"
+        )
+    return path.read_text()

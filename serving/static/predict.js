@@ -71,10 +71,13 @@
       el("span", { text: e.reason })));
     document.getElementById("excluded").replaceChildren(
       ...(excluded.length ? excluded : [el("li", { text: "none" })]));
-    document.getElementById("meta").textContent =
-      `Prediction ${answer.id} by ${answer.model.name} version ${answer.model.version}; ` +
-      `image ${answer.image.width}×${answer.image.height}${answer.image.stored ? ", stored" : ""}. ` +
-      answer.disclaimer;
+    const card = `/model-cards/${encodeURIComponent(answer.model.version)}`;
+    document.getElementById("meta").replaceChildren(
+      `Prediction ${answer.id} by ${answer.model.name} version ${answer.model.version} (`,
+      el("a", { id: "model-card-link", href: card, target: "_blank", text: "its model card" }),
+      `: what it was trained on, how well it does, for whom less well); image ` +
+      `${answer.image.width}×${answer.image.height}${answer.image.stored ? ", stored" : ""}. ` +
+      answer.disclaimer);
     document.getElementById("result-photo").src = preview.src;
     const site = `${answer.body_location}${answer.age !== null ? `, age ${answer.age}` : ""}` +
       `${answer.sex !== "unknown" ? `, ${answer.sex}` : ""}`;

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from contracts.labels import CLASS_NAMES
+from contracts.repository import MODEL_CARD_FILE
 from tests.fixtures_serving import API_KEY, ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton]
@@ -67,6 +68,24 @@ def test_clinician_confirms_the_diagnosis_then_prints_the_result(
     result = _upload(browser, photo, row["localization"])
     assert feedback.is_displayed()
     pid = result.get_attribute("data-prediction-id")
+    # One click from the result to the card of the version that produced it.
+    with gateway.client() as c:
+        version = c.get(f"/v1/predictions/{pid}").json()["model"]["version"]
+    link = browser.find_element(By.ID, "model-card-link")
+    assert link.get_attribute("href") == f"{gateway.url}/model-cards/{version}"
+    card = gateway.settings.model_repository / "skin_lesion" / version / MODEL_CARD_FILE
+    card.write_text(f"# Model card: skin_lesion version {version}\n\n| a | b |\n|---|---|\n")
+    try:
+        here = browser.current_window_handle
+        link.click()
+        _wait(browser, lambda _: len(browser.window_handles) == 2)
+        browser.switch_to.window(next(h for h in browser.window_handles if h != here))
+        heading = browser.find_element(By.CSS_SELECTOR, "#model-card h1").text
+        assert heading == f"Model card: skin_lesion version {version}"
+        browser.close()
+        browser.switch_to.window(here)
+    finally:
+        card.unlink()
     assert feedback.get_attribute("data-prediction-id") == pid
 
     def stored() -> dict[str, Any]:

@@ -24,9 +24,11 @@ from pathlib import Path
 
 from contracts.errors import ConfigError
 from contracts.labels import NUM_CLASSES
+from contracts.metadata import METADATA_FILE, read_metadata
 from contracts.metrics import confusion_matrix, metrics_from_confusion
 from contracts.repository import served_version
 from contracts.tensors import DEFAULT_MODEL_NAME
+from training.evaluation import model_card
 from training.evaluation.bootstrap import N_RESAMPLES
 from training.evaluation.config import RULES_PATH, SPLITS, EvaluationConfig
 from training.evaluation.report import write
@@ -184,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             gate_images=args.gate_images,
         )
         print(f"exported {which} as {version}")
+        meta = read_metadata(version / METADATA_FILE)
+        print(f"model card: {model_card.write(ev, which, version, meta)}")
+        if args.wandb:
+            model_card.log_wandb(version, meta)
     if ev.gate is not None:
         print(ev.gate.summary())
         return 0 if ev.gate.promote else 3

@@ -1,0 +1,108 @@
+"""The model card of an exported version: every figure from the evaluation that exported it or
+from its metadata.json, the fixed parts (use, limits) present; written by evaluate --export and
+logged to W&B with the model."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contracts.labels import CLASSES
+from contracts.metadata import METADATA_FILE, read_metadata
+from contracts.repository import MODEL_CARD_FILE
+from tests.wandb_records import wandb_records
+from training.__main__ import main as training_main
+from training.evaluation import model_card, scoring
+
+
+def section(card: str, title: str) -> str:
+    return card.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.parametrize(("version", "variant"), [("1", "cnn"), ("2", "tta")])
+def test_card_holds_the_evaluation_of_the_exported_variant(
+    ev, repository: Path, version: str, variant: str
+) -> None:
+    meta = read_metadata(repository / version / METADATA_FILE)
+    card = model_card.render(ev, variant, meta)
+    sc = ev.scores[variant]
+    assert card.startswith(f"# Model card: {meta.name} version {meta.version}")
+    assert "**not a medical device**" in card and f"variant: **{variant}**" in card
+    ba = sc.balanced_accuracy
+    assert f"| balanced accuracy | {ba.estimate:.3f} [{ba.low:.3f}, {ba.high:.3f}] |" in card
+    assert f"| macro AUROC (one class vs the rest) | {sc.auroc_macro:.3f} |" in card
+    assert f"{sc.ece:.3f} |" in section(card, "Evaluation")
+    # Per class: counted here from the variant's own probabilities.
+    pred = ev.variants[variant].test.argmax(axis=1)
+    labels = ev.labels
+    row = r"^\| (\w+)(?: \(malignant\))? \| [^|]+ \| (\d+) \| ([\d.]+|\u2013) \|"
+    rows = re.findall(row, section(card, "Evaluation"), re.M)
+    assert [r[0] for r in rows] == list(CLASSES)
+    for i, (_, cases, sens) in enumerate(rows):
+        assert int(cases) == int((labels == i).sum())
+        if int(cases):
+            assert float(sens) == pytest.approx(
+                ((pred == i) & (labels == i)).sum() / int(cases), abs=5e-4
+            )
+    # The operating points are the version's own.
+    for key, point in meta.thresholds.items():
+        assert f"| {key} | {point['threshold']:.4f} |" in section(card, "Operating points")
+    # Subgroups: each breakdown covers every evaluated case.
+    groups = scoring.subgroups(ev.variants[variant].test, ev.cases, ev.variants[variant].points)
+    for by in ("sex", "age band", "site"):
+        assert groups[groups["by"] == by]["n"].sum() == len(ev.cases)
+    assert section(card, "Subgroups").count("\n| sex |") == (groups["by"] == "sex").sum()
+    assert "Dermoscopic photos only" in section(card, "Known limits")
+    assert "rollback" in section(card, "Reporting a problem")
+    if meta.gate:
+        assert f"{meta.gate['ood']['threshold']:.1f}" in section(card, "What it refuses")
+
+
+def test_evaluate_export_writes_the_card_and_logs_it_with_the_model(
+    checkpoints: list[Path],
+    real_lesions_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("REAL_LESIONS_DIR", str(real_lesions_dir))  # the parity photos
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    repo = tmp_path / "repo"
+    args = [
+        "evaluate",
+        "--model",
+        str(checkpoints[0]),
+        "--limit-per-class",
+        "3",
+        "--n-resamples",
+        "20",
+        "--out",
+        str(tmp_path / "reports"),
+        "--export",
+        "cnn",
+        "--repository",
+        str(repo),
+        "--no-gate",
+    ]
+    assert training_main(args) == 0
+    out = capsys.readouterr().out
+    (version,) = [p for p in (repo / "skin_lesion").iterdir() if p.is_dir()]
+    card = version / MODEL_CARD_FILE
+    assert f"model card: {card}" in out and card.read_text().startswith("# Model card:")
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    exported = [
+        r
+        for run in runs
+        for r in wandb_records(run)
+        if r["type"] == "artifact" and r["artifact"]["type"] == "model"
+    ]
+    (artifact,) = exported
+    files = {e["path"] for e in artifact["artifact"]["manifest"]["contents"]}
+    assert {MODEL_CARD_FILE, METADATA_FILE, "model.pt"} <= files, files
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert np.isfinite(read_metadata(version / METADATA_FILE).temperature)
