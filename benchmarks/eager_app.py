@@ -24,7 +24,9 @@ from contracts.images import eval_resize
 from contracts.labels import CLASSES
 
 MODEL = os.environ.get("EAGER_MODEL", "efficientnet_lite0")
-SIZE = models.get_spec(MODEL).input_size
+# EAGER_SIZE="150x200" (height x width): the served version's size when it is not the model's own.
+_SIZE = os.environ.get("EAGER_SIZE")
+SIZE = tuple(int(v) for v in _SIZE.split("x")) if _SIZE else models.get_spec(MODEL).input_size
 NET = models.create_classifier(MODEL).eval()
 
 app = FastAPI(title="eager baseline")

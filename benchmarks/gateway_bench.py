@@ -29,6 +29,7 @@ import json
 import multiprocessing
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -182,12 +183,12 @@ def _start_gateway(tmp: Path, triton_url: str, repo: Path, key: str) -> tuple[An
     return proc, url
 
 
-def _start_eager(model: str) -> tuple[Any, str]:
+def _start_eager(model: str, size: tuple[int, int]) -> tuple[Any, str]:
     from serving.triton.ports import free_port
 
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "benchmarks.eager_app:app", "--port", str(port)]
-    env = {**os.environ, "EAGER_MODEL": model}
+    env = {**os.environ, "EAGER_MODEL": model, "EAGER_SIZE": f"{size[0]}x{size[1]}"}
     proc = subprocess.Popen([*cmd, "--log-level", "warning"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(proc, url, "eager baseline")
@@ -261,26 +262,35 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run(
+def run(  # noqa: PLR0913 (the benchmark's knobs, each with a default)
     concurrencies: tuple[int, ...] = (1, 8, 32),
     requests: int = 200,
     repeats: int = 3,
     images_dir: Path | None = None,
     model: str = MODEL,
     triton: TritonOptions | None = None,
+    repository: Path | None = None,
 ) -> dict[str, Any]:
     """Start Triton, the gateway and the eager baseline; load each at each concurrency.
 
     ``triton``: how Triton runs the model; default two CPU instances of one thread each.
+    ``repository``: a model's folder (``<repo>/skin_lesion``) to serve as it is, e.g. a trained
+    version (benchmarks/gpu.py); default: ``model`` untrained, exported here. The eager
+    baseline always runs ``model`` untrained at the served input size.
     """
     import models
     from benchmarks.common import machine
     from contracts.images import eval_resize, read_image
+    from contracts.metadata import METADATA_FILE, read_metadata
+    from contracts.repository import served_version
     from serving.triton.server import TritonOptions, run_triton
     from training.export import default_parity_dir, export_model, parity_batch
 
     triton = triton or TritonOptions(instances=2)
     size = models.get_spec(model).input_size
+    if repository is not None:
+        served = read_metadata(repository / str(served_version(repository)) / METADATA_FILE)
+        size, model = served.input_size, served.model_name or model
     folder = Path(images_dir or default_parity_dir())
     paths = sorted(folder.glob("*.jpg"))
     photos = [p.read_bytes() for p in paths]
@@ -292,7 +302,8 @@ def run(
         "photos": f"{len(photos)} JPEGs from {folder.name} ({kib:.0f} KiB mean)",
         "requests_per_level": requests,
         "repeats": repeats,
-        "triton": f"{triton.instances} CPU instance(s) x {triton.torch_threads} torch thread(s)",
+        "triton": f"{triton.instances} {triton.device.upper()} instance(s) x "
+        f"{triton.torch_threads} torch thread(s)",
         "machine": machine(),
         "levels": [],
     }
@@ -301,14 +312,18 @@ def run(
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         repo = tmp / "repo"
-        export_model(models.create_classifier(model).eval(), repo, size, parity_batch(folder, size))
+        if repository is None:
+            batch = parity_batch(folder, size)
+            export_model(models.create_classifier(model).eval(), repo, size, batch)
+        else:
+            shutil.copytree(repository, repo / repository.name)
         with (
             run_triton(repo, cache_dir=tmp / "triton", options=triton) as server,
             contextlib.ExitStack() as procs,
         ):
             gateway, url = _start_gateway(tmp, server.grpc_url, repo, key)
             procs.callback(_stop, gateway)
-            eager, eager_url = _start_eager(model)
+            eager, eager_url = _start_eager(model, size)
             procs.callback(_stop, eager)
             grpc = server.grpc_url
             triton_pid = server.process.pid

@@ -18,7 +18,7 @@ from contracts.triton_config import ConfigFileError
 from serving.triton.install import TritonServerError
 from serving.triton.ports import TRITON_PORTS
 from serving.triton.process import describe_exit
-from serving.triton.render import RUNTIMES
+from serving.triton.render import DEVICES, RUNTIMES
 from serving.triton.server import CPU_INSTANCES, TritonOptions, TritonServer
 from serving.triton.state import DEFAULT_CACHE
 
@@ -49,6 +49,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="torchscript",
         help="run model.pt (TorchScript) or model.onnx (ONNX Runtime) in the Python backend",
     )
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where the Python backend runs the model: the CPU, or GPU 0 (a CUDA machine)",
+    )
     p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds")
     return p.parse_args(argv)
 
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             dynamic_batching=not args.no_dynamic_batching,
             torch_threads=args.torch_threads,
             runtime=args.runtime,
+            device=args.device,
             startup_timeout_s=args.startup_timeout,
         )
     except ConfigError as exc:

@@ -45,22 +45,30 @@ DEFAULT_RUNTIME = "torchscript"
 RENDERED_HEADER = "# Rendered by serving.triton.render from model_repository/; do not edit.\n"
 
 
+DEVICES = ("cpu", "cuda")
+
+
 def cpu_config(
     cfg: mc.ModelConfig,
     instances: int,
     dynamic_batching: bool,
     torch_threads: int,
     runtime: str = DEFAULT_RUNTIME,
+    device: str = "cpu",
 ) -> mc.ModelConfig:
     """The production config (or its ONNX Runtime variant), moved to the Python backend on
-    ``instances`` CPU instances of ``torch_threads`` intra-op threads (torch's, or ONNX
-    Runtime's), running ``runtime``'s model file."""
+    ``instances`` instances of ``torch_threads`` intra-op threads (torch's, or ONNX
+    Runtime's), running ``runtime``'s model file; on the CPU, or (``device="cuda"``) on GPU 0:
+    the backend then moves the model and each batch there (serving/triton/backend_model.py)."""
     cpu = mc.ModelConfig()
     cpu.CopyFrom(cfg)
     cpu.backend, cpu.platform = "python", ""
     cpu.ClearField("default_model_filename")  # the Python backend's is model.py
     del cpu.instance_group[:]
-    cpu.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)
+    if device == "cuda":
+        cpu.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=instances, gpus=[0])
+    else:
+        cpu.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)
     if not dynamic_batching:
         cpu.ClearField("dynamic_batching")
     cpu.ClearField("parameters")  # the PyTorch backend's switches mean nothing here
@@ -71,6 +79,7 @@ def cpu_config(
     cpu.parameters["SITE_PACKAGES"].string_value = sysconfig.get_paths()["purelib"]
     cpu.parameters["TORCH_NUM_THREADS"].string_value = str(torch_threads)
     cpu.parameters["RUNTIME"].string_value = runtime
+    cpu.parameters["DEVICE"].string_value = device
     return cpu
 
 
@@ -105,13 +114,14 @@ def _served_config(source: Path, runtime: str) -> mc.ModelConfig:
     return cfg
 
 
-def render_repository(
+def render_repository(  # noqa: PLR0913 (the rendering's knobs)
     repository: Path,
     target: Path,
     instances: int = 1,
     dynamic_batching: bool = True,
     torch_threads: int = 1,
     runtime: str = DEFAULT_RUNTIME,
+    device: str = "cpu",
 ) -> list[str]:
     """Write the CPU variant of every model of ``repository`` under ``target``.
 
@@ -120,7 +130,8 @@ def render_repository(
 
     Args:
         runtime: ``"torchscript"`` runs each version's ``model.pt`` with torch, ``"onnx"``
-            its ``model.onnx`` with ONNX Runtime (CPU).
+            its ``model.onnx`` with ONNX Runtime.
+        device: ``"cpu"``, or ``"cuda"``: GPU instances (a CUDA machine).
 
     Returns:
         The names of the rendered models.
@@ -131,6 +142,8 @@ def render_repository(
     """
     if runtime not in RUNTIMES:
         raise ConfigFileError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if device not in DEVICES:
+        raise ConfigFileError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     repository, target = Path(repository).resolve(), Path(target)
     sources = model_dirs(repository)
     target.mkdir(parents=True, exist_ok=True)
@@ -138,7 +151,12 @@ def render_repository(
         shutil.rmtree(target / stale)
     for source in sources:
         cfg = cpu_config(
-            _served_config(source, runtime), instances, dynamic_batching, torch_threads, runtime
+            _served_config(source, runtime),
+            instances,
+            dynamic_batching,
+            torch_threads,
+            runtime,
+            device,
         )
         out = target / source.name
         out.mkdir(exist_ok=True)

@@ -71,6 +71,7 @@ class TritonOptions:
         torch_threads: intra-op threads of each instance.
         runtime: what the Python backend runs: ``torchscript`` (model.pt) or ``onnx``
             (model.onnx through ONNX Runtime; serving/triton/render.py).
+        device: ``cpu``, or ``cuda``: the model on GPU 0 (``make bench-gpu``).
         startup_timeout_s: how long to wait for the models to load.
     """
 
@@ -84,6 +85,7 @@ class TritonOptions:
     dynamic_batching: bool = True
     torch_threads: int = 1
     runtime: str = "torchscript"
+    device: str = "cpu"
     startup_timeout_s: float = 180.0
 
     def __post_init__(self) -> None:
@@ -126,6 +128,7 @@ class TritonServer:
             "dynamic_batching": o.dynamic_batching,
             "torch_threads": o.torch_threads,
             "runtime": o.runtime,
+            "device": o.device,
         }
         self.startup_timeout_s = o.startup_timeout_s
         self.rendered = self.cache_dir / "repo"

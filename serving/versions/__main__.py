@@ -66,7 +66,7 @@ def apply(args: argparse.Namespace, expected: int | None) -> str:
     """Bring Triton in line with the repository; ``expected``: the version it must then serve."""
     url, state = _triton(args)
     if state:  # the local server serves a rendering: refresh it first
-        keys = ("instances", "dynamic_batching", "torch_threads", "runtime")
+        keys = ("instances", "dynamic_batching", "torch_threads", "runtime", "device")
         options = {k: state[k] for k in keys if k in state}  # (a server started before runtime)
         render_repository(args.repository, Path(state["rendered"]), **options)
     if url is None:
