@@ -81,6 +81,13 @@ KINDS: dict[str, Kind] = {
             "diagnosis to confirm. Send feedback for a prediction that has a ranking.",
         ),
         Kind(
+            "photo-not-kept",
+            409,
+            "The photo was not kept",
+            "The upload was not stored (no consent to keep the photo), so the gateway cannot "
+            "draw on it. The map itself is in the answer's explanation.",
+        ),
+        Kind(
             "too-few-predictions",
             409,
             "Too few predictions",
@@ -312,9 +319,14 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
             for code, answer in operation.get("responses", {}).items():
-                if not (code[:1] in "45" and "application/json" in answer.get("content", {})):
+                # FastAPI files a model under the route's own media type (application/json,
+                # or text/plain for a route answering text): an error is a problem whatever it.
+                documented = [k for k in answer.get("content", {}) if k != MEDIA_TYPE]
+                if not (code[:1] in "45" and documented):
                     continue
-                content = answer["content"].pop("application/json")
+                content = answer["content"].pop(documented[0])
+                for other in documented[1:]:
+                    answer["content"].pop(other)
                 if content.get("schema") == {"$ref": FASTAPI_422}:  # FastAPI's own default
                     content["schema"] = {"$ref": "#/components/schemas/ValidationProblem"}
                 examples = {
