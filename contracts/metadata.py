@@ -19,6 +19,8 @@ from contracts.images import RESIZE_POLICY
 from contracts.labels import CLASSES, NUM_CLASSES
 from contracts.quality import QualityThresholds
 from contracts.tensors import (
+    CAM_DATATYPE,
+    CAM_OUTPUT_NAME,
     INPUT_DATATYPE,
     INPUT_NAME,
     OOD_DATATYPE,
@@ -65,6 +67,11 @@ class VersionMetadata:
             exported before the gate): ``{"quality": {QualityThresholds fields, "percentiles",
             "images"}, "ood": {"score", "threshold", "target_false_refusal", ...}}``. A version
             with ``gate.ood`` has the second output :data:`contracts.tensors.OOD_OUTPUT_NAME`.
+        explain: where the model looked, or None (versions exported before it, or without
+            it): ``{"output": "cam__2", "method": "cam", "grid": [h, w], "classes": 7,
+            "units": ..., ...}``. A version with it has the output
+            :data:`contracts.tensors.CAM_OUTPUT_NAME`, ``float32 [N, 7, h, w]``
+            (:meth:`cam_grid`; docs/explain.md).
         extra: every other key (``tta``, ``ensemble``, ``evaluation``, future keys).
     """
 
@@ -91,6 +98,7 @@ class VersionMetadata:
     onnx: dict[str, Any] | None = None
     reference: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
+    explain: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -105,6 +113,19 @@ class VersionMetadata:
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         return None
+
+    @property
+    def has_cam_output(self) -> bool:
+        """Whether the model has the class-activation-map output (``explain``)."""
+        return self.cam_grid() is not None
+
+    def cam_grid(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the class activation map's grid, or None without the output."""
+        explain = self.explain or {}
+        grid = explain.get("grid")
+        if explain.get("output") != CAM_OUTPUT_NAME or grid is None or not _positive_pair(grid):
+            return None
+        return int(grid[0]), int(grid[1])
 
     def quality_thresholds(self) -> QualityThresholds | None:
         """The quality checks' thresholds chosen at export, or None (older versions).
@@ -128,8 +149,13 @@ class VersionMetadata:
         return dict(self.artifacts) if self.artifacts else {"torchscript": TORCHSCRIPT_FILE}
 
     def output_names(self) -> list[str]:
-        """The model's outputs, in order."""
-        return [OUTPUT_NAME, OOD_OUTPUT_NAME] if self.has_ood_output else [OUTPUT_NAME]
+        """The model's outputs, in order (each one's ``__<index>`` is its position in the
+        tuple the model returns: :func:`contracts.tensors.output_index`)."""
+        return (
+            [OUTPUT_NAME]
+            + ([OOD_OUTPUT_NAME] if self.has_ood_output else [])
+            + ([CAM_OUTPUT_NAME] if self.has_cam_output else [])
+        )
 
     def referral_thresholds(self) -> dict[str, float]:
         """``{target: threshold}`` for the targets with a valid threshold in (0, 1]."""
@@ -159,7 +185,12 @@ class VersionMetadata:
                 [{"name": OOD_OUTPUT_NAME, "datatype": OOD_DATATYPE, "shape": [-1, 1]}]
                 if self.has_ood_output
                 else []
-            ),
+            )
+            + [
+                {"name": CAM_OUTPUT_NAME, "datatype": CAM_DATATYPE, "shape": [-1, NUM_CLASSES, *g]}
+                for g in [self.cam_grid()]
+                if g is not None
+            ],
             "input_format": "RGB uint8 NHWC, resized with contracts.images.eval_resize",
             "resize_policy": RESIZE_POLICY,
         }
@@ -194,9 +225,18 @@ class VersionMetadata:
             raise MetadataError(f"{source} has no usable input_size (got {size!r})")
         known = {f.name for f in fields(cls)} - {"extra", "input_size", "classes"}
         values = {k: raw[k] for k in known if k in raw and raw[k] is not None}
-        for key in ("thresholds", "gate", "artifacts", "onnx"):
+        for key in ("thresholds", "gate", "artifacts", "onnx", "explain"):
             if not isinstance(values.get(key, {}), dict):
                 raise MetadataError(f"{source}: {key} must be an object")
+        explain = values.get("explain", {})
+        if explain.get("output") == CAM_OUTPUT_NAME and not (
+            _positive_pair(explain.get("grid")) and explain.get("classes") == NUM_CLASSES
+        ):
+            raise MetadataError(
+                f"{source}: explain names the output {CAM_OUTPUT_NAME!r} but its grid "
+                f"{explain.get('grid')!r} is not [h, w] (positive) or its classes "
+                f"{explain.get('classes')!r} not {NUM_CLASSES}"
+            )
         artifacts = values.get("artifacts", {})
         # A kind this code knows has its own file name; one it does not (a newer writer's) is
         # kept, and must still be a plain file name in the version folder.
@@ -225,6 +265,15 @@ class VersionMetadata:
     def write(self, path: Path) -> None:
         """Write atomically (a reader sees the old file or the new one, never half)."""
         write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _positive_pair(value: Any) -> bool:
+    """``[a, b]`` of two positive integers (not booleans)."""
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    )
 
 
 def read_metadata(path: Path) -> VersionMetadata:

@@ -18,7 +18,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from contracts.tensors import INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
+from contracts.tensors import CAM_OUTPUT_NAME, INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
 
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
@@ -37,6 +37,8 @@ ONNX_HEADER = (
     "# on Triton's ONNX Runtime backend. Write it again after promote/rollback\n"
     "# (docs/export_onnx.md). Tensor names: contracts/tensors.py.\n"
 )
+# The outputs a version may have, in the order of their ``__<index>`` (contracts/tensors.py).
+KNOWN_OUTPUTS: tuple[str, ...] = (OUTPUT_NAME, OOD_OUTPUT_NAME, CAM_OUTPUT_NAME)
 MAX_BATCH_SIZE = 32
 # Long enough to gather a few concurrent requests, short next to a CNN's forward pass.
 QUEUE_DELAY_US = 2000
@@ -93,7 +95,11 @@ def production_config(
     return cfg
 
 
-def onnxruntime_config(cfg: mc.ModelConfig, input_size: tuple[int, int]) -> mc.ModelConfig:
+def onnxruntime_config(
+    cfg: mc.ModelConfig,
+    input_size: tuple[int, int],
+    cam_grid: tuple[int, int] | None = None,
+) -> mc.ModelConfig:
     """``cfg`` (a production config) for Triton's ONNX Runtime backend, serving ``model.onnx``.
 
     Name, tensors, outputs, batching, instances and the served version stay ``cfg``'s; the
@@ -101,14 +107,18 @@ def onnxruntime_config(cfg: mc.ModelConfig, input_size: tuple[int, int]) -> mc.M
     the PyTorch backend's parameters go. The image input is pinned to ``input_size``, the
     served version's (its ``metadata.json``): ``model.onnx`` has a fixed height and width, and
     that backend refuses a config whose dimension is ``-1`` where the model's is fixed. So the
-    file is written again whenever the served version changes (docs/export_onnx.md).
+    file is written again whenever the served version changes (docs/export_onnx.md). For the
+    same reason the class activation map's ``[7, -1, -1]`` is pinned to ``cam_grid`` (the
+    version's ``explain.grid``) when given.
 
     Raises:
-        ConfigFileError: ``cfg`` has no image input, or a size that is not positive.
+        ConfigFileError: ``cfg`` has no image input, or a size or grid that is not positive.
     """
     height, width = input_size
     if height <= 0 or width <= 0:
         raise ConfigFileError(f"input size {input_size} of {cfg.name!r} is not positive")
+    if cam_grid is not None and min(cam_grid) <= 0:
+        raise ConfigFileError(f"class activation map grid {cam_grid} is not positive")
     out = mc.ModelConfig()
     out.CopyFrom(cfg)
     out.backend, out.platform = "", ONNX_PLATFORM
@@ -122,6 +132,10 @@ def onnxruntime_config(cfg: mc.ModelConfig, input_size: tuple[int, int]) -> mc.M
             if name == tensor.name:
                 del data.dims[:]
                 data.dims.extend([height, width, 3])
+    for output in out.output:
+        if output.name == CAM_OUTPUT_NAME and cam_grid is not None:
+            del output.dims[1:]
+            output.dims.extend(cam_grid)
     return out
 
 
@@ -133,23 +147,27 @@ def set_served_version(cfg: mc.ModelConfig, version: int) -> None:
 
 def set_outputs(cfg: mc.ModelConfig, names: Sequence[str]) -> bool:
     """Make the config list exactly the outputs ``names`` (the served version's, from its
-    ``VersionMetadata.output_names()``): the probabilities, and the out-of-distribution score
-    ``[1]`` for a gated version. Triton's PyTorch backend maps the model's returned tensors to
+    ``VersionMetadata.output_names()``): the probabilities, the out-of-distribution score
+    ``[1]`` for a gated version, the class activation map ``[7, -1, -1]`` (any grid: versions
+    differ) for an explained one. Triton's PyTorch backend maps the model's returned tensors to
     the config's outputs by their ``__<index>`` names, so the config must name what the served
-    version returns: export, promote and rollback set them with the version.
+    version returns: export, promote and rollback set them with the version. The indices may
+    have a gap (``probabilities__0`` and ``cam__2`` without the score): the backend takes the
+    tensor at each listed index and ignores the others, and an explained version without the
+    gate returns an empty placeholder at index 1.
 
     Returns:
         True when the outputs changed.
 
     Raises:
-        ConfigFileError: a name other than the probabilities and the score, no probabilities,
-            or a config without the probabilities output to keep.
+        ConfigFileError: a name other than the known outputs, not in their order, no
+            probabilities, or a config without the probabilities output to keep.
     """
-    unknown = [n for n in names if n not in (OUTPUT_NAME, OOD_OUTPUT_NAME)]
-    if unknown or not names or names[0] != OUTPUT_NAME:
+    known = [n for n in KNOWN_OUTPUTS if n in names]
+    if not names or list(names) != known or names[0] != OUTPUT_NAME:
         raise ConfigFileError(
             f"outputs {list(names)}: a version has {OUTPUT_NAME!r} first and may have "
-            f"{OOD_OUTPUT_NAME!r}"
+            f"{OOD_OUTPUT_NAME!r} and {CAM_OUTPUT_NAME!r}, in that order"
         )
     probabilities = [t for t in cfg.output if t.name == OUTPUT_NAME]
     if not probabilities:
@@ -163,7 +181,19 @@ def set_outputs(cfg: mc.ModelConfig, names: Sequence[str]) -> bool:
     cfg.output.append(kept)
     if OOD_OUTPUT_NAME in names:
         cfg.output.add(name=OOD_OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[1])
+    if CAM_OUTPUT_NAME in names:
+        cfg.output.add(
+            name=CAM_OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[num_classes(cfg), -1, -1]
+        )
     return True
+
+
+def num_classes(cfg: mc.ModelConfig) -> int:
+    """The length of the probability vector (the first output's single dimension)."""
+    for tensor in cfg.output:
+        if tensor.name == OUTPUT_NAME and len(tensor.dims) == 1:
+            return int(tensor.dims[0])
+    raise ConfigFileError(f"config of {cfg.name!r} has no output {OUTPUT_NAME!r} of one dimension")
 
 
 def served_versions(cfg: mc.ModelConfig) -> list[int]:

@@ -12,10 +12,12 @@ Before loading, the version is checked against its ``metadata.json``: every mode
 the ``input_size`` it records and return the config's outputs; a version that fails does not
 load, and the error names the file and what disagrees.
 
-A gated version's model returns a tuple ``(probabilities, ood_score)``, an older one the
-probabilities alone; as with the native PyTorch backend, an output ``<name>__<i>`` of the
-config is the model's ``i``-th returned tensor. Each response carries the outputs its request
-asks for (all the config lists when it names none).
+A gated version's model returns a tuple ``(probabilities, ood_score)``, an explained one
+``(probabilities, ood_score or an empty placeholder, cam)``, an older one the probabilities
+alone; as with the native PyTorch backend, an output ``<name>__<i>`` of the config is the
+model's ``i``-th returned tensor (``model.pt``), and ``model.onnx``'s output of that name (ONNX
+Runtime). Each response carries the outputs its request asks for (all the config lists when it
+names none); ONNX Runtime computes only those the config lists.
 """
 
 import json
@@ -32,6 +34,7 @@ import triton_python_backend_utils as pb_utils
 # Triton's stub and imports nothing of the project), and the kind each runtime runs.
 RUNTIME_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
 NUM_CLASSES = 7
+CAM_OUTPUT = "cam__2"  # contracts.tensors.CAM_OUTPUT_NAME
 # What numpy's DLPack capsule destructor reports once Triton has consumed the capsule: Triton
 # renames a consumed capsule "used_dlpack", not DLPack's "used_dltensor", so numpy's destructor
 # does not recognise it, leaves the tensor alone (Triton's own deleter call frees it) and
@@ -62,6 +65,8 @@ class TritonPythonModel:
         with open(metadata_path) as f:
             metadata = json.load(f)
         self.size = tuple(int(v) for v in metadata["input_size"])
+        explain = metadata.get("explain") or {}
+        self.cam_grid = explain.get("grid") if explain.get("output") == CAM_OUTPUT else None
         # Messages name the production files, which the rendered ones link to.
         source = os.path.dirname(os.path.realpath(metadata_path))
         path = _model_file(version_dir, source, metadata, self.runtime)
@@ -98,14 +103,17 @@ class TritonPythonModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         _quiet_capsule_destructor()
-        why = _onnx_mismatch(self.session, self.input_name, self.size, list(self.outputs))
+        why = _onnx_mismatch(
+            self.session, self.input_name, self.size, list(self.outputs), self.cam_grid
+        )
         if why is not None:
             raise ValueError(f"{shown} does not fit this version: it has {why}")
         self.run = self._run_onnx
 
-    def _run_torchscript(self, requests: list[Any]) -> tuple[list[Any], list[Any]]:
-        """``(images, outputs)`` of the requests: the DLPack inputs and the returned tensors of
-        the fitting ones as one batch, as torch tensors."""
+    def _run_torchscript(self, requests: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+        """``(images, outputs)`` of the requests: the DLPack inputs, and the config's outputs
+        the model returned for the fitting ones as one batch (torch tensors by name: the
+        ``i``-th returned tensor for ``<name>__<i>``)."""
         torch, dlpack = self.torch, self.dlpack
         images = [
             dlpack.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name).to_dlpack())
@@ -113,23 +121,26 @@ class TritonPythonModel:
         ]
         good = [x for x in images if tuple(x.shape[1:3]) == self.size]
         if not good:
-            return images, []
+            return images, {}
         with torch.inference_mode():
             out = self.model(torch.cat(good) if len(good) > 1 else good[0])
-        return images, list(out) if isinstance(out, tuple | list) else [out]
+        returned = list(out) if isinstance(out, tuple | list) else [out]
+        return images, {n: returned[i] for n, i in self.outputs.items() if i < len(returned)}
 
-    def _run_onnx(self, requests: list[Any]) -> tuple[list[Any], list[Any]]:
-        """As :meth:`_run_torchscript`, through ONNX Runtime, as numpy arrays."""
+    def _run_onnx(self, requests: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+        """As :meth:`_run_torchscript`, through ONNX Runtime (the outputs of those names), as
+        numpy arrays."""
         np = self.np
         images = [
             np.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name)) for r in requests
         ]
         good = [x for x in images if tuple(x.shape[1:3]) == self.size]
         if not good:
-            return images, []
+            return images, {}
         batch = np.ascontiguousarray(np.concatenate(good) if len(good) > 1 else good[0])
-        out = self.session.run(None, {self.input_name: batch})
-        return images, list(out)
+        names = list(self.outputs)
+        out = self.session.run(names, {self.input_name: batch})
+        return images, dict(zip(names, out, strict=True))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         try:
@@ -138,16 +149,20 @@ class TritonPythonModel:
             return [_error(f"model failed: {exc}") for _ in requests]
         fits = [tuple(x.shape[1:3]) == self.size for x in images]
         good = any(fits)
-        missing = [n for n, i in self.outputs.items() if i >= len(results) and good]
+        missing = [n for n in self.outputs if n not in results and good]
         if missing:
             message = (
-                f"version {self.version} returns {len(results)} output(s), the config lists "
-                f"{missing}: promote or roll back with `python -m serving.versions`, which sets "
-                "the config's outputs from the version's metadata.json"
+                f"version {self.version} returns no output {missing} the config lists (it "
+                f"returns {sorted(results)}): promote or roll back with `python -m "
+                "serving.versions`, which sets the config's outputs from the version's "
+                "metadata.json"
             )
             return [_error(message) for _ in requests]
         sizes = [len(x) for x, ok in zip(images, fits, strict=True) if ok]
-        parts = iter(zip(*(_split(r, sizes) for r in results), strict=True) if good else [])
+        split = {name: _split(tensor, sizes) for name, tensor in results.items()}
+        parts = iter(
+            [{name: pieces[j] for name, pieces in split.items()} for j in range(len(sizes))]
+        )
         responses = []
         for request, image, ok in zip(requests, images, fits, strict=True):
             if not ok:
@@ -162,9 +177,9 @@ class TritonPythonModel:
             part = next(parts)
             asked = list(request.requested_output_names()) or list(self.outputs)
             tensors = [
-                pb_utils.Tensor.from_dlpack(name, self._capsule(part[self.outputs[name]]))
+                pb_utils.Tensor.from_dlpack(name, self._capsule(part[name]))
                 for name in asked
-                if name in self.outputs
+                if name in part
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
@@ -228,11 +243,16 @@ def _model_file(version_dir: str, source: str, metadata: dict[str, Any], runtime
 
 
 def _onnx_mismatch(
-    session: Any, input_name: str, size: Sequence[int], outputs: list[str]
+    session: Any,
+    input_name: str,
+    size: Sequence[int],
+    outputs: list[str],
+    cam_grid: Sequence[int] | None = None,
 ) -> str | None:
     """What of an ONNX model's inputs and outputs disagrees with the version (``uint8
-    [-1, H, W, 3]`` in as ``input_name``, ``float32 [-1, 7]`` / ``[-1, 1]`` out under the
-    config's names, ``-1`` a dynamic batch), or None. As ``training.export.onnx``'s check."""
+    [-1, H, W, 3]`` in as ``input_name``, ``float32 [-1, 7]`` / ``[-1, 1]`` /
+    ``[-1, 7, h, w]`` (``cam_grid``, metadata.json's ``explain.grid``) out under the config's
+    names, ``-1`` a dynamic batch), or None. As ``training.export.onnx``'s check."""
 
     def dims(shape: Sequence[Any]) -> list[int]:
         return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
@@ -243,7 +263,12 @@ def _onnx_mismatch(
         return f"inputs {got_in or 'none'}; its metadata.json's input_size says {want_in}"
     got_out = {o.name: (o.type, dims(o.shape)) for o in session.get_outputs()}
     for name in outputs:
-        want = ("tensor(float)", [-1, 1 if name.startswith("ood_score") else NUM_CLASSES])
+        if name == CAM_OUTPUT and cam_grid is None:
+            return f"no explain.grid in its metadata.json, but the config lists {name!r}"
+        if name == CAM_OUTPUT and cam_grid is not None:
+            want = ("tensor(float)", [-1, NUM_CLASSES, *cam_grid])
+        else:
+            want = ("tensor(float)", [-1, 1 if name.startswith("ood_score") else NUM_CLASSES])
         if got_out.get(name) != want:
             return f"outputs {got_out}; the config wants {name!r} as {want}"
     return None

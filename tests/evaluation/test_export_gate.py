@@ -28,7 +28,7 @@ def served(ev, repository) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for which, version in (("cnn", 1), ("tta", 2), ("ensemble", 3)):
         with quiet_torchscript(), torch.no_grad():
             model = torch.jit.load(str(repository / str(version) / "model.pt")).eval()
-            probs, score = model(images)
+            probs, score, _ = model(images)
         out[which] = probs.numpy(), score.numpy().ravel()
     return out
 

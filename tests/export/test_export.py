@@ -21,7 +21,13 @@ from contracts.errors import ConfigError
 from contracts.images import RESIZE_POLICY
 from contracts.labels import CLASSES
 from contracts.repository import served_version
-from contracts.tensors import DEFAULT_MODEL_NAME, INPUT_NAME, OUTPUT_NAME
+from contracts.tensors import (
+    CAM_OUTPUT_NAME,
+    DEFAULT_MODEL_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    output_index,
+)
 from models import create_classifier
 from training.__main__ import main as training_main
 from training.export import (
@@ -64,8 +70,10 @@ def test_export_writes_a_self_describing_version(checkpoint, real_lesions_dir, t
     images = torch.from_numpy(parity_batch(real_lesions_dir, size, n=28))
     with torch.no_grad():
         eager = module(images).float().softmax(dim=1)
-        served = _load_scripted(version / "model.pt")(images)
+        # (probabilities, placeholder, class activation map): cam__2 is the third output.
+        served, _, cam = _load_scripted(version / "model.pt")(images)
     assert served.dtype == torch.float32 and served.shape == (28, len(CLASSES))
+    assert cam.shape == (28, len(CLASSES), *meta["explain"]["grid"])
     assert torch.allclose(served.sum(dim=1), torch.ones(28), atol=1e-5)
     assert (served - eager).abs().max() <= 1e-5
 
@@ -100,7 +108,8 @@ def test_config_pbtxt_matches_the_exported_model(checkpoint, real_lesions_dir, t
         (INPUT_NAME, mc.TYPE_UINT8, [-1, -1, 3])
     ]
     assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [
-        (OUTPUT_NAME, mc.TYPE_FP32, [len(CLASSES)])
+        (OUTPUT_NAME, mc.TYPE_FP32, [len(CLASSES)]),
+        (CAM_OUTPUT_NAME, mc.TYPE_FP32, [len(CLASSES), -1, -1]),  # any grid: versions differ
     ]
     labels = model_dir / cfg.output[0].label_filename
     assert labels.read_text().splitlines() == list(CLASSES)
@@ -115,13 +124,17 @@ def test_config_pbtxt_matches_the_exported_model(checkpoint, real_lesions_dir, t
     full = torch.zeros((cfg.max_batch_size, *tensor.dims), dtype=torch.uint8)
     with torch.no_grad():
         out = _load_scripted(version / "model.pt")(full)
-    assert out.dtype == torch.float32 and list(out.shape) == [
-        cfg.max_batch_size,
-        *cfg.output[0].dims,
-    ]
-    with torch.no_grad():  # and at another size, as the config allows
+    # Each output the config lists is the returned tensor its name's __<index> says.
+    for tensor in cfg.output:
+        got = out[output_index(tensor.name)]
+        assert got.dtype == torch.float32 and got.shape[0] == cfg.max_batch_size
+        dims = list(tensor.dims)  # -1: any (the map's grid)
+        assert len(dims) == got.dim() - 1
+        assert all(d in (-1, n) for d, n in zip(dims, got.shape[1:], strict=True)), tensor.name
+    with torch.no_grad():  # and at another size, as the config allows (another grid, too)
         other = _load_scripted(version / "model.pt")(torch.zeros((2, height + 16, width + 8, 3)))
-    assert list(other.shape) == [2, len(CLASSES)]
+    assert list(other[0].shape) == [2, len(CLASSES)]
+    assert other[2].shape[:2] == (2, len(CLASSES)) and other[2].shape[2:] != out[2].shape[2:]
 
 
 def test_exports_get_new_versions_and_never_overwrite(checkpoint, real_lesions_dir, tmp_path):

@@ -22,7 +22,7 @@ from contracts.labels import CLASS_INDEX, NUM_CLASSES
 from contracts.metadata import read_metadata
 from contracts.quality import QualityThresholds, check_content, check_geometry, measure
 from contracts.repository import promote, rollback, served_version
-from contracts.tensors import DEFAULT_MODEL_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
+from contracts.tensors import CAM_OUTPUT_NAME, DEFAULT_MODEL_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
 from models import create_classifier
 from tests.export.conftest import GATE_IMAGES, SIZE
 from training.__main__ import main as training_main
@@ -42,6 +42,7 @@ from training.export import (
     split_classifier,
     to_torchscript,
 )
+from training.export.cam import CAM_TOLERANCE
 from training.export.ood import KNN_K, Neighbours, check_split, colour_histogram
 from training.recorded_split import datamodule_hparams, rebuild_split
 
@@ -59,8 +60,14 @@ def _outputs(folder: Path) -> list[tuple[str, int, list[int]]]:
     return [(t.name, t.data_type, list(t.dims)) for t in cfg.output]
 
 
-GATED_OUTPUTS = [(OUTPUT_NAME, mc.TYPE_FP32, [NUM_CLASSES]), (OOD_OUTPUT_NAME, mc.TYPE_FP32, [1])]
-PLAIN_OUTPUTS = GATED_OUTPUTS[:1]
+CAM_OUTPUT = (CAM_OUTPUT_NAME, mc.TYPE_FP32, [NUM_CLASSES, -1, -1])
+GATED_OUTPUTS = [
+    (OUTPUT_NAME, mc.TYPE_FP32, [NUM_CLASSES]),
+    (OOD_OUTPUT_NAME, mc.TYPE_FP32, [1]),
+    CAM_OUTPUT,
+]
+PLAIN_OUTPUTS = [GATED_OUTPUTS[0], CAM_OUTPUT]  # --no-gate: probabilities__0 and cam__2
+BARE_OUTPUTS = GATED_OUTPUTS[:1]  # --no-gate --no-cam
 
 
 def _real_features(classifier: nn.Module, real_lesions_dir: Path, size: tuple[int, int]):
@@ -235,7 +242,8 @@ def test_threshold_is_the_finite_sample_quantile():
 def test_metadata_and_config_of_a_gated_version(gated_version):
     folder, seconds = gated_version
     meta = read_metadata(folder)
-    assert meta.has_ood_output and meta.output_names() == [OUTPUT_NAME, OOD_OUTPUT_NAME]
+    assert meta.has_ood_output
+    assert meta.output_names() == [OUTPUT_NAME, OOD_OUTPUT_NAME, CAM_OUTPUT_NAME]
     quality, ood = meta.gate["quality"], meta.gate["ood"]
     assert isinstance(meta.quality_thresholds(), QualityThresholds)
     assert quality["percentiles"] == [0.0, 100.0] and quality["images"] == ood["fit_images"]
@@ -245,10 +253,17 @@ def test_metadata_and_config_of_a_gated_version(gated_version):
     assert ood["validation_images"] >= 99 and 0 <= ood["validation_false_refusal"] <= 0.01
     assert meta.parity["ood_max_rel_diff"] <= SCORE_TOLERANCE == meta.parity["ood_tolerance"]
     written = json.loads((folder / "metadata.json").read_text())
-    assert [o["name"] for o in written["outputs"]] == [OUTPUT_NAME, OOD_OUTPUT_NAME]
+    assert [o["name"] for o in written["outputs"]] == [
+        OUTPUT_NAME,
+        OOD_OUTPUT_NAME,
+        CAM_OUTPUT_NAME,
+    ]
+    assert meta.parity["cam_max_rel_diff"] <= CAM_TOLERANCE == meta.parity["cam_tolerance"]
     assert _outputs(folder.parent) == GATED_OUTPUTS  # the first export is served: its outputs
-    probs, score = _load(folder / "model.pt")(torch.zeros((3, *SIZE, 3), dtype=torch.uint8))
+    zeros = torch.zeros((3, *SIZE, 3), dtype=torch.uint8)
+    probs, score, cam = _load(folder / "model.pt")(zeros)
     assert probs.shape == (3, NUM_CLASSES) and score.shape == (3, 1)
+    assert cam.shape == (3, NUM_CLASSES, *meta.cam_grid()) == (3, NUM_CLASSES, 3, 4)
     print(f"gated export of a compact_cnn checkpoint: {seconds:.1f} s")
 
 
@@ -318,15 +333,24 @@ def test_config_outputs_follow_promote_and_rollback(
     assert training_main([*args, *extra, "--no-gate"]) == 0
     plain = read_metadata(model_dir / "2")
     assert plain.gate is None and not plain.has_ood_output
+    assert training_main([*args, *extra, "--no-gate", "--no-cam"]) == 0
+    assert not read_metadata(model_dir / "3").has_cam_output
+    zeros = torch.zeros((1, *SIZE, 3), dtype=torch.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        assert torch.jit.load(str(model_dir / "2" / "model.pt"))(
-            torch.zeros((1, *SIZE, 3), dtype=torch.uint8)
-        ).shape == (1, NUM_CLASSES)
+        # The map stays the third output (cam__2) without the score: an empty placeholder second.
+        out = torch.jit.load(str(model_dir / "2" / "model.pt"))(zeros)
+        assert [tuple(t.shape) for t in out] == [(1, NUM_CLASSES), (1, 0), (1, NUM_CLASSES, 3, 4)]
+        bare = torch.jit.load(str(model_dir / "3" / "model.pt"))(zeros)
+        assert bare.shape == (1, NUM_CLASSES)
     assert served_version(model_dir) == 1 and _outputs(model_dir) == GATED_OUTPUTS
 
     promote(model_dir, 2)
     assert _outputs(model_dir) == PLAIN_OUTPUTS
+    promote(model_dir, 3)
+    assert _outputs(model_dir) == BARE_OUTPUTS
+    rollback(model_dir)
+    assert served_version(model_dir) == 2 and _outputs(model_dir) == PLAIN_OUTPUTS
     rollback(model_dir)
     assert served_version(model_dir) == 1 and _outputs(model_dir) == GATED_OUTPUTS
     promote(model_dir, 2)

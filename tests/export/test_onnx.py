@@ -20,7 +20,13 @@ from tritonclient.grpc import model_config_pb2 as mc
 from contracts.errors import ConfigError
 from contracts.labels import CLASSES, NUM_CLASSES
 from contracts.metadata import MetadataError, check_artifacts, read_metadata
-from contracts.tensors import DEFAULT_MODEL_NAME, INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
+from contracts.tensors import (
+    CAM_OUTPUT_NAME,
+    DEFAULT_MODEL_NAME,
+    INPUT_NAME,
+    OOD_OUTPUT_NAME,
+    OUTPUT_NAME,
+)
 from contracts.triton_config import (
     ONNX_FILE,
     ONNX_PLATFORM,
@@ -50,6 +56,7 @@ from training.export import (
     split_classifier,
     to_onnx,
 )
+from training.export.cam import CAM_TOLERANCE
 from training.export.onnx import main as onnx_main
 from training.export.onnx import write_onnxruntime_config
 from training.export.ood import Neighbours, colour_histogram
@@ -86,30 +93,40 @@ def test_every_export_writes_model_onnx_equal_to_the_eager_model(version, checkp
     eager = ProbabilityModel(load_checkpoint(checkpoint).classifier).eval()
     with torch.no_grad():
         expected = eager(torch.from_numpy(photos)).numpy()
+    assert 0 <= meta["parity"]["onnx"]["cam_max_rel_diff"] <= CAM_TOLERANCE == 1e-4
     # The 28 real photos as one batch, one at a time, and the largest batch Triton sends.
-    (whole,) = _onnx(version, photos)
+    whole, cam = _onnx(version, photos)
     single = np.concatenate([_onnx(version, photos[i : i + 1])[0] for i in range(len(photos))])
     assert whole.shape == (28, NUM_CLASSES) and whole.dtype == np.float32
+    assert cam.shape == (28, NUM_CLASSES, *meta["explain"]["grid"]) and cam.dtype == np.float32
     assert np.abs(whole - expected).max() <= ONNX_TOLERANCE
     assert np.abs(single - expected).max() <= ONNX_TOLERANCE
-    (largest,) = _onnx(version, np.resize(photos, (32, *photos.shape[1:])))
+    largest, _ = _onnx(version, np.resize(photos, (32, *photos.shape[1:])))
     assert largest.shape == (32, NUM_CLASSES)
     assert np.allclose(largest.sum(axis=1), 1.0, atol=1e-5)
 
 
 def test_the_onnx_file_takes_and_gives_what_metadata_and_config_say(version):
-    sess = check_onnx(version / ONNX_FILE, SIZE, [OUTPUT_NAME])
+    grid = read_metadata(version).cam_grid()
+    sess = check_onnx(version / ONNX_FILE, SIZE, [OUTPUT_NAME, CAM_OUTPUT_NAME], grid)
     (image,) = sess.get_inputs()
-    (probabilities,) = sess.get_outputs()
+    probabilities, cam = sess.get_outputs()  # no placeholder at index 1: ONNX binds by name
     assert (image.name, image.type) == (INPUT_NAME, "tensor(uint8)")
     assert not isinstance(image.shape[0], int) and image.shape[1:] == [*SIZE, 3]  # any batch
     assert (probabilities.name, probabilities.type) == (OUTPUT_NAME, "tensor(float)")
+    assert (cam.name, cam.type, cam.shape[1:]) == (
+        CAM_OUTPUT_NAME,
+        "tensor(float)",
+        [NUM_CLASSES, *grid],
+    )
+    with pytest.raises(ConfigError, match=r"outputs .*cam__2"):
+        check_onnx(version / ONNX_FILE, SIZE, [OUTPUT_NAME, CAM_OUTPUT_NAME], (grid[0] + 1, 1))
     meta = json.loads((version / "metadata.json").read_text())
     assert meta["inputs"][0]["shape"] == [-1, *SIZE, 3]
     with pytest.raises(ConfigError, match=re.escape(f"{version / ONNX_FILE} does not take")):
         check_onnx(version / ONNX_FILE, (112, 150), [OUTPUT_NAME])
     with pytest.raises(ConfigError, match=r"outputs .*ood_score__1"):
-        check_onnx(version / ONNX_FILE, SIZE, [OUTPUT_NAME, OOD_OUTPUT_NAME])
+        check_onnx(version / ONNX_FILE, SIZE, [OUTPUT_NAME, OOD_OUTPUT_NAME, CAM_OUTPUT_NAME])
 
 
 def test_a_gated_version_has_both_outputs_in_onnx(gated_version, real_lesions_dir):
@@ -118,14 +135,16 @@ def test_a_gated_version_has_both_outputs_in_onnx(gated_version, real_lesions_di
     assert meta.artifact_files() == {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE}
     assert meta.parity["onnx"]["ood_max_rel_diff"] <= SCORE_TOLERANCE
     images = parity_batch(real_lesions_dir, SIZE, n=28)
-    probs, score = _onnx(folder, images)
+    probs, score, cam = _onnx(folder, images)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.load(str(folder / "model.pt"))
     with torch.no_grad():
-        ts_probs, ts_score = (t.numpy() for t in scripted(torch.from_numpy(images)))
+        ts_probs, ts_score, ts_cam = (t.numpy() for t in scripted(torch.from_numpy(images)))
     assert score.shape == (28, 1) and np.abs(probs - ts_probs).max() <= ONNX_TOLERANCE
     assert (np.abs(score - ts_score) / np.maximum(np.abs(ts_score), 1.0)).max() <= SCORE_TOLERANCE
+    assert cam.shape == ts_cam.shape == (28, NUM_CLASSES, *meta.cam_grid())
+    assert np.abs(cam - ts_cam).max() <= CAM_TOLERANCE * max(1.0, np.abs(ts_cam).max())
 
 
 @pytest.mark.parametrize("kind", ["mahalanobis", "energy", "msp"])
@@ -278,7 +297,15 @@ def test_onnxruntime_config_serves_model_onnx(version, capsys):
         ONNX_FILE,
     )
     assert ONNX_PLATFORM == "onnxruntime_onnx" and "INFERENCE_MODE" not in cfg.parameters
-    assert cfg.name == production.name and cfg.output == production.output
+    assert cfg.name == production.name and cfg.output[0] == production.output[0]
+    # The map's grid is pinned to the served version's as the input size is: model.onnx's.
+    grid = read_metadata(version).cam_grid()
+    assert [(t.name, list(t.dims)) for t in production.output[1:]] == [
+        (CAM_OUTPUT_NAME, [NUM_CLASSES, -1, -1])
+    ]
+    assert [(t.name, list(t.dims)) for t in cfg.output[1:]] == [
+        (CAM_OUTPUT_NAME, [NUM_CLASSES, *grid])
+    ]
     assert cfg.version_policy == production.version_policy
     assert cfg.dynamic_batching == production.dynamic_batching
     assert cfg.instance_group == production.instance_group

@@ -14,7 +14,7 @@ import torch
 
 from contracts.metadata import read_metadata
 from contracts.repository import served_version
-from contracts.tensors import DEFAULT_MODEL_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
+from contracts.tensors import CAM_OUTPUT_NAME, DEFAULT_MODEL_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
 from contracts.triton_config import read_config
 from serving.triton.client import AsyncTritonClassifier, TritonBadRequest, TritonClassifier
 from serving.triton.server import run_triton
@@ -22,6 +22,7 @@ from serving.versions.__main__ import main as models_main
 from tests.factories import SMOKE_GATE_IMAGES, smoke_repository
 from training.export import ExportOptions, export
 
+CAM = CAM_OUTPUT_NAME  # every export has the map unless --no-cam
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 
@@ -31,7 +32,7 @@ def _eager(version: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         warnings.simplefilter("ignore", FutureWarning)
         model = torch.jit.load(str(version / "model.pt")).eval()
     with torch.no_grad():
-        probs, score = model(torch.from_numpy(images))
+        probs, score, _ = model(torch.from_numpy(images))
     return probs.numpy(), score.numpy().ravel()
 
 
@@ -64,7 +65,7 @@ def test_gated_and_image_only_versions_through_promote_and_rollback(
     ):
         rendered = server.rendered / DEFAULT_MODEL_NAME
         assert served_version(model_dir) == 1
-        assert _outputs(model_dir) == _outputs(rendered) == [OUTPUT_NAME, OOD_OUTPUT_NAME]
+        assert _outputs(model_dir) == _outputs(rendered) == [OUTPUT_NAME, OOD_OUTPUT_NAME, CAM]
         probs, score = client.predict_with_score(images)
         assert probs.shape == (len(images), 7) and score.shape == (len(images),)
         np.testing.assert_allclose(probs, probs_expected, rtol=0, atol=1e-5)
@@ -89,12 +90,12 @@ def test_gated_and_image_only_versions_through_promote_and_rollback(
 
         # A version exported without the gate: one output in the config, as Triton needs.
         assert models_main(["promote", plain.name, *opts]) == 0
-        assert _outputs(model_dir) == _outputs(rendered) == [OUTPUT_NAME]
+        assert _outputs(model_dir) == _outputs(rendered) == [OUTPUT_NAME, CAM]
         assert client.model_metadata()["versions"] == [plain.name]
         np.testing.assert_allclose(client.predict(images), expected, rtol=0, atol=1e-5)
         with pytest.raises(TritonBadRequest, match="no 'ood_score__1' output"):
             client.predict_with_score(images[:1])
 
         assert models_main(["rollback", *opts]) == 0  # back to the gated one
-        assert _outputs(model_dir) == _outputs(rendered) == [OUTPUT_NAME, OOD_OUTPUT_NAME]
+        assert _outputs(model_dir) == _outputs(rendered) == [OUTPUT_NAME, OOD_OUTPUT_NAME, CAM]
         np.testing.assert_allclose(client.predict_with_score(images)[1], score_expected, rtol=1e-4)

@@ -27,7 +27,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from contracts.metadata import read_metadata
-from contracts.tensors import DEFAULT_MODEL_NAME, INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
+from contracts.tensors import (
+    CAM_OUTPUT_NAME,
+    DEFAULT_MODEL_NAME,
+    INPUT_NAME,
+    OOD_OUTPUT_NAME,
+    OUTPUT_NAME,
+)
 from contracts.triton_config import CONFIG_FILE, ONNX_FILE, ConfigFileError
 from models import create_classifier
 from serving.triton.client import TritonClassifier, TritonError, load_models
@@ -86,7 +92,7 @@ def test_onnx_runtime_serves_what_model_pt_gives(onnx_triton, version, images):
     cfg = text_format.Parse((rendered / CONFIG_FILE).read_text(), mc.ModelConfig())
     assert cfg.backend == "python" and cfg.parameters["RUNTIME"].string_value == "onnx"
     assert list(cfg.input[0].dims) == [*SIZE, 3]  # the ONNX config: the served version's size
-    assert [o.name for o in cfg.output] == [OUTPUT_NAME, OOD_OUTPUT_NAME]
+    assert [o.name for o in cfg.output] == [OUTPUT_NAME, OOD_OUTPUT_NAME, CAM_OUTPUT_NAME]
     assert (rendered / "1" / ONNX_FILE).resolve() == (version / ONNX_FILE).resolve()
 
     one = _infer(onnx_triton.grpc_url, images[:1])
@@ -97,7 +103,7 @@ def test_onnx_runtime_serves_what_model_pt_gives(onnx_triton, version, images):
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.load(str(version / "model.pt"))
     with torch.no_grad():
-        expected_probs, expected_score = (t.numpy() for t in scripted(torch.from_numpy(images)))
+        expected_probs, expected_score, _ = (t.numpy() for t in scripted(torch.from_numpy(images)))
     expected_score = expected_score.ravel()  # the client gives one score an image
     assert probs.shape == (28, 7) and probs.dtype == np.float32
     assert np.abs(probs - expected_probs).max() <= 1e-4
@@ -163,7 +169,7 @@ def test_the_input_is_named_as_the_config_says(version):
     # The ONNX file's input and outputs carry the tensor names Triton's config gives.
     from training.export import check_onnx
 
-    sess = check_onnx(version / ONNX_FILE, SIZE, [OUTPUT_NAME, OOD_OUTPUT_NAME])
+    sess = check_onnx(version / ONNX_FILE, SIZE, [OUTPUT_NAME, OOD_OUTPUT_NAME, CAM_OUTPUT_NAME])
     assert [i.name for i in sess.get_inputs()] == [INPUT_NAME]
 
 

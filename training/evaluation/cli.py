@@ -35,7 +35,7 @@ from training.evaluation.report import write
 from training.evaluation.results import Evaluation
 from training.evaluation.run import evaluate
 from training.evaluation.thresholds import DEFAULT_CONFIDENCE
-from training.export.cli import add_gate_arguments
+from training.export.cli import add_cam_argument, add_gate_arguments
 from training.export.variants import EXPORTABLE, export_variant
 
 
@@ -102,6 +102,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--export-name", help="model name in the repository (default skin_lesion)")
     p.add_argument("--parity-images", help="real images for the export's parity check")
     add_gate_arguments(p)
+    add_cam_argument(p)
     return p.parse_args(argv)
 
 
@@ -184,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gate=args.gate,
             ood_score=args.ood_score,
             gate_images=args.gate_images,
+            explain=args.explain,
         )
         print(f"exported {which} as {version}")
         meta = read_metadata(version / METADATA_FILE)

@@ -67,7 +67,7 @@ from contracts.quality import (
 from contracts.repository import served_version
 from contracts.tensors import DEFAULT_MODEL_NAME
 from training.evaluation import ood_gate_report
-from training.export.torchscript import quiet_torchscript
+from training.export.torchscript import quiet_torchscript, served_outputs
 from training.export.writer import MODEL_FILE
 from training.ood_corpus import DEGRADED, FAR, CorpusImage, degraded, far_from_lesion
 from training.recorded_split import SplitData, datamodule_hparams, rebuild_split
@@ -169,15 +169,16 @@ def model_outputs(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(probabilities [N, 7], ood score [N] or None)`` of ``uint8 [N, H, W, 3]`` inputs.
 
-    A version with the gate returns ``(probabilities, score [N, 1])``; an older one the
-    probabilities alone.
+    A version with the gate returns ``(probabilities, score [N, 1], ...)``; one without it the
+    probabilities alone, or with an empty placeholder where the score would be
+    (:func:`training.export.torchscript.served_outputs`).
     """
     with quiet_torchscript():
         out = model(torch.from_numpy(np.ascontiguousarray(inputs)))
-    if isinstance(out, tuple | list):
-        probs, score = out[0], out[1]
-        return probs.float().numpy(), score.float().reshape(len(inputs), -1)[:, 0].numpy()
-    return out.float().numpy(), None
+    probs, score, _ = served_outputs(out)
+    if score is None:
+        return probs.float().numpy(), None
+    return probs.float().numpy(), score.float().reshape(len(inputs), -1)[:, 0].numpy()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 what the evaluation chose (``python -m training evaluate --export``) as a new version.
 
 Modules by job: ``wrapper`` (the served module), ``ood`` (the gated module: probabilities and
-an out-of-distribution score), ``gate`` (its threshold and the quality thresholds, from the
+an out-of-distribution score), ``cam`` (the class activation map output ``cam__2`` of each
+variant, docs/explain.md), ``gate`` (its threshold and the quality thresholds, from the
 recorded split), ``torchscript`` (conversion, parity check), ``onnx`` (the ONNX file beside
 it, its ONNX Runtime parity check, the ONNX Runtime config),
 ``checkpoint`` (reading a checkpoint), ``provenance`` (git state), ``writer`` (the one writer

@@ -19,6 +19,11 @@ out-of-distribution score per image (``--ood-score``, default knn), and
 ``metadata.json``'s ``gate`` holds its threshold (at most 1 % of validation images over it)
 and the image-quality thresholds, all computed from the checkpoint's recorded split
 (``training.export.gate``; up to ``--gate-images`` training images are read for it).
+
+With the explanation (the default; ``--no-cam`` to leave it out) the model has a third output,
+``cam__2``: the class activation map of every class on the network's last feature grid
+(``training.export.cam``, docs/explain.md), and ``metadata.json``'s ``explain`` says its grid.
+A network without one (MobileNetV3) is exported without it, with a warning.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from contracts.errors import ConfigError, DataError
 from contracts.metadata import read_metadata
 from contracts.repository import served_version
 from contracts.tensors import DEFAULT_MODEL_NAME
+from training.export.cam import network_explainer
 from training.export.checkpoint import load_checkpoint
 from training.export.gate import GATE_IMAGES, check_options, gate_for_checkpoint
 from training.export.ood import DEFAULT_OOD_SCORE, OOD_SCORES
@@ -61,6 +67,8 @@ class ExportOptions:
             Gaussians; the quality thresholds use every training image, the threshold every
             validation image.
         onnx: write ``model.onnx`` beside ``model.pt`` (``training.export.onnx``).
+        explain: add the class activation map output ``cam__2`` (``training.export.cam``);
+            a network without one gets none, with a warning.
     """
 
     parity_images: str | Path | None = None
@@ -72,6 +80,7 @@ class ExportOptions:
     ood_score: str = DEFAULT_OOD_SCORE
     gate_images: int = GATE_IMAGES
     onnx: bool = True
+    explain: bool = True
 
 
 def export(
@@ -140,6 +149,7 @@ def export(
         metadata,
         gated=gate.model if gate else None,
         onnx=o.onnx,
+        explainer=network_explainer(loaded.classifier) if o.explain else None,
     )
 
 
@@ -166,6 +176,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--reference-images", type=int, default=MAX_IMAGES, help="images read per split for it"
     )
     add_gate_arguments(p)
+    add_cam_argument(p)
     p.add_argument(
         "--no-onnx",
         dest="onnx",
@@ -173,6 +184,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="write model.pt alone, without model.onnx (metadata.json's artifacts says so)",
     )
     return p.parse_args(argv)
+
+
+def add_cam_argument(p: argparse.ArgumentParser) -> None:
+    """``--no-cam`` (export and evaluate --export)."""
+    p.add_argument(
+        "--no-cam",
+        dest="explain",
+        action="store_false",
+        help="export without the class activation map output cam__2 (where the model looked)",
+    )
 
 
 def add_gate_arguments(p: argparse.ArgumentParser) -> None:
@@ -216,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ood_score=args.ood_score,
                 gate_images=args.gate_images,
                 onnx=args.onnx,
+                explain=args.explain,
             ),
         )
     except (ConfigError, DataError) as exc:
@@ -236,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"exported {args.name} version {meta.version} to {path} (parity "
         f"{(meta.parity or {})['max_abs_diff']:.2g}"
         + (f", ONNX {onnx:.2g}" if onnx is not None else ", no ONNX")
-        + f"{gate}); "
+        + f"{gate}"
+        + (f"; CAM {grid[0]}x{grid[1]}" if (grid := meta.cam_grid()) else "; no CAM")
+        + "); "
         + (
             "it is served"
             if served

@@ -4,10 +4,14 @@ Every exported version holds ``model.onnx`` next to ``model.pt``: the same serve
 (:class:`training.export.wrapper.ProbabilityModel` or the gated
 :class:`training.export.ood.GatedModel`, TTA and ensembles included), ``uint8 [N, H, W, 3]`` in
 with a dynamic batch dimension and the version's own height and width, the same named outputs
-(``probabilities__0``, and ``ood_score__1`` where the version has the gate). Export checks it
-through ONNX Runtime (CPU) on the real parity images, the whole batch and one image alone,
-against the eager module: probabilities within :data:`ONNX_TOLERANCE` (absolute), the score
-within :data:`training.export.ood.SCORE_TOLERANCE` (relative); a version that fails is not
+(``probabilities__0``, ``ood_score__1`` where the version has the gate, ``cam__2`` where it has
+the class activation map, ``[-1, 7, h, w]`` at its grid; ``training.export.cam``). ONNX binds
+outputs by name, so ``model.onnx`` has only the named ones (no placeholder at index 1 of an
+explained version without the gate). Export checks it through ONNX Runtime (CPU) on the real
+parity images, the whole batch and one image alone, against the eager module: probabilities
+within :data:`ONNX_TOLERANCE` (absolute), the score within
+:data:`training.export.ood.SCORE_TOLERANCE` (relative), the map within
+:data:`training.export.cam.CAM_TOLERANCE` (relative to its scale); a version that fails is not
 written.
 
 The exporter: torch's TorchScript-based one (``torch.onnx.export(..., dynamo=False)``),
@@ -41,7 +45,7 @@ import torch.nn as nn
 from contracts.errors import ConfigError
 from contracts.labels import NUM_CLASSES
 from contracts.metadata import MetadataError, check_artifacts
-from contracts.tensors import INPUT_NAME, OOD_OUTPUT_NAME
+from contracts.tensors import CAM_OUTPUT_NAME, INPUT_NAME, OOD_OUTPUT_NAME, output_index
 from contracts.triton_config import (
     CONFIG_FILE,
     CUSTOM_CONFIG_DIR,
@@ -76,6 +80,31 @@ def quiet_onnx() -> Iterator[None]:
         # are the version's own and fixed, the batch stays symbolic, parity checks both).
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         yield
+
+
+class SelectOutputs(nn.Module):
+    """A served module's returned tensors at ``indices`` only (the named outputs' positions:
+    an explained version without the gate returns a placeholder at index 1 that ONNX has no
+    name for)."""
+
+    def __init__(self, model: nn.Module, indices: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.indices = list(indices)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(image)
+        return tuple(out[i] for i in self.indices)
+
+
+def _named_only(model: nn.Module, outputs: Sequence[str]) -> nn.Module:
+    """``model``, or :class:`SelectOutputs` of it where its returned tuple has unnamed places."""
+    indices = [output_index(n) for n in outputs]
+    if indices == list(range(len(indices))):
+        return model
+    # In eval mode: the exporter puts the module back in the mode it found it in, and a
+    # wrapper in training mode would put the served module's BatchNorm into training mode.
+    return SelectOutputs(model, indices).eval()
 
 
 def _export(model: nn.Module, example: torch.Tensor, outputs: Sequence[str], how: str) -> bytes:
@@ -126,10 +155,11 @@ def to_onnx(
         ConfigError: no exporter could convert the module (each one's error in the message).
     """
     errors = []
+    named = _named_only(model.eval(), outputs)
     for how in exporters:
         try:
             with quiet_onnx(), torch.no_grad():
-                return _export(model.eval(), example, outputs, how), how
+                return _export(named, example, outputs, how), how
         except Exception as exc:  # noqa: BLE001 - each exporter fails in its own ways
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             errors.append(f"{how}: {type(exc).__name__}: {first}")
@@ -166,28 +196,50 @@ def _dims(shape: Sequence[Any]) -> list[int]:
     return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
 
 
-def signature_mismatch(sess: Any, size: tuple[int, int], outputs: Sequence[str]) -> str | None:
+def _want_output(
+    name: str, cam_grid: tuple[int, int] | None, got: dict[str, list[int]]
+) -> tuple[str, str, list[int]]:
+    """What the version's output ``name`` must be; the map's grid is ``cam_grid``, or when not
+    given whatever positive grid the file has."""
+    if name == CAM_OUTPUT_NAME:
+        dims = got.get(name, [])
+        found = tuple(dims[2:]) if len(dims) == 4 and min(dims[2:]) > 0 else (0, 0)
+        h, w = cam_grid if cam_grid is not None else found
+        return name, "tensor(float)", [-1, NUM_CLASSES, h, w]
+    return name, "tensor(float)", [-1, 1 if name == OOD_OUTPUT_NAME else NUM_CLASSES]
+
+
+def signature_mismatch(
+    sess: Any,
+    size: tuple[int, int],
+    outputs: Sequence[str],
+    cam_grid: tuple[int, int] | None = None,
+) -> str | None:
     """What about an ONNX model's inputs and outputs disagrees with the version, or None.
 
     The version takes ``uint8 [-1, H, W, 3]`` as :data:`INPUT_NAME` (``metadata.json``'s
-    ``input_size``) and returns ``float32 [-1, 7]`` (and ``[-1, 1]`` for the score) under
-    ``outputs``' names; ``-1`` is the batch, which must be dynamic.
+    ``input_size``) and returns ``float32 [-1, 7]`` (``[-1, 1]`` for the score,
+    ``[-1, 7, h, w]`` for the class activation map at ``cam_grid``, any fixed grid when None)
+    under ``outputs``' names; ``-1`` is the batch, which must be dynamic.
     """
     height, width = size
     want_in = [(INPUT_NAME, "tensor(uint8)", [-1, height, width, 3])]
     got_in = [(i.name, i.type, _dims(i.shape)) for i in sess.get_inputs()]
     if got_in != want_in:
         return f"inputs {got_in or 'none'}, metadata.json's input_size says {want_in}"
-    want_out = [
-        (n, "tensor(float)", [-1, 1 if n == OOD_OUTPUT_NAME else NUM_CLASSES]) for n in outputs
-    ]
     got_out = [(o.name, o.type, _dims(o.shape)) for o in sess.get_outputs()]
+    want_out = [_want_output(n, cam_grid, {g[0]: g[2] for g in got_out}) for n in outputs]
     if got_out != want_out:
         return f"outputs {got_out}, the version's outputs are {want_out}"
     return None
 
 
-def check_onnx(model: bytes | str | Path, size: tuple[int, int], outputs: Sequence[str]) -> Any:
+def check_onnx(
+    model: bytes | str | Path,
+    size: tuple[int, int],
+    outputs: Sequence[str],
+    cam_grid: tuple[int, int] | None = None,
+) -> Any:
     """A session on ``model`` once its signature is the version's (:func:`signature_mismatch`).
 
     Raises:
@@ -195,7 +247,7 @@ def check_onnx(model: bytes | str | Path, size: tuple[int, int], outputs: Sequen
             the file, ``model.onnx`` for bytes about to be written, and the difference).
     """
     sess = session(model)
-    why = signature_mismatch(sess, size, outputs)
+    why = signature_mismatch(sess, size, outputs, cam_grid)
     if why is not None:
         name = ONNX_FILE if isinstance(model, bytes) else str(model)
         raise ConfigError(f"{name} does not take what the version does: it has {why}")
@@ -204,16 +256,25 @@ def check_onnx(model: bytes | str | Path, size: tuple[int, int], outputs: Sequen
 
 class OnnxRuntimeModel(nn.Module):
     """An ONNX Runtime session as a module: ``uint8 [N, H, W, 3]`` -> its outputs (a tensor,
-    or a tuple of two for a gated version), for :func:`training.export.parity_outputs`."""
+    or a tuple laid out as the served module's, each output at its name's ``__<index>`` and an
+    empty ``[N, 0]`` placeholder where the served module has one), for
+    :func:`training.export.torchscript.parity_report`."""
 
     def __init__(self, sess: Any) -> None:
         super().__init__()
         self.sess = sess
+        self.names = [o.name for o in sess.get_outputs()]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        out = self.sess.run(None, {INPUT_NAME: np.ascontiguousarray(image.numpy())})
-        tensors = tuple(torch.from_numpy(np.asarray(o)) for o in out)
-        return tensors[0] if len(tensors) == 1 else tensors
+        out = self.sess.run(self.names, {INPUT_NAME: np.ascontiguousarray(image.numpy())})
+        tensors = {
+            output_index(n): torch.from_numpy(np.asarray(o))
+            for n, o in zip(self.names, out, strict=True)
+        }
+        if len(tensors) == 1 and 0 in tensors:
+            return tensors[0]
+        empty = torch.zeros(image.shape[0], 0)
+        return tuple(tensors.get(i, empty) for i in range(max(tensors) + 1))
 
 
 def onnx_facts(exporter: str) -> dict[str, Any]:
@@ -258,7 +319,7 @@ def write_onnxruntime_config(model_dir: Path, out: Path | None = None) -> Path:
                 "or with --no-onnx): export the checkpoint again, or serve it with the PyTorch "
                 "backend's config.pbtxt"
             )
-        onnx_cfg = onnxruntime_config(cfg, metadata.input_size)
+        onnx_cfg = onnxruntime_config(cfg, metadata.input_size, metadata.cam_grid())
     except (ConfigFileError, MetadataError) as exc:
         raise ConfigError(str(exc)) from None
     path = Path(out) if out else model_dir / CUSTOM_CONFIG_DIR / f"{ONNX_CONFIG_NAME}.pbtxt"

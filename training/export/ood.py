@@ -24,6 +24,8 @@ the training photos. The score kinds (``metadata.json``'s ``gate.ood.score``):
 - ``msp``: ``-max_c p_c``, the negated maximum softmax probability.
 
 Where the threshold comes from (the validation split) is :mod:`training.export.gate`.
+:class:`ExplainedGatedModel` is a gated model that also returns the class activation map
+(``training.export.cam``): ``(probabilities, ood_score, cam)``, the same probabilities and score.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from scipy.stats import beta
 
 from contracts.errors import ConfigError, DataError
 from contracts.labels import NUM_CLASSES
+from training.export.cam import CamLogits
 
 OOD_SCORES: tuple[str, ...] = ("knn", "mahalanobis", "energy", "msp")
 DEFAULT_OOD_SCORE = "knn"
@@ -314,6 +317,16 @@ class GatedModel(nn.Module):
         logits, features = self.detector(image)
         served = self.classifier(image).float() if self.separate else logits
         probabilities = torch.softmax(served / self.temperature, dim=1)
+        return probabilities, self._score(image, logits, features, probabilities)
+
+    def _score(
+        self,
+        image: torch.Tensor,
+        logits: torch.Tensor,
+        features: torch.Tensor,
+        probabilities: torch.Tensor,
+    ) -> torch.Tensor:
+        """The ``kind`` score ``[N, 1]`` from the detector's logits and features."""
         if self.kind == "mahalanobis":
             z = torch.matmul(features, self.whitening)
             distances = (z.unsqueeze(1) - self.centers.unsqueeze(0)).pow(2).sum(dim=2)
@@ -328,13 +341,87 @@ class GatedModel(nn.Module):
             )
         else:
             score = -probabilities.max(dim=1, keepdim=True).values
-        return probabilities, score
+        return score
 
     def _knn(self, x: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
         similarity = torch.matmul(unit, bank)
         kth = torch.topk(similarity, self.k, dim=1).values[:, self.k - 1 : self.k]
         return 1.0 - kth
+
+
+# The buffers of a GatedModel: its temperature and score statistics (ExplainedGatedModel's too).
+GATED_BUFFERS = ("temperature", "means", "whitening", "centers", "bank", "colour_bank", "scales")
+
+
+class _WithoutMap(nn.Module):
+    """A :class:`FeatureClassifier` as an explained model's detector: ``(logits, features,
+    empty map)``; the map then comes from the explainer."""
+
+    def __init__(self, detector: FeatureClassifier) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, features = self.detector(image)
+        return logits, features, logits[:, :0, None, None]
+
+
+class _NoExplainer(nn.Module):
+    """Stands in for the explainer where the detector gives the served logits and the map."""
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        empty = torch.zeros(0)
+        return empty, empty
+
+
+class ExplainedGatedModel(GatedModel):
+    """``uint8 [N, H, W, 3]`` -> ``(probabilities [N, C], ood_score [N, 1], cam [N, C, h, w])``:
+    a gated version with the class activation map (``training.export.cam``).
+
+    Built from the :class:`GatedModel` the gate's threshold was chosen with (its kind, its
+    temperature and score statistics, the same probabilities and score) and an explainer
+    (``uint8 -> (logits, cam)``, ``training.export.cam``):
+
+    - a gated network (the gate's detector gives the served logits): ``explainer`` must be a
+      ``CamLogits`` of the same network, whose ``CamClassifier`` then is the detector: logits,
+      penultimate features and map in one pass (the features are the split's:
+      ``models.cam.CamNetwork`` runs the network's own modules in its order).
+    - TTA or an ensemble (served logits of their own): the gate's detector stays, and the
+      explainer gives the served logits and the map instead of the gated model's classifier.
+
+    Raises:
+        ConfigError: a gated network without a ``CamLogits`` explainer.
+    """
+
+    def __init__(self, gated: GatedModel, explainer: nn.Module) -> None:
+        nn.Module.__init__(self)  # the statistics are gated's, not fitted again
+        self.kind = gated.kind
+        self.k = gated.k
+        self.separate = gated.separate
+        for name in GATED_BUFFERS:
+            self.register_buffer(name, getattr(gated, name).detach().clone())
+        if gated.separate:
+            self.detector: nn.Module = _WithoutMap(gated.detector)
+            self.classifier: nn.Module = explainer
+        elif isinstance(explainer, CamLogits):
+            self.detector = explainer.source
+            self.classifier = _NoExplainer()
+        else:
+            raise ConfigError(
+                f"a gated network's map comes from its own CamClassifier (CamLogits), not "
+                f"{type(explainer).__name__}"
+            )
+
+    def forward(  # type: ignore[override]  # one output more than GatedModel's
+        self, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, features, cam = self.detector(image)
+        served = logits
+        if self.separate:
+            served, cam = self.classifier(image)
+        probabilities = torch.softmax(served.float() / self.temperature, dim=1)
+        return probabilities, self._score(image, logits, features, probabilities), cam
 
 
 def choose_threshold(scores: np.ndarray, target: float) -> tuple[float, float, int]:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +83,58 @@ def _worst(a: float, b: float) -> float:
     return a if a != a else (b if b != b or b > a else a)
 
 
-def _outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(probabilities, ood_score or None)`` of a served module (one output or two)."""
-    out = model(x)
-    if isinstance(out, tuple | list):
-        return out[0], (out[1] if len(out) > 1 else None)
-    return out, None
+Outputs = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
+def served_outputs(out: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]) -> Outputs:
+    """``(probabilities, ood_score or None, cam or None)`` of what a served module returned:
+    a tensor, or a tuple by the outputs' ``__<index>`` (an explained model without the gate
+    has an empty placeholder at index 1, which is no score)."""
+    if not isinstance(out, tuple | list):
+        return out, None, None
+    score = out[1] if len(out) > 1 and out[1].numel() > 0 else None
+    return out[0], score, (out[2] if len(out) > 2 else None)
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Eager vs another runtime, worst over the runs: probabilities (max abs difference), the
+    OOD score (relative to ``max(1, |eager|)``) and the class activation map (relative to
+    ``max(1, max |eager map|)`` of each image), None where the models have no such output."""
+
+    probabilities: float
+    score: float | None
+    cam: float | None
+
+
+def parity_report(eager: nn.Module, other: nn.Module, images: np.ndarray) -> Parity:
+    """Eager vs ``other`` (TorchScript, ONNX Runtime) on the whole batch and on one image alone.
+
+    Raises:
+        ConfigError: the two differ in which outputs they have, or in a map's shape.
+    """
+    batch = torch.from_numpy(images)
+    diff, score_diff, cam_diff = 0.0, None, None
+    with torch.no_grad(), quiet_torchscript():
+        for x in (batch, batch[:1]):
+            p_eager, s_eager, c_eager = served_outputs(eager(x))
+            p_other, s_other, c_other = served_outputs(other(x))
+            diff = _worst(diff, float((p_eager - p_other).abs().max()))
+            if (s_eager is None) != (s_other is None) or (c_eager is None) != (c_other is None):
+                raise ConfigError("the converted model and the eager one differ in outputs")
+            if s_eager is not None and s_other is not None:
+                rel = (s_eager - s_other).abs() / s_eager.abs().clamp_min(1.0)
+                score_diff = _worst(score_diff or 0.0, float(rel.max()))
+            if c_eager is not None and c_other is not None:
+                if c_eager.shape != c_other.shape:
+                    raise ConfigError(
+                        f"the converted model's class activation map is {list(c_other.shape)}, "
+                        f"the eager one's {list(c_eager.shape)}"
+                    )
+                scale = c_eager.flatten(1).abs().max(dim=1).values.clamp_min(1.0)
+                rel = (c_eager - c_other).flatten(1).abs().max(dim=1).values / scale
+                cam_diff = _worst(cam_diff or 0.0, float(rel.max()))
+    return Parity(diff, score_diff, cam_diff)
 
 
 def parity_outputs(
@@ -98,23 +145,14 @@ def parity_outputs(
     Returns:
         ``(max abs difference of the probabilities, max relative difference of the OOD score
         or None without one)``; the score's difference is relative to ``max(1, |eager|)``,
-        so absolute below 1 (see ``training.export.ood.SCORE_TOLERANCE``).
+        so absolute below 1 (see ``training.export.ood.SCORE_TOLERANCE``). The class
+        activation map's: :func:`parity_report`.
 
     Raises:
         ConfigError: one model has the score output and the other not.
     """
-    batch = torch.from_numpy(images)
-    diff, score_diff = 0.0, None
-    with torch.no_grad(), quiet_torchscript():
-        for x in (batch, batch[:1]):
-            (p_eager, s_eager), (p_script, s_script) = _outputs(eager, x), _outputs(scripted, x)
-            diff = _worst(diff, float((p_eager - p_script).abs().max()))
-            if (s_eager is None) != (s_script is None):
-                raise ConfigError("the TorchScript model and the eager one differ in outputs")
-            if s_eager is not None and s_script is not None:
-                rel = (s_eager - s_script).abs() / s_eager.abs().clamp_min(1.0)
-                score_diff = _worst(score_diff or 0.0, float(rel.max()))
-    return diff, score_diff
+    report = parity_report(eager, scripted, images)
+    return report.probabilities, report.score
 
 
 def parity(eager: nn.Module, scripted: nn.Module, images: np.ndarray) -> float:

@@ -16,9 +16,11 @@ import torch.nn as nn
 from contracts.errors import ConfigError, DataError
 from contracts.metadata import VersionMetadata
 from contracts.tensors import DEFAULT_MODEL_NAME
+from models.cam import CamClassifier, CamUnsupported
 from training.ensemble import Ensemble
 from training.evaluation import thresholds as th
 from training.evaluation.results import Evaluation
+from training.export.cam import CamEnsemble, CamTTA, network_explainer, no_cam
 from training.export.checkpoint import load_checkpoint
 from training.export.gate import GATE_IMAGES, Gate, check_options, compute_gate, no_gate
 from training.export.ood import DEFAULT_OOD_SCORE
@@ -64,6 +66,26 @@ def _module(ev: Evaluation, which: str) -> tuple[nn.Module, float, dict[str, Any
             for m, t in ev.members
         ]
         return LogProbabilities(Ensemble(members)), 1.0, {"ensemble": {"members": listed}}
+    raise ConfigError(f"cannot export {which!r}: choose one of {', '.join(EXPORTABLE)}")
+
+
+def _explainer(ev: Evaluation, which: str, extra: dict[str, Any]) -> nn.Module | None:
+    """``uint8 -> (logits, cam)`` of the exported variant (``training.export.cam``), its logits
+    those :func:`_module` serves (``extra``: its metadata keys, the TTA's ops); None, with a
+    warning, where there is no class activation map (a network without one, an exported
+    version as the source or a member, an ensemble whose members' grids differ)."""
+    src = ev.source
+    if which == "cnn":
+        return network_explainer(src.logits)
+    try:
+        if which == "tta":
+            ops = extra["tta"]["ops"]
+            return CamTTA(CamClassifier(src.logits), ev.temperature, ops, src.input_size)
+        if which == "ensemble":
+            members = [CamClassifier(m.logits) for m, _ in ev.members]
+            return CamEnsemble(members, [t for _, t in ev.members], src.input_size)
+    except CamUnsupported as exc:
+        return no_cam(str(exc))
     raise ConfigError(f"cannot export {which!r}: choose one of {', '.join(EXPORTABLE)}")
 
 
@@ -159,6 +181,7 @@ def export_variant(  # noqa: PLR0913 (the evaluate command's export options)
     ood_score: str = DEFAULT_OOD_SCORE,
     gate_images: int = GATE_IMAGES,
     onnx: bool = True,
+    explain: bool = True,
 ) -> Path:
     """Write ``ev``'s ``which`` (cnn, tta, ensemble) as the next version of ``name``.
 
@@ -176,6 +199,9 @@ def export_variant(  # noqa: PLR0913 (the evaluate command's export options)
         gate_images: training images read for the gate.
         onnx: write ``model.onnx`` beside ``model.pt`` (TTA, ensembles and the gate's score
             all convert; ``training.export.onnx``).
+        explain: add the class activation map output ``cam__2`` (``training.export.cam``: the
+            network's; TTA's views' maps mapped back and averaged; the ensemble members'
+            averaged when their grids match); None where the variant has none, with a warning.
 
     Returns:
         The version folder.
@@ -198,4 +224,5 @@ def export_variant(  # noqa: PLR0913 (the evaluate command's export options)
         metadata,
         gated=computed.model if computed else None,
         onnx=onnx,
+        explainer=_explainer(ev, which, extra) if explain else None,
     )

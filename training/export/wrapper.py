@@ -39,19 +39,25 @@ LOG_FLOOR = 1e-30  # the smallest probability LogProbabilities takes the log of
 
 class LogProbabilities(nn.Module):
     """``log`` of a probability model's output: exact logits for softmax, temperature and export
-    (:func:`training.export.writer.export_model` applies ``softmax(logits / T)`` to it)."""
+    (:func:`training.export.writer.export_model` applies ``softmax(logits / T)`` to it). Of a
+    model returning a tuple (a gated or explained ``model.pt``), its first output's."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.model(images)
+        # A served model.pt with more outputs (score, class activation map) returns a tuple:
+        # the probabilities are always its first (contracts/tensors.py). Static in TorchScript.
+        probabilities = out[0] if isinstance(out, tuple) else out
         # The floor keeps an exact 0 finite; exp(-69) is below float32's resolution near 1.
-        return torch.log(self.model(images).float().clamp_min(LOG_FLOOR))
+        return torch.log(probabilities.float().clamp_min(LOG_FLOOR))
 
 
 class FirstOutput(nn.Module):
-    """The probabilities of a gated model (``(probabilities, ood_score)``): its first output."""
+    """The probabilities of a gated or explained model (``(probabilities, ood_score[, cam])``):
+    its first output."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

@@ -38,6 +38,13 @@ from contracts.triton_config import (
     write_config,
     write_text_atomic,
 )
+from training.export.cam import (
+    CAM_TOLERANCE,
+    ExplainedProbabilityModel,
+    check_map,
+    explain_metadata,
+    explainer_facts,
+)
 from training.export.onnx import (
     ONNX_TOLERANCE,
     OnnxRuntimeModel,
@@ -45,9 +52,15 @@ from training.export.onnx import (
     onnx_facts,
     to_onnx,
 )
-from training.export.ood import SCORE_TOLERANCE, GatedModel
+from training.export.ood import SCORE_TOLERANCE, ExplainedGatedModel, GatedModel
 from training.export.provenance import git_state
-from training.export.torchscript import PARITY_TOLERANCE, parity_outputs, to_torchscript
+from training.export.torchscript import (
+    PARITY_TOLERANCE,
+    Parity,
+    parity_report,
+    served_outputs,
+    to_torchscript,
+)
 from training.export.wrapper import ProbabilityModel
 
 MODEL_FILE = TORCHSCRIPT_FILE
@@ -99,6 +112,7 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
     tolerance: float = PARITY_TOLERANCE,
     gated: GatedModel | None = None,
     onnx: bool = True,
+    explainer: nn.Module | None = None,
 ) -> Path:
     """Script ``classifier`` (``uint8 NHWC`` -> logits) and convert it to ONNX, check both
     against eager PyTorch, write the next version.
@@ -122,6 +136,17 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
             score must match TorchScript's within :data:`SCORE_TOLERANCE` (relative).
         onnx: also write ``model.onnx`` (:mod:`training.export.onnx`); False writes
             ``model.pt`` alone, and ``metadata.json``'s ``artifacts`` says so.
+        explainer: ``uint8 -> (logits, cam)`` (``training.export.cam``: ``CamLogits`` of
+            ``classifier``'s network, ``CamTTA``, ``CamEnsemble``) whose logits are
+            ``classifier``'s: the version then also returns the class activation map
+            ``cam__2`` (``ExplainedProbabilityModel``, or ``ExplainedGatedModel`` of
+            ``gated``) and ``metadata.json`` gets ``explain`` (set here, from the map's grid;
+            None without an explainer, whatever ``metadata`` said). Before anything is
+            converted, the explained module's probabilities (and score) must be the plain
+            one's within ``tolerance`` (and :data:`SCORE_TOLERANCE`) on ``images``, and its
+            map must average to its logits (``training.export.cam.check_map``); the map must
+            match TorchScript's and ONNX Runtime's within :data:`CAM_TOLERANCE` (relative to
+            each image's map scale).
 
     Returns:
         The new version's folder.
@@ -149,31 +174,37 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
             f"{metadata.temperature}"
         )
     model_dir = writable(Path(repository)) / metadata.name
-    model = gated if gated is not None else ProbabilityModel(classifier, metadata.temperature)
-    model.eval()
+    plain = gated if gated is not None else ProbabilityModel(classifier, metadata.temperature)
+    plain.eval()
     if images.shape[1:] != (*size, 3) or images.dtype != np.uint8:
         raise DataError(f"parity images must be uint8 [N, {size[0]}, {size[1]}, 3]")
+    model, explain = plain, None
+    if explainer is not None:
+        model, explain = _explained(plain, explainer.eval(), images, tolerance)
+    metadata = dataclasses.replace(metadata, explain=explain)
+    grid = metadata.cam_grid()
     scripted, method = to_torchscript(model, torch.from_numpy(images[:2]))
-    diff, score_diff = parity_outputs(model, scripted, images)
-    if not diff <= tolerance or (score_diff is not None and not score_diff <= SCORE_TOLERANCE):
-        what = (
-            f"by {diff:.3g} (> {tolerance:g})"
-            if not diff <= tolerance
-            else f"in the OOD score by {score_diff:.3g} (relative, > {SCORE_TOLERANCE:g})"
-        )
+    found = parity_report(model, scripted, images)
+    why = _parity_failure(found, tolerance, "")
+    if why is not None:
         raise ConfigError(
-            f"TorchScript and eager outputs differ {what} on "
+            f"TorchScript and eager outputs differ {why} on "
             f"{len(images)} real images: nothing was written. The network has operations "
             "TorchScript changes; make it scriptable or exportable deterministically"
         )
-    checked: dict[str, Any] = {"max_abs_diff": diff, "tolerance": tolerance, "images": len(images)}
-    if score_diff is not None:
-        checked.update(ood_max_rel_diff=score_diff, ood_tolerance=SCORE_TOLERANCE)
+    checked: dict[str, Any] = {
+        "max_abs_diff": found.probabilities,
+        "tolerance": tolerance,
+        "images": len(images),
+        **_secondary(found),
+    }
     artifacts = {"torchscript": MODEL_FILE}
     onnx_bytes, facts = None, None
     if onnx:
         onnx_bytes, exporter = to_onnx(model, torch.from_numpy(images[:2]), metadata.output_names())
-        checked["onnx"] = _onnx_parity(model, onnx_bytes, images, size, metadata.output_names())
+        checked["onnx"] = _onnx_parity(
+            model, onnx_bytes, images, size, metadata.output_names(), grid
+        )
         artifacts["onnx"] = ONNX_FILE
         facts = onnx_facts(exporter)
     metadata = dataclasses.replace(
@@ -193,7 +224,7 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
         scripted.save(str(tmp / MODEL_FILE))
         if onnx_bytes is not None:
             (tmp / ONNX_FILE).write_bytes(onnx_bytes)
-            check_onnx(tmp / ONNX_FILE, size, metadata.output_names())  # the file as written
+            check_onnx(tmp / ONNX_FILE, size, metadata.output_names(), grid)  # as written
         with model_lock(model_dir):
             has_config = _check_compatible(model_dir, size)
             version = _place(tmp, model_dir, metadata)
@@ -211,12 +242,81 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
     return model_dir / str(version)
 
 
+def _explained(
+    plain: nn.Module, explainer: nn.Module, images: np.ndarray, tolerance: float
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``plain`` (``ProbabilityModel`` or ``GatedModel``) with the class activation map, and
+    ``metadata.json``'s ``explain`` for it, once it serves what ``plain`` does (see
+    :func:`export_model`'s ``explainer``).
+
+    Raises:
+        ConfigError: another output than ``plain``'s, or a map that is not its network's.
+    """
+    model: nn.Module = (
+        ExplainedGatedModel(plain, explainer)
+        if isinstance(plain, GatedModel)
+        else ExplainedProbabilityModel(explainer, float(plain.temperature))
+    ).eval()
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        p_plain, s_plain, _ = served_outputs(plain(x))
+        p_model, s_model, cam = served_outputs(model(x))
+    diff = float((p_plain - p_model).abs().max())
+    score = (
+        float(((s_plain - s_model).abs() / s_plain.abs().clamp_min(1.0)).max())
+        if s_plain is not None and s_model is not None
+        else None
+    )
+    if (
+        cam is None
+        or cam.shape[:2] != (len(images), p_plain.shape[1])
+        or not diff <= tolerance
+        or (s_plain is None) != (s_model is None)
+        or (score is not None and not score <= SCORE_TOLERANCE)
+    ):
+        raise ConfigError(
+            f"the model with the class activation map serves other outputs than without it "
+            f"(probabilities by {diff:.3g}, score by {score}, map "
+            f"{None if cam is None else list(cam.shape)}): nothing was written. Its explainer "
+            "must be built from the same network and temperature; or export with --no-cam"
+        )
+    check_map(explainer, x, cam)
+    grid = (int(cam.shape[2]), int(cam.shape[3]))
+    return model, explain_metadata(grid, explainer_facts(explainer))
+
+
+def _parity_failure(found: Parity, tolerance: float, probabilities: str) -> str | None:
+    """How the outputs differ beyond the tolerances (probabilities ``tolerance``, absolute,
+    said as ``probabilities`` before "by"), or None when they do not."""
+    if not found.probabilities <= tolerance:
+        return f"{probabilities}by {found.probabilities:.3g} (max abs, > {tolerance:g})"
+    if found.score is not None and not found.score <= SCORE_TOLERANCE:
+        return f"in the OOD score by {found.score:.3g} (relative, > {SCORE_TOLERANCE:g})"
+    if found.cam is not None and not found.cam <= CAM_TOLERANCE:
+        return (
+            f"in the class activation map by {found.cam:.3g} (relative to the map's scale, "
+            f"> {CAM_TOLERANCE:g})"
+        )
+    return None
+
+
+def _secondary(found: Parity) -> dict[str, Any]:
+    """``parity``'s entries for the score and the map, where the model has them."""
+    out: dict[str, Any] = {}
+    if found.score is not None:
+        out.update(ood_max_rel_diff=found.score, ood_tolerance=SCORE_TOLERANCE)
+    if found.cam is not None:
+        out.update(cam_max_rel_diff=found.cam, cam_tolerance=CAM_TOLERANCE)
+    return out
+
+
 def _onnx_parity(
     model: nn.Module,
     onnx_bytes: bytes,
     images: np.ndarray,
     size: tuple[int, int],
     outputs: list[str],
+    cam_grid: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Eager vs ONNX Runtime on the real images (the whole batch and one image alone), after
     checking the ONNX model's inputs and outputs; ``parity.onnx`` of ``metadata.json``.
@@ -225,23 +325,16 @@ def _onnx_parity(
         ConfigError: another signature, or a difference over the tolerances, naming
             ``model.onnx``: nothing is written.
     """
-    runtime = OnnxRuntimeModel(check_onnx(onnx_bytes, size, outputs))
-    diff, score_diff = parity_outputs(model, runtime, images)
-    if not diff <= ONNX_TOLERANCE or (score_diff is not None and not score_diff <= SCORE_TOLERANCE):
-        what = (
-            f"in the probabilities by {diff:.3g} (max abs, > {ONNX_TOLERANCE:g})"
-            if not diff <= ONNX_TOLERANCE
-            else f"in the OOD score by {score_diff:.3g} (relative, > {SCORE_TOLERANCE:g})"
-        )
+    runtime = OnnxRuntimeModel(check_onnx(onnx_bytes, size, outputs, cam_grid))
+    found = parity_report(model, runtime, images)
+    why = _parity_failure(found, ONNX_TOLERANCE, "in the probabilities ")
+    if why is not None:
         raise ConfigError(
-            f"{ONNX_FILE} run by ONNX Runtime and the eager model differ {what} on "
+            f"{ONNX_FILE} run by ONNX Runtime and the eager model differ {why} on "
             f"{len(images)} real images: nothing was written. The network has operations the "
             "ONNX export changes; fix them, or export with --no-onnx (model.pt alone)"
         )
-    checked: dict[str, Any] = {"max_abs_diff": diff, "tolerance": ONNX_TOLERANCE}
-    if score_diff is not None:
-        checked.update(ood_max_rel_diff=score_diff, ood_tolerance=SCORE_TOLERANCE)
-    return checked
+    return {"max_abs_diff": found.probabilities, "tolerance": ONNX_TOLERANCE, **_secondary(found)}
 
 
 def _place(tmp: Path, model_dir: Path, metadata: VersionMetadata) -> int:
