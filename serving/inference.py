@@ -41,18 +41,20 @@ async def predict_with_retries(
     )
 
 
-async def predict_with_score_retries(
+async def predict_outputs_with_retries(  # noqa: PLR0913 (the call and its retry policy)
     client: AsyncTritonClassifier,
     batch: np.ndarray,
     version: int,
+    outputs: tuple[str, ...],
     deadline_s: float,
     retries: int,
     backoff_s: float = 0.05,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``client.predict_with_score(batch, version)``: probabilities ``[N, 7]`` and the
-    out-of-distribution scores ``[N]`` in one call, retried as :func:`predict_with_retries`."""
+) -> dict[str, np.ndarray]:
+    """``client.predict_outputs(batch, version, outputs)``: the named outputs of one call
+    (probabilities, the gate's score, the class-activation maps), retried as
+    :func:`predict_with_retries`."""
     return await _with_retries(
-        lambda: client.predict_with_score(batch, version), deadline_s, retries, backoff_s
+        lambda: client.predict_outputs(batch, version, outputs), deadline_s, retries, backoff_s
     )
 
 

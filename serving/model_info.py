@@ -59,6 +59,17 @@ class ServedModel:
     no_advice: str | None = None  # the answers' reason when there is no referral advice
     gate: Gate = NO_GATE
 
+    @property
+    def explain_output(self) -> str | None:
+        """The Triton output with the class-activation maps (``metadata.json`` ``explain``),
+        or None: a version exported without them."""
+        m = self.metadata
+        if m is None:
+            return None
+        explain = getattr(m, "explain", None) or m.extra.get("explain")
+        output = explain.get("output") if isinstance(explain, dict) else None
+        return str(output) if output else None
+
 
 @dataclass(frozen=True)
 class ReferralSetup:

@@ -30,14 +30,15 @@ from contracts.images import DecodedImage, ImageRejected, PreparedImage
 from contracts.labels import CLASS_NAMES, CLASSES, MALIGNANT
 from contracts.quality import Refusal, multiple_images
 from contracts.rules import Rules, apply_rules
-from serving import problems
+from contracts.tensors import OOD_OUTPUT_NAME, OUTPUT_NAME
+from serving import explain, problems
 from serving.api.deps import AppState
 from serving.api.schemas import PredictionCreate, PredictionPublic, RefusalProblem
 from serving.db import crud
 from serving.db.tables import Prediction, utcnow
 from serving.db.tables import Refusal as RefusalRow
 from serving.gate import FLAG, REJECT, Screened, check_score, screen
-from serving.inference import predict_with_retries, predict_with_score_retries
+from serving.inference import predict_outputs_with_retries
 from serving.metrics import Metrics
 from serving.model_info import ServedModel
 from serving.referral import decide, no_advice
@@ -82,6 +83,7 @@ class Classified:
     decode_s: float
     inference_s: float
     ood_score: float | None = None  # the model's score, where the version has one
+    cams: np.ndarray | None = None  # [7, h, w] class-activation maps, when asked and available
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ class Created:
 def fingerprint(form: PredictionCreate, image_sha256: str) -> str:
     """What makes two uploads the same request, for idempotency checks."""
     fields = form.model_dump(include={"body_location", "age", "sex", "consent_to_store_image"})
+    if form.explain:  # only when asked: requests recorded before explain keep their fingerprint
+        fields["explain"] = True
     return hashlib.sha256(json.dumps([image_sha256, fields], sort_keys=True).encode()).hexdigest()
 
 
@@ -172,25 +176,34 @@ async def _screen(state: AppState, data: bytes, model: ServedModel, digest: str)
 
 
 async def _predict(
-    state: AppState, prepared: PreparedImage, model: ServedModel
-) -> tuple[np.ndarray, float | None]:
-    """The probabilities of one image, and its out-of-distribution score when the version's
-    gate checks one (the same Triton call)."""
-    args = (
+    state: AppState, prepared: PreparedImage, model: ServedModel, explain: bool
+) -> tuple[np.ndarray, float | None, np.ndarray | None]:
+    """The probabilities of one image, its out-of-distribution score when the version's gate
+    checks one, and its class-activation maps when asked and the version has them: one call."""
+    names = [OUTPUT_NAME]
+    if model.gate.ood_threshold is not None:
+        names.append(OOD_OUTPUT_NAME)
+    if explain and model.explain_output is not None:
+        names.append(model.explain_output)
+    outputs = await predict_outputs_with_retries(
         state.triton,
         prepared.model_input[None],
         int(model.version),
+        tuple(names),
         state.settings.triton_timeout_s,
         state.settings.triton_retries,
     )
-    if model.gate.ood_threshold is None:
-        return (await predict_with_retries(*args))[0], None
-    probs, scores = await predict_with_score_retries(*args)
-    return probs[0], float(np.asarray(scores).reshape(-1)[0])
+    score = outputs.get(OOD_OUTPUT_NAME)
+    cams = outputs.get(model.explain_output) if model.explain_output else None
+    return (
+        outputs[OUTPUT_NAME][0],
+        None if score is None else float(np.asarray(score).reshape(-1)[0]),
+        None if cams is None else np.asarray(cams)[0],
+    )
 
 
 async def _classify(
-    state: AppState, model: ServedModel, screened: Screened, decode_s: float
+    state: AppState, model: ServedModel, screened: Screened, decode_s: float, explain: bool
 ) -> Classified | Refused:
     """Refuse on the quality checks, or predict and refuse on the score, or classify."""
     if screened.refusal is not None or screened.prepared is None:
@@ -206,7 +219,7 @@ async def _classify(
         )
     prepared = screened.prepared
     t0 = time.perf_counter()
-    probs, score = await _predict(state, prepared, model)
+    probs, score, cams = await _predict(state, prepared, model, explain)
     inference_s = time.perf_counter() - t0
     threshold = model.gate.ood_threshold
     if score is not None and threshold is not None:
@@ -217,10 +230,12 @@ async def _classify(
                 model, refusal, screened.decoded, prepared, features, threshold, score,
                 decode_s, inference_s,
             )  # fmt: skip
-    return Classified(model, prepared, probs, decode_s, inference_s, score)
+    return Classified(model, prepared, probs, decode_s, inference_s, score, cams)
 
 
-async def classify(state: AppState, data: bytes, digest: str) -> Classified | Refused:
+async def classify(
+    state: AppState, data: bytes, digest: str, explain: bool = False
+) -> Classified | Refused:
     """Decode for the served version, run its gate and predict, following a version change
     once. An image the quality checks refuse never reaches Triton.
 
@@ -233,7 +248,7 @@ async def classify(state: AppState, data: bytes, digest: str) -> Classified | Re
     screened = await _screen(state, data, model, digest)
     decode_s = time.perf_counter() - t0
     try:
-        return await _classify(state, model, screened, decode_s)
+        return await _classify(state, model, screened, decode_s, explain)
     except TritonModelNotReady:
         # A promotion or rollback unloaded the version resolved for this request: resolve the
         # served one again and predict once more (its input size and gate may differ).
@@ -243,7 +258,7 @@ async def classify(state: AppState, data: bytes, digest: str) -> Classified | Re
             raise
         if (fresh.input_size, fresh.gate.quality) != (model.input_size, model.gate.quality):
             screened = await _screen(state, data, fresh, digest)
-        return await _classify(state, fresh, screened, decode_s)
+        return await _classify(state, fresh, screened, decode_s, explain)
 
 
 def build_answer(
@@ -310,6 +325,12 @@ def build_answer(
             "total_ms": 0.0,
         },
     }
+    if form.explain:
+        answer["explanation"] = (
+            explain.explanation(result.cams, ruled.ranking)
+            if result.cams is not None
+            else explain.unavailable(model.version)
+        )
     return PredictionPublic.model_validate(answer).model_dump(mode="json")
 
 
@@ -527,7 +548,7 @@ async def create_prediction(state: AppState, upload: Upload) -> Created:
             state, upload, fp, Refused(None, multiple_images(1 + len(upload.other_images)))
         )
 
-    result = await classify(state, upload.data, digest)
+    result = await classify(state, upload.data, digest, upload.form.explain)
     if isinstance(result, Refused):
         return await refuse(state, upload, fp, result)
     created_at = utcnow()

@@ -7,13 +7,18 @@ import tempfile
 from pathlib import Path
 
 
+def image_path(sha256: str, fmt: str, root: Path) -> Path:
+    """Where a consented upload is kept: ``root/<sha[:2]>/<sha>.<jpg|png>``."""
+    return root / sha256[:2] / f"{sha256}.{'jpg' if fmt == 'jpeg' else 'png'}"
+
+
 def store_image(data: bytes, sha256: str, fmt: str, root: Path) -> Path:
-    """Keep the original bytes content-addressed at ``root/<sha[:2]>/<sha>.<jpg|png>``.
+    """Keep the original bytes content-addressed at :func:`image_path`.
 
     Written to a temporary file and renamed, so a crash never leaves half an image; a
     second upload of the same bytes finds the file and writes nothing.
     """
-    path = root / sha256[:2] / f"{sha256}.{'jpg' if fmt == 'jpeg' else 'png'}"
+    path = image_path(sha256, fmt, root)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

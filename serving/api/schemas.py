@@ -78,6 +78,11 @@ class PredictionCreate(PredictionBase):
     consent_to_store_image: bool = Field(
         False, description="keep the uploaded photo (content-addressed) with the record"
     )
+    explain: bool = Field(
+        False,
+        description="also answer where the model looked: the class-activation maps of the top "
+        "classes (`explanation`), where the served version has them",
+    )
     request_id: str | None = Field(
         None,
         min_length=1,
@@ -177,6 +182,25 @@ class Timings(BaseModel):
     total_ms: float
 
 
+class ClassMap(BaseModel):
+    code: ClassCode
+    name: str
+    map: list[list[float]] = Field(
+        description="rows of the grid over the whole photo, top to bottom: 1 where the image "
+        "counts most for the class, 0 where it does not count for it"
+    )
+
+
+class Explanation(BaseModel):
+    """Where the model looked (serving/explain.py): asked with ``explain=true``."""
+
+    available: bool = Field(description="false: the served version has no maps (see note)")
+    method: Literal["cam"] | None = Field(description="class-activation maps")
+    grid: list[int] | None = Field(description="[rows, columns] of each map")
+    maps: list[ClassMap] = Field(description="the top classes of the ranking, best first")
+    note: str
+
+
 class PredictionPublic(PredictionBase):
     """The answer to an upload, stored verbatim and sent again to an idempotent retry."""
 
@@ -192,6 +216,9 @@ class PredictionPublic(PredictionBase):
     referral: ReferralPublic | None = Field(description="null: refused (see refused)")
     image: ImageInfo
     timings: Timings
+    explanation: Explanation | None = Field(
+        None, description="with explain=true only: where the model looked"
+    )
     refused: RefusalPublic | None = Field(
         None,
         description="set when the gate refused the image and SKIN_REFUSAL_MODE=flag: no "

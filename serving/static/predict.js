@@ -79,6 +79,7 @@
       `${answer.image.width}×${answer.image.height}${answer.image.stored ? ", stored" : ""}. ` +
       answer.disclaimer);
     document.getElementById("result-photo").src = preview.src;
+    showExplanation(answer.explanation);
     const site = `${answer.body_location}${answer.age !== null ? `, age ${answer.age}` : ""}` +
       `${answer.sex !== "unknown" ? `, ${answer.sex}` : ""}`;
     document.getElementById("printed-at").textContent =
@@ -91,6 +92,60 @@
     feedback.dataset.predictionId = answer.id;
     feedback.classList.remove("hidden");
   }
+
+  // Where the model looked: the answer's low-resolution map of a class, smoothly scaled over
+  // the photo in the browser (the photo never leaves the page for this), blue to red.
+  const explainBox = document.getElementById("explain-box");
+  const explainCanvas = document.getElementById("explain-canvas");
+  const explainClass = document.getElementById("explain-class");
+  let explained = null;
+
+  function jet(v) {
+    const c = (x) => Math.round(255 * Math.min(1, Math.max(0, x)));
+    return [c(1.5 - Math.abs(4 * v - 3)), c(1.5 - Math.abs(4 * v - 2)), c(1.5 - Math.abs(4 * v - 1))];
+  }
+
+  function drawMap() {
+    const chosen = explained.maps.find((m) => m.code === explainClass.value) || explained.maps[0];
+    const photo = document.getElementById("result-photo");
+    const scale = Math.min(1, 360 / photo.naturalWidth);
+    const width = Math.round(photo.naturalWidth * scale), height = Math.round(photo.naturalHeight * scale);
+    explainCanvas.width = width;
+    explainCanvas.height = height;
+    const ctx = explainCanvas.getContext("2d");
+    ctx.drawImage(photo, 0, 0, width, height);
+    const [rows, cols] = explained.grid;
+    const small = document.createElement("canvas");
+    small.width = cols;
+    small.height = rows;
+    const cells = small.getContext("2d").createImageData(cols, rows);
+    let peak = [0, 0], best = -1;
+    chosen.map.forEach((row, r) => row.forEach((v, c) => {
+      const [red, green, blue] = jet(v);
+      cells.data.set([red, green, blue, 115], 4 * (r * cols + c));
+      if (v > best) { best = v; peak = [r, c]; }
+    }));
+    small.getContext("2d").putImageData(cells, 0, 0);
+    ctx.imageSmoothingEnabled = true;
+    ctx.drawImage(small, 0, 0, width, height);
+    explainCanvas.dataset.code = chosen.code;
+    explainCanvas.dataset.peak = peak.join(",");
+  }
+
+  function showExplanation(explanation) {
+    explained = explanation && explanation.available ? explanation : null;
+    explainBox.classList.toggle("hidden", !explanation);
+    document.getElementById("explain-note").textContent = explanation ? explanation.note : "";
+    explainCanvas.classList.toggle("hidden", !explained);
+    explainClass.parentElement.classList.toggle("hidden", !explained);
+    if (!explained) return;
+    explainClass.replaceChildren(...explained.maps.map(
+      (m) => el("option", { value: m.code, text: `${m.name} (${m.code})` })));
+    const photo = document.getElementById("result-photo");
+    if (photo.complete && photo.naturalWidth) drawMap();
+    else photo.addEventListener("load", drawMap, { once: true });
+  }
+  explainClass.addEventListener("change", drawMap);
 
   document.getElementById("print").addEventListener("click", () => window.print());
 
@@ -143,6 +198,7 @@
     if (form.age.value !== "") data.append("age", form.age.value);
     data.append("sex", form.sex.value);
     data.append("consent_to_store_image", String(form.consent_to_store_image.checked));
+    data.append("explain", String(form.explain.checked));
     status.className = "";
     status.textContent = "classifying…";
     result.classList.add("hidden");

@@ -247,6 +247,21 @@ class AsyncTritonClassifier(_Classifier):
             raise self._error(exc) from None
         return cast(np.ndarray, result.as_numpy(OUTPUT_NAME))
 
+    async def predict_outputs(
+        self, batch: np.ndarray, version: int | None, outputs: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        """The named outputs of one inference for a ``uint8 [N, H, W, 3]`` batch.
+
+        Raises:
+            TritonBadRequest: also when the version lacks one of the outputs.
+        """
+        args = self._infer_args(batch, version, aioclient, outputs)
+        try:
+            result = await self.client.infer(**args)
+        except InferenceServerException as exc:
+            raise self._error(exc) from None
+        return {name: result.as_numpy(name) for name in outputs}
+
     async def predict_with_score(
         self, batch: np.ndarray, version: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

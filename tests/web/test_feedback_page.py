@@ -9,6 +9,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from contracts.labels import CLASS_NAMES
@@ -68,6 +69,19 @@ def test_clinician_confirms_the_diagnosis_then_prints_the_result(
     result = _upload(browser, photo, row["localization"])
     assert feedback.is_displayed()
     pid = result.get_attribute("data-prediction-id")
+    # Where the model looked (asked by default): the top class's map over the photo, drawn by
+    # the page from the stored answer's grid, its hottest cell where the grid's is.
+    with gateway.client() as c:
+        explanation = c.get(f"/v1/predictions/{pid}").json()["explanation"]
+    assert explanation["available"], explanation
+    canvas = browser.find_element(By.ID, "explain-canvas")
+    _wait(browser, lambda _: canvas.get_attribute("data-peak"))
+    top = explanation["maps"][0]
+    grid = np.array(top["map"])
+    assert canvas.get_attribute("data-code") == top["code"]
+    peak = tuple(int(v) for v in canvas.get_attribute("data-peak").split(","))
+    assert grid[peak] == grid.max() == 1.0
+    assert canvas.size["width"] > 100 and browser.find_element(By.ID, "explain-box").is_displayed()
     # One click from the result to the card of the version that produced it.
     with gateway.client() as c:
         version = c.get(f"/v1/predictions/{pid}").json()["model"]["version"]

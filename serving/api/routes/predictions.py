@@ -5,14 +5,17 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Header, Request, Response, status
+import anyio.to_thread
+from fastapi import APIRouter, Form, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
+from contracts.images import decode_image
+from serving import explain, problems
 from serving import predictions as service
-from serving import problems
 from serving.api.deps import ClientDep, StateDep
 from serving.api.schemas import (
+    ClassCode,
     FeedbackCreate,
     FeedbackPublic,
     PredictionCreate,
@@ -25,6 +28,7 @@ from serving.api.schemas import (
 from serving.db import crud
 from serving.problems import ProblemError
 from serving.request_context import annotate
+from serving.storage import image_path
 
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
 
@@ -154,6 +158,58 @@ async def read_prediction(state: StateDep, _: ClientDep, prediction_id: str) -> 
         "feedback": feedback and {k: v for k, v in vars(feedback).items() if k != "changed"},
         "feedback_history": history,
     }
+
+
+@router.get(
+    "/{prediction_id}/overlay.png",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the photo with the map over it"},
+        404: {"model": Problem, "description": "no such prediction, no map, or no such class"},
+        409: {"model": Problem, "description": "the photo was not kept (no consent)"},
+    },
+)
+async def read_overlay(
+    state: StateDep,
+    _: ClientDep,
+    prediction_id: str,
+    code: Annotated[ClassCode | None, Query(description="default: the top class")] = None,
+) -> Response:
+    """Where the model looked, drawn by the gateway: the kept photo with the class's map laid
+    over it (blue: not for the class, red: counts most for it). Needs a prediction made with
+    ``explain=true`` by a version with maps, and a photo kept with consent."""
+    found = await state.db.run(crud.get_prediction, prediction_id)
+    if found is None:
+        raise _not_found(prediction_id)
+    answer, _feedback = found
+    maps = {m["code"]: m["map"] for m in (answer.get("explanation") or {}).get("maps", [])}
+    if not maps:
+        raise ProblemError(
+            "not-found",
+            f"prediction {prediction_id!r} has no map: upload with explain=true to a version "
+            "that has them",
+        )
+    chosen = code or next(iter(maps))
+    if chosen not in maps:
+        raise ProblemError(
+            "not-found", f"no map for {chosen!r}: the answer holds {', '.join(maps)}"
+        )
+    image = answer["image"]
+    path = image_path(image["sha256"], image["format"], state.settings.image_dir)
+    if not (image.get("stored") and path.is_file()):
+        raise ProblemError(
+            "photo-not-kept",
+            "the photo was not kept (no consent to store it): the page draws the map over the "
+            "photo it still has",
+        )
+    settings = state.settings
+
+    def draw() -> bytes:
+        rgb = decode_image(path.read_bytes(), settings.max_pixels).rgb
+        return explain.png(explain.overlay(rgb, maps[chosen]))
+
+    png = await anyio.to_thread.run_sync(draw, limiter=state.decode_limiter)
+    return Response(png, media_type="image/png")
 
 
 @router.post(
