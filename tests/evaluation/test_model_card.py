@@ -94,7 +94,8 @@ def test_evaluate_export_writes_the_card_and_logs_it_with_the_model(
     (version,) = [p for p in (repo / "skin_lesion").iterdir() if p.is_dir()]
     card = version / MODEL_CARD_FILE
     assert f"model card: {card}" in out and card.read_text().startswith("# Model card:")
-    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    # The run's folder, as printed (wandb keeps the folder of its first run in a process).
+    runs = [Path(line.split(": ", 1)[1]) for line in out.splitlines() if "logged to W&B" in line]
     exported = [
         r
         for run in runs

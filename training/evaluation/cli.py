@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = read_metadata(version / METADATA_FILE)
         print(f"model card: {model_card.write(ev, which, version, meta)}")
         if args.wandb:
-            model_card.log_wandb(version, meta)
+            print(f"version logged to W&B: {model_card.log_wandb(version, meta)}")
     if ev.gate is not None:
         print(ev.gate.summary())
         return 0 if ev.gate.promote else 3

@@ -261,9 +261,9 @@ def write(ev: Evaluation, variant: str, version_dir: Path, meta: VersionMetadata
     return path
 
 
-def log_wandb(version_dir: Path, meta: VersionMetadata) -> None:
+def log_wandb(version_dir: Path, meta: VersionMetadata) -> str:
     """Log the exported version (model, metadata, card) as one W&B model artifact, in an
-    offline run unless WANDB_MODE says otherwise."""
+    offline run unless WANDB_MODE says otherwise; returns the run's folder."""
     import os
 
     import wandb  # optional and slow to import: only when a run is logged
@@ -287,5 +287,6 @@ def log_wandb(version_dir: Path, meta: VersionMetadata) -> None:
             if path.is_file():
                 artifact.add_file(str(path))
         run.log_artifact(artifact)
+        return str(Path(run.dir).parent)
     finally:
         run.finish()
