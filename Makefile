@@ -14,7 +14,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 RUN_CONFIG ?= configs/default.yaml
 
-.PHONY: install venv system-packages run test test-fast lint format bench clean check-prod-runtime
+.PHONY: install venv system-packages run test test-fast lint format bench bench-gpu clean check-prod-runtime
 
 # Every target that uses .venv checks first that it is a Python 3.11 one (made when missing; one
 # of another Python is reported, never used): milliseconds.
@@ -67,6 +67,12 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# On a CUDA machine: training speed (bf16 vs fp32), a few hundred steps of configs/gpu.yaml,
+# export, Triton serving from the GPU behind the gateway; writes docs/benchmarks/gpu.md (< 10 min).
+# Without a GPU: `python -m benchmarks.gpu --device cpu` checks every path at toy sizes.
+bench-gpu: $(STAMP)
+	$(PY) -m benchmarks.gpu
 
 # Production's load path: every model.pt of model_repository/ loaded and run by the torch of the
 # production Triton image's PyTorch backend (a side environment of ~5 GB, built once in

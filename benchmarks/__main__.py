@@ -111,6 +111,9 @@ def assemble(command: str) -> str:
         part = PARTS / f"{name}.md"
         body = part.read_text().strip() if part.exists() else "Not run yet."
         out += [f"## {title}", "", body, ""]
+    gpu = PARTS / "gpu.md"  # make bench-gpu, on a CUDA machine: kept until it runs again
+    out += ["## GPU (`make bench-gpu`)", ""]
+    out += [gpu.read_text().strip() if gpu.exists() else "Not run yet: no GPU lent so far.", ""]
     for part in sorted(PARTS.glob("notes-*.md")):  # hand-written: profiles, before and after
         out += [part.read_text().strip(), ""]
     return "\n".join(out)

@@ -55,6 +55,10 @@ class TritonPythonModel:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.runtime = params.get("RUNTIME", "torchscript")
         threads = int(params.get("TORCH_NUM_THREADS", "1"))
+        # DEVICE "cuda" (a GPU instance group: serving/triton/render.py): the instance's GPU.
+        self.device = "cpu"
+        if params.get("DEVICE") == "cuda":
+            self.device = f"cuda:{args.get('model_instance_device_id', '0')}"
         self.input_name = config["input"][0]["name"]
         # name -> index of the model's returned tensor (``probabilities__0``, ``ood_score__1``).
         self.outputs = {o["name"]: _index(o["name"], i) for i, o in enumerate(config["output"])}
@@ -85,7 +89,7 @@ class TritonPythonModel:
             warnings.filterwarnings(
                 "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
             )
-            self.model = torch.jit.load(path, map_location="cpu").eval()
+            self.model = torch.jit.load(path, map_location=self.device).eval()
         self.run = self._run_torchscript
 
     def _load_onnx(self, path: str, shown: str, threads: int) -> None:
@@ -101,7 +105,13 @@ class TritonPythonModel:
         options.inter_op_num_threads = 1
         # Idle pool threads sleep instead of spinning (as OMP_WAIT_POLICY=PASSIVE for torch).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if self.device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+            device_id = int(self.device.split(":")[1])
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
+        elif self.device != "cpu":  # onnxruntime without CUDA (the CPU package): say so
+            print(f"warning: no CUDAExecutionProvider in onnxruntime: {path} runs on the CPU")
+        self.session = ort.InferenceSession(path, options, providers=providers)
         _quiet_capsule_destructor()
         why = _onnx_mismatch(
             self.session, self.input_name, self.size, list(self.outputs), self.cam_grid
@@ -123,8 +133,11 @@ class TritonPythonModel:
         if not good:
             return images, {}
         with torch.inference_mode():
-            out = self.model(torch.cat(good) if len(good) > 1 else good[0])
+            batch = torch.cat(good) if len(good) > 1 else good[0]
+            out = self.model(batch.to(self.device, non_blocking=True))
         returned = list(out) if isinstance(out, tuple | list) else [out]
+        if self.device != "cpu":  # answered from host memory, whatever Triton's GPU setup
+            returned = [t.cpu() for t in returned]
         return images, {n: returned[i] for n, i in self.outputs.items() if i < len(returned)}
 
     def _run_onnx(self, requests: list[Any]) -> tuple[list[Any], dict[str, Any]]:
