@@ -77,6 +77,12 @@ def _onnx() -> str:
     return onnx_bench.markdown(onnx_bench.run())
 
 
+def _explain() -> str:
+    from benchmarks import explain_bench
+
+    return explain_bench.markdown(explain_bench.run())
+
+
 def _gateway() -> str:
     from benchmarks import gateway_bench
 
@@ -89,6 +95,7 @@ SECTIONS: dict[str, tuple[str, Callable[[], str]]] = {
     "image": ("The image path: decode and resize of a full-size JPEG against the model", _image),
     "triton": ("Triton on this CPU: dynamic batching on and off, one and two instances", _triton),
     "onnx": ("ONNX Runtime against TorchScript: the two files of one export, on this CPU", _onnx),
+    "explain": ("What the class-activation map output costs the exported model", _explain),
     "gateway": (
         "Serving end to end: gateway + Triton, the eager FastAPI baseline, Triton direct",
         _gateway,
