@@ -57,6 +57,11 @@ def test_card_holds_the_evaluation_of_the_exported_variant(
         assert groups[groups["by"] == by]["n"].sum() == len(ev.cases)
     assert section(card, "Subgroups").count("\n| sex |") == (groups["by"] == "sex").sum()
     assert "Dermoscopic photos only" in section(card, "Known limits")
+    # The training split's make-up, counted here from the split the evaluation rebuilt.
+    train = ev.settings["train_distribution"]
+    assert train["images"] == sum(train["label"].values()) == sum(train["sex"].values())
+    assert f"- Trained on {train['images']} images: " in section(card, "Data")
+    assert f"akiec {train['label'].get('akiec', 0)}" in section(card, "Data")
     assert "rollback" in section(card, "Reporting a problem")
     if meta.gate:
         assert f"{meta.gate['ood']['threshold']:.1f}" in section(card, "What it refuses")

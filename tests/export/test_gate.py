@@ -21,7 +21,7 @@ from contracts.images import eval_resize, read_image
 from contracts.labels import CLASS_INDEX, NUM_CLASSES
 from contracts.metadata import read_metadata
 from contracts.quality import QualityThresholds, check_content, check_geometry, measure
-from contracts.repository import promote, rollback, served_version
+from contracts.repository import MODEL_CARD_FILE, promote, rollback, served_version
 from contracts.tensors import CAM_OUTPUT_NAME, DEFAULT_MODEL_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
 from models import create_classifier
 from tests.export.conftest import GATE_IMAGES, SIZE
@@ -333,6 +333,12 @@ def test_config_outputs_follow_promote_and_rollback(
     assert training_main([*args, *extra, "--no-gate"]) == 0
     plain = read_metadata(model_dir / "2")
     assert plain.gate is None and not plain.has_ood_output
+    # Its card: what metadata.json knows, and that it was not evaluated (how to get one).
+    card = (model_dir / "2" / MODEL_CARD_FILE).read_text()
+    assert card.startswith(f"# Model card: {DEFAULT_MODEL_NAME} version 2")
+    assert "Not evaluated on the held-out split" in card and "not a medical device" in card
+    for key, point in plain.thresholds.items():
+        assert f"| {key} | {point['threshold']:.4f} |" in card
     assert training_main([*args, *extra, "--no-gate", "--no-cam"]) == 0
     assert not read_metadata(model_dir / "3").has_cam_output
     zeros = torch.zeros((1, *SIZE, 3), dtype=torch.uint8)

@@ -120,6 +120,7 @@ def render(ev: Evaluation, variant: str, meta: VersionMetadata) -> str:
         f"split by lesion (seed {s.get('seed')}): validation {s['val_images']} images, "
         f"evaluated ({ev.split}) {s['evaluated_images']} images of "
         f"{s['evaluated_lesions']} lesions.",
+        *_training_data(s.get("train_distribution")),
         f"- Classes in the evaluated split: {_counts(test, 'label', list(CLASSES))}.",
         f"- Sex: {_counts(test, 'sex')}. Age bands: "
         + ", ".join(
@@ -227,6 +228,74 @@ def render(ev: Evaluation, variant: str, meta: VersionMetadata) -> str:
     return "\n".join(out)
 
 
+def render_unevaluated(meta: VersionMetadata) -> str:
+    """The card of a version ``python -m training export`` wrote: what its metadata.json knows
+    (no held-out evaluation: the card says so, and how to get one)."""
+    height, width = meta.input_size
+    validation = {k: v for k, v in meta.metrics.items() if isinstance(v, int | float)}
+    rows = [[k, _f(float(v))] for k, v in sorted(validation.items())]
+    out = [
+        f"# Model card: {meta.name} version {meta.version}",
+        "",
+        f"Written {datetime.now(UTC).isoformat(timespec='seconds')} by `python -m training "
+        "export`, from the version's metadata.json. Decision support, **not a medical device** "
+        "and not a diagnosis: a clinician decides.",
+        "",
+        "> **Not evaluated on the held-out split.** This version was exported without an "
+        "evaluation: there are no test figures, intervals, per-class or subgroup results here. "
+        "`python -m training evaluate --model <its folder> --tta --export best` evaluates it "
+        "and writes a full card with the version it exports.",
+        "",
+        "## Model",
+        "",
+        f"- Network: {meta.model_name or 'unknown'}, input {height}x{width} RGB, seven "
+        f"probabilities; temperature {_f(meta.temperature, 3)}; created "
+        f"{meta.created_at or 'unknown'}; torch {meta.torch_version or 'unknown'}; W&B run "
+        f"{meta.wandb_run_id or 'none'}.",
+        "",
+        "## Data",
+        "",
+        f"- HAM10000 (CC BY-NC 4.0), dataset version `{str(meta.dataset_version)[:16]}`"
+        + (" (**synthetic** stand-in data)" if meta.synthetic else "")
+        + ".",
+        "",
+        "## Validation figures recorded by training",
+        "",
+        *(_table(["figure", "value"], rows) if rows else ["None recorded.", ""]),
+        "## Operating points",
+        "",
+    ]
+    points = [
+        [key, _f(p.get("threshold"), 4), _f(p.get("val_sensitivity")), _f(p.get("val_specificity"))]
+        for key, p in meta.thresholds.items()
+    ]
+    out += (
+        _table(["score", "threshold", "validation sensitivity", "validation specificity"], points)
+        if points
+        else ["None: this version gives rankings without referral advice.", ""]
+    )
+    out += ["## What it refuses", "", *_gate(meta.gate)]
+    out += ["## Known limits", "", *[f"- {limit}" for limit in LIMITS], ""]
+    return "\n".join(out)
+
+
+def _training_data(dist: dict[str, Any] | None) -> list[str]:
+    """The training split's make-up, as the evaluation rebuilt it (none for a CSV source)."""
+    if not dist:
+        return []
+
+    def line(key: str, order: list[str] | None = None) -> str:
+        counts = dist.get(key) or {}
+        keys = [k for k in (order or []) if k in counts] or sorted(counts, key=lambda k: -counts[k])
+        return ", ".join(f"{k} {counts[k]}" for k in keys)
+
+    return [
+        f"- Trained on {dist['images']} images: {line('label', list(CLASSES))}; sex "
+        f"{line('sex')}; age bands {line('age band', [*scoring.AGE_BANDS, 'unknown'])}; "
+        f"body sites {line('site')}.",
+    ]
+
+
 def _gate(gate: dict[str, Any] | None) -> list[str]:
     if not gate:
         return ["No gate in this version: only the gateway's own quality settings apply.", ""]
@@ -254,10 +323,11 @@ def _gate(gate: dict[str, Any] | None) -> list[str]:
     return [" ".join(lines), ""]
 
 
-def write(ev: Evaluation, variant: str, version_dir: Path, meta: VersionMetadata) -> Path:
-    """Write ``MODEL_CARD.md`` into ``version_dir``; its path."""
+def write(ev: Evaluation | None, variant: str, version_dir: Path, meta: VersionMetadata) -> Path:
+    """Write ``MODEL_CARD.md`` into ``version_dir`` (``ev`` None: a version exported without
+    an evaluation, :func:`render_unevaluated`); its path."""
     path = version_dir / MODEL_CARD_FILE
-    path.write_text(render(ev, variant, meta))
+    path.write_text(render(ev, variant, meta) if ev is not None else render_unevaluated(meta))
     return path
 
 

@@ -99,6 +99,22 @@ def _settings(
         "val_images": len(val),
         "evaluated_images": len(cases),
         "evaluated_lesions": int(cases["group"].nunique()),
+        "train_distribution": distribution(recorded.splits["train"]),
+    }
+
+
+def distribution(frame: pd.DataFrame) -> dict[str, Any]:
+    """Images of a split by class, sex, age band and body site (for the model card)."""
+
+    def counts(values: Any) -> dict[str, int]:
+        return {str(k): int(v) for k, v in pd.Series(values).value_counts().items()}
+
+    return {
+        "images": len(frame),
+        "label": counts(frame["label"]),
+        "sex": counts(frame["sex"].fillna("unknown")) if "sex" in frame else {},
+        "age band": counts([scoring.age_band(a) for a in frame["age"]]) if "age" in frame else {},
+        "site": counts(frame["site"].fillna("unknown")) if "site" in frame else {},
     }
 
 

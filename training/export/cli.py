@@ -38,6 +38,7 @@ from contracts.errors import ConfigError, DataError
 from contracts.metadata import read_metadata
 from contracts.repository import served_version
 from contracts.tensors import DEFAULT_MODEL_NAME
+from training.evaluation import model_card
 from training.export.cam import network_explainer
 from training.export.checkpoint import load_checkpoint
 from training.export.gate import GATE_IMAGES, check_options, gate_for_checkpoint
@@ -244,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     meta = read_metadata(path)
+    model_card.write(None, "cnn", path, meta)  # what metadata.json knows: no evaluation
     served = served_version(path.parent) == meta.version
     ood = (meta.gate or {}).get("ood") or {}
     gate = (
