@@ -422,9 +422,8 @@ def test_an_image_only_version_is_served_with_the_quality_checks_only(
     from training.export import ExportOptions, export
 
     repo = tmp_path / "old"
-    version = export(
-        served_checkpoint, repo, options=ExportOptions(parity_images=real_lesions_dir, gate=False)
-    )
+    options = ExportOptions(parity_images=real_lesions_dir, gate=False, explain=False)
+    version = export(served_checkpoint, repo, options=options)
     assert read_metadata(version).gate is None
     photo = (real_lesions_dir / f"{lesion_rows[0]['image_id']}.jpg").read_bytes()
     with run_triton(repo, cache_dir=tmp_path / "triton") as old:
