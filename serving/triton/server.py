@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import time
 import urllib.error
@@ -300,6 +301,11 @@ class TritonServer:
         process, self.process = self.process, None
         if process is not None:
             terminate(process, timeout_s)
+            # Its Python-backend stubs share its process group (start_new_session). They
+            # usually exit when Triton dies, but one of a SIGKILLed Triton was found still
+            # running 90 min later (550 MB): end the group, whatever is left of it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
             clear_state(self.cache_dir, process.pid)
 
     def _state(self) -> dict[str, Any]:
