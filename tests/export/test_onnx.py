@@ -243,7 +243,11 @@ def test_no_onnx_writes_model_pt_alone_and_says_so(checkpoint, real_lesions_dir,
     assert training_main([*args, "--parity-images", str(real_lesions_dir), "--no-onnx"]) == 0
     assert "no ONNX" in capsys.readouterr().out
     folder = tmp_path / DEFAULT_MODEL_NAME / "1"
-    assert sorted(p.name for p in folder.iterdir()) == ["MODEL_CARD.md", "metadata.json", "model.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "MODEL_CARD.md",
+        "metadata.json",
+        "model.pt",
+    ]
     meta = check_artifacts(folder)
     assert meta.artifacts == {"torchscript": "model.pt"} and meta.onnx is None
     assert "onnx" not in meta.parity
