@@ -18,6 +18,12 @@ machine, the load generator in its own process; each level sends a bounded numbe
 after a warm-up, and is repeated: figures are medians with the spread (min-max) over repeats.
 
     python -m benchmarks.gateway_bench [--requests 200] [--repeats 3] [--concurrency 1 8 32]
+
+Before and after a change, in one run: ``--baseline DIR`` adds a fifth target, the gateway
+started from another checkout of the project (e.g. ``git worktree add /tmp/before HEAD``) with
+``PYTHONPATH=DIR``, against the same Triton, interleaved with the others; ``--targets`` runs a
+subset (``gateway baseline direct_decode``); ``--also DIR...`` loads more checkouts alike (the
+steps between before and after), each a target named ``tree:<folder name>``.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ TARGETS = {
     "eager": "eager FastAPI baseline",
     "direct_decode": "Triton direct, client decodes",
     "direct_tensor": "Triton direct, tensor",
+    "baseline": "gateway (baseline checkout) + Triton",
 }
 
 
@@ -161,13 +168,19 @@ def _wait_ready(proc: subprocess.Popen, url: str, what: str) -> None:
         raise
 
 
-def _start_gateway(tmp: Path, triton_url: str, repo: Path, key: str) -> tuple[Any, str]:
+def _start_gateway(
+    tmp: Path, triton_url: str, repo: Path, key: str, code: Path | None = None
+) -> tuple[Any, str]:
+    """``python -m serving`` in ``tmp`` (its SQLite file there); ``code``: run that checkout's
+    gateway instead of this one (``PYTHONPATH``)."""
     from serving.security import hash_key
     from serving.triton.ports import free_port
 
     port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
+        **({"PYTHONPATH": str(code)} if code else {}),
         "SKIN_PORT": str(port),
         "SKIN_TRITON_URL": triton_url,
         "SKIN_MODEL_REPOSITORY": str(repo),
@@ -218,8 +231,10 @@ def _level(pool: Any, jobs: dict[str, Any], c: int, requests: int, repeats: int)
             runs[target].append(res)
     for target in jobs:
         level[target] = _median(runs[target])
-    for other in ("direct_decode", "direct_tensor", "eager"):
-        level[f"gateway_vs_{other}"] = level["gateway"]["rps"] / level[other]["rps"]
+    trees = [t for t in jobs if t.startswith("tree:")]
+    for other in ("direct_decode", "direct_tensor", "eager", "baseline", *trees):
+        if "gateway" in level and other in level:
+            level[f"gateway_vs_{other}"] = level["gateway"]["rps"] / level[other]["rps"]
     return level
 
 
@@ -270,14 +285,22 @@ def run(  # noqa: PLR0913 (the benchmark's knobs, each with a default)
     model: str = MODEL,
     triton: TritonOptions | None = None,
     repository: Path | None = None,
+    targets: tuple[str, ...] = ("gateway", "eager", "direct_decode", "direct_tensor"),
+    baseline: Path | None = None,
+    also: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
     """Start Triton, the gateway and the eager baseline; load each at each concurrency.
 
     ``triton``: how Triton runs the model; default two CPU instances of one thread each.
     ``repository``: a model's folder (``<repo>/skin_lesion``) to serve as it is, e.g. a trained
     version (benchmarks/gpu.py); default: ``model`` untrained, exported here. The eager
-    baseline always runs ``model`` untrained at the served input size.
+    baseline always runs ``model`` untrained at the served input size. ``targets``: which of
+    :data:`TARGETS` to load; ``baseline``: the checkout the ``baseline`` target runs.
     """
+    if baseline is not None and "baseline" not in targets:
+        targets = (*targets, "baseline")
+    if "baseline" in targets and baseline is None:
+        raise ValueError("the baseline target needs a checkout: pass baseline=DIR")
     import models
     from benchmarks.common import machine
     from contracts.images import eval_resize, read_image
@@ -321,19 +344,42 @@ def run(  # noqa: PLR0913 (the benchmark's knobs, each with a default)
             run_triton(repo, cache_dir=tmp / "triton", options=triton) as server,
             contextlib.ExitStack() as procs,
         ):
-            gateway, url = _start_gateway(tmp, server.grpc_url, repo, key)
-            procs.callback(_stop, gateway)
-            eager, eager_url = _start_eager(model, size)
-            procs.callback(_stop, eager)
             grpc = server.grpc_url
             triton_pid = server.process.pid
-            jobs = {  # target -> (load function, its arguments, the server processes it loads)
-                "gateway": (
+            # target -> (load function, its arguments, the server processes it loads)
+            jobs: dict[str, tuple[Any, tuple[Any, ...], dict[str, int]]] = {}
+            if "gateway" in targets:
+                gateway, url = _start_gateway(tmp, grpc, repo, key)
+                procs.callback(_stop, gateway)
+                jobs["gateway"] = (
                     load_http,
                     (url, "/v1/predictions", key, photos),
                     {"gateway": gateway.pid, "Triton": triton_pid},
-                ),
-                "eager": (load_http, (eager_url, "/predict", None, photos), {"eager": eager.pid}),
+                )
+            if "eager" in targets:
+                eager, eager_url = _start_eager(model, size)
+                procs.callback(_stop, eager)
+                jobs["eager"] = (
+                    load_http, (eager_url, "/predict", None, photos), {"eager": eager.pid}
+                )  # fmt: skip
+            if "baseline" in targets:
+                before, before_url = _start_gateway(tmp / "baseline", grpc, repo, key, baseline)
+                procs.callback(_stop, before)
+                jobs["baseline"] = (
+                    load_http,
+                    (before_url, "/v1/predictions", key, photos),
+                    {"gateway": before.pid, "Triton": triton_pid},
+                )
+                out["baseline"] = str(baseline)
+            for tree in also:
+                proc, tree_url = _start_gateway(tmp / f"tree-{tree.name}", grpc, repo, key, tree)
+                procs.callback(_stop, proc)
+                jobs[f"tree:{tree.name}"] = (
+                    load_http,
+                    (tree_url, "/v1/predictions", key, photos),
+                    {"gateway": proc.pid, "Triton": triton_pid},
+                )
+            everything = {
                 "direct_decode": (
                     load_triton,
                     (grpc, photos, list(size)),
@@ -345,6 +391,7 @@ def run(  # noqa: PLR0913 (the benchmark's knobs, each with a default)
                     {"Triton": triton_pid},
                 ),
             }
+            jobs.update({t: job for t, job in everything.items() if t in targets})
             with spawn.Pool(1) as pool:
                 for c in concurrencies:
                     out["levels"].append(_level(pool, jobs, c, requests, repeats))
@@ -361,7 +408,13 @@ def markdown(res: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for lv in res["levels"]:
-        for target, label in TARGETS.items():
+        labels = {
+            **TARGETS,
+            **{t: f"gateway from {t[5:]} + Triton" for t in lv if t[:5] == "tree:"},
+        }
+        for target, label in labels.items():
+            if target not in lv:
+                continue
             r = lv[target]
             lo, hi = r["rps_range"]
             cpu = ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms"].items())
@@ -369,19 +422,29 @@ def markdown(res: dict[str, Any]) -> str:
                 f"| {lv['concurrency']} | {label} | {r['rps']:.1f} ({lo:.1f}-{hi:.1f}) | "
                 f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {cpu} |"
             )
-    lines += [
-        "",
-        "| concurrency | gateway / eager req/s | p99 gateway vs eager ms "
-        "| gateway / direct (client decodes) | gateway / direct (tensor) |",
-        "|---|---|---|---|---|",
-    ]
-    for lv in res["levels"]:
-        lines.append(
-            f"| {lv['concurrency']} | {lv['gateway_vs_eager']:.2f}x | "
-            f"{lv['gateway']['p99_ms']:.0f} vs {lv['eager']['p99_ms']:.0f} | "
-            f"{lv['gateway_vs_direct_decode']:.2f} | {lv['gateway_vs_direct_tensor']:.2f} |"
-        )
+    if all(f"gateway_vs_{t}" in lv for lv in res["levels"] for t in RATIOS):
+        lines += [
+            "",
+            "| concurrency | gateway / eager req/s | p99 gateway vs eager ms "
+            "| gateway / direct (client decodes) | gateway / direct (tensor) |",
+            "|---|---|---|---|---|",
+        ]
+        for lv in res["levels"]:
+            lines.append(
+                f"| {lv['concurrency']} | {lv['gateway_vs_eager']:.2f}x | "
+                f"{lv['gateway']['p99_ms']:.0f} vs {lv['eager']['p99_ms']:.0f} | "
+                f"{lv['gateway_vs_direct_decode']:.2f} | {lv['gateway_vs_direct_tensor']:.2f} |"
+            )
+    else:  # a subset of targets: the ratios it has
+        lines += ["", "| concurrency | ratio | value |", "|---|---|---|"]
+        for lv in res["levels"]:
+            for name, value in lv.items():
+                if name.startswith("gateway_vs_"):
+                    lines.append(f"| {lv['concurrency']} | {name} | {value:.2f} |")
     return "\n".join(lines)
+
+
+RATIOS = ("eager", "direct_decode", "direct_tensor")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -396,6 +459,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch-threads", type=int, default=1, help="threads per Triton instance")
     p.add_argument("--images", type=Path, help="folder of JPEGs (default: REAL_LESIONS_DIR)")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        choices=sorted(TARGETS),
+        default=["gateway", "eager", "direct_decode", "direct_tensor"],
+        help="which targets to load",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout whose gateway is loaded too, as the 'baseline' target",
+    )
+    p.add_argument(
+        "--also", type=Path, nargs="+", default=[], help="more checkouts, each loaded too"
+    )
     args = p.parse_args(argv)
     res = run(
         tuple(args.concurrency),
@@ -404,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
         args.images,
         args.model,
         TritonOptions(instances=args.instances, torch_threads=args.torch_threads),
+        targets=tuple(args.targets),
+        baseline=args.baseline,
+        also=tuple(args.also),
     )
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

@@ -8,7 +8,11 @@ per request of each process and the functions with the largest inclusive and own
 gateway's samples, as markdown, and keeps the raw collapsed stacks (``--raw``) for a flame
 graph (``flamegraph.pl`` or speedscope.app read them).
 
-    python -m benchmarks.profile_gateway [--requests 600] [--concurrency 8] [--raw FILE]
+    python -m benchmarks.profile_gateway [--requests 600] [--concurrency 8] [--raw FILE] [--gil]
+
+``--gil`` samples only the thread holding the GIL: the Python work of the process, without the
+time threads spend waiting or in C code that releases the GIL (the JPEG decode, SQLite, gRPC's
+core); the shares then say where the interpreter's time goes.
 """
 
 from __future__ import annotations
@@ -32,6 +36,26 @@ from benchmarks.gateway_bench import MODEL, _start_gateway, load_http, tree_cpu_
 _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
 # Leaves where a thread only waits (py-spy on this kernel counts some of them as active).
 _IDLE = ("Condition.wait (", "Event.wait (", "Queue.get (", "select (", "poll (")
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread group of ``pid``: ``event loop`` (the main
+    thread), ``worker threads`` (Python threads: anyio's pool for decoding and the database),
+    and the others by their name (gRPC's own threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: collections.Counter[str] = collections.Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if task.name == str(pid):
+            name = "event loop"
+        elif name.startswith("python"):
+            name = "worker threads"
+        out[name] += (int(fields[11]) + int(fields[12])) / tick
+    return dict(out)
 
 
 def _py_spy() -> str:
@@ -61,13 +85,14 @@ def parse(raw: str) -> dict[str, Any]:
     return {"total": total, "inclusive": inclusive, "own": own}
 
 
-def run(
+def run(  # noqa: PLR0913 (the profile's knobs, each with a default)
     requests: int = 600,
     concurrency: int = 8,
     model: str = MODEL,
     raw_path: Path | None = None,
     instances: int = 2,
     torch_threads: int = 1,
+    gil: bool = False,
 ) -> dict[str, Any]:
     import models
     from serving.triton.server import TritonOptions, run_triton
@@ -96,6 +121,7 @@ def run(
                         [
                             *(_py_spy(), "record", "--pid", str(gateway.pid), "--format", "raw"),
                             *("--rate", "250", "--nolineno", "--output", str(raw)),
+                            *(["--gil"] if gil else []),
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.PIPE,
@@ -103,10 +129,15 @@ def run(
                     time.sleep(1.0)  # py-spy attaches
                     procs = {"gateway": gateway.pid, "Triton": server.process.pid}
                     before = {k: tree_cpu_s(v) for k, v in procs.items()}
+                    threads_before = thread_cpu_s(gateway.pid)
                     load = pool.apply(
                         load_http, (url, "/v1/predictions", key, photos, concurrency, requests)
                     )
                     cpu = {k: tree_cpu_s(v) - before[k] for k, v in procs.items()}
+                    threads = {
+                        k: v - threads_before.get(k, 0.0)
+                        for k, v in thread_cpu_s(gateway.pid).items()
+                    }
                     spy.send_signal(signal.SIGINT)
                     _, err = spy.communicate(timeout=60)
             finally:
@@ -122,10 +153,14 @@ def run(
         "concurrency": concurrency,
         "model": model,
         "triton": f"{instances} instance(s) x {torch_threads} thread(s)",
+        "gil": gil,
         "load": load,
         "cpu_ms_per_request": {
             **{k: 1000 * v / requests for k, v in cpu.items()},
             "load generator": 1000 * load["cpu_s"] / requests,
+        },
+        "gateway_threads_ms_per_request": {
+            k: 1000 * v / requests for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v
         },
         **parse(text),
     }
@@ -140,11 +175,19 @@ def markdown(res: dict[str, Any], top: int = 20) -> str:
     total = res["total"]
     load = res["load"]
     lines = [
-        f"py-spy on the gateway process (250 Hz; samples where a thread only waits dropped), "
+        "py-spy on the gateway process (250 Hz; "
+        + (
+            "only the thread holding the GIL"
+            if res.get("gil")
+            else "samples where a thread only waits dropped"
+        )
+        + "), "
         f"{res['requests']} uploads at concurrency {res['concurrency']} ({load['rps']:.1f} "
         f"req/s while sampled, p50 {load['p50_ms']:.0f} ms), {res['model']}; {total} samples. "
         "CPU time per request (user + system, from /proc, py-spy's own cost excluded): "
         + ", ".join(f"{k} {v:.1f} ms" for k, v in res["cpu_ms_per_request"].items())
+        + ". The gateway's CPU per request by thread: "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in res["gateway_threads_ms_per_request"].items())
         + ". Shares of the gateway's busy samples; the project's own functions:",
         "",
         "| function | inclusive % | own % |",
@@ -170,9 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
     p.add_argument("--instances", type=int, default=2, help="Triton CPU instances")
     p.add_argument("--torch-threads", type=int, default=1, help="threads per Triton instance")
+    p.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL")
     args = p.parse_args(argv)
     res = run(
-        args.requests, args.concurrency, args.model, args.raw, args.instances, args.torch_threads
+        args.requests,
+        args.concurrency,
+        args.model,
+        args.raw,
+        args.instances,
+        args.torch_threads,
+        args.gil,
     )
     print(markdown(res, args.top))
     return 0

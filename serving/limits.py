@@ -20,15 +20,18 @@ def server_options(settings: Settings) -> dict[str, Any]:
     """Options for ``uvicorn.run``/``uvicorn.Config``: the request head bounded, and idle
     connections kept longer than the client's or ingress's pool keeps them.
 
-    uvicorn's default parser (httptools) buffers a header of any size: one 64 MiB header costs
-    the process ~250 MB. h11 refuses a head larger than ``max_header_bytes`` with 400 (and
-    costs ~0.1 ms a request, small beside decoding a photo). uvicorn closes a connection idle
-    for 5 s by default; a client (or a load balancer, typically 60 s) sending on it just then
-    gets a reset instead of an answer, so the server must be the one that waits longer.
+    uvicorn's httptools protocol buffers a header of any size: one 64 MiB header costs the
+    process ~250 MB. The gateway runs httptools (C, cheaper per request than h11's pure Python:
+    docs/benchmarks.md, issue #14) behind a byte count of the head that answers 400 and closes
+    the connection past ``max_header_bytes`` before the parser sees those bytes
+    (serving/http_protocol.py). uvicorn closes a connection idle for 5 s by default; a client
+    (or a load balancer, typically 60 s) sending on it just then gets a reset instead of an
+    answer, so the server must be the one that waits longer.
     """
+    from serving.http_protocol import bounded_httptools
+
     return {
-        "http": "h11",
-        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "http": bounded_httptools(settings.max_header_bytes),
         "timeout_keep_alive": 75,
     }
 

@@ -20,10 +20,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 import numpy as np
+from sqlalchemy import Table
 from sqlalchemy.exc import IntegrityError
 
 from contracts.images import DecodedImage, ImageRejected, PreparedImage
@@ -46,6 +47,8 @@ from serving.storage import store_image
 from serving.triton.client import TritonModelNotReady
 
 ROUTE = "/v1/predictions"  # the instance of a refusal's problem
+# Inserted with SQLAlchemy Core (Database.insert), not as ORM objects.
+PREDICTIONS, REFUSALS = cast(Table, Prediction.__table__), cast(Table, RefusalRow.__table__)
 
 
 class RequestIdReused(ValueError):
@@ -336,10 +339,10 @@ def build_answer(
 
 def prediction_row(
     upload: Upload, fp: str, result: Classified, answer: dict[str, Any], created_at: datetime
-) -> Prediction:
-    """The database record of a new answer."""
+) -> dict[str, Any]:
+    """The database record of a new answer: the ``predictions`` row's values."""
     form, decoded = upload.form, result.prepared.decoded
-    return Prediction(
+    return dict(
         id=answer["id"],
         created_at=created_at,
         client_id=upload.client,
@@ -460,10 +463,11 @@ def refusal_answer(upload: Upload, refused: Refused, ticket: RefusalTicket) -> d
 
 def refusal_row(
     upload: Upload, fp: str, refused: Refused, ticket: RefusalTicket, answer: dict[str, Any]
-) -> RefusalRow:
-    """The database record of a refusal (in ``refusals``, never in ``predictions``)."""
+) -> dict[str, Any]:
+    """The database record of a refusal (in ``refusals``, never in ``predictions``): the
+    row's values."""
     d, model = refused.decoded, refused.model
-    return RefusalRow(
+    return dict(
         id=ticket.id,
         created_at=ticket.created_at,
         client_id=upload.client,
@@ -515,7 +519,7 @@ async def refuse(state: AppState, upload: Upload, fp: str, refused: Refused) -> 
         answer["timings"]["total_ms"] = round((time.perf_counter() - upload.started) * 1000, 2)
     row = refusal_row(upload, fp, refused, ticket, answer)
     try:
-        await state.db.run(crud.add_refusal, row)
+        await state.db.insert(REFUSALS, row)
     except IntegrityError:
         # A concurrent retry with the same request id committed first: answer as it did.
         stored_answer = await state.db.run(crud.find_stored, upload.client, upload.request_id or "")
@@ -560,9 +564,7 @@ async def create_prediction(state: AppState, upload: Upload) -> Created:
         )
     answer["timings"]["total_ms"] = round((time.perf_counter() - upload.started) * 1000, 2)
     try:
-        await state.db.run(
-            crud.add_prediction, prediction_row(upload, fp, result, answer, created_at)
-        )
+        await state.db.insert(PREDICTIONS, prediction_row(upload, fp, result, answer, created_at))
     except IntegrityError:
         # A concurrent retry with the same request id committed first: answer as it did.
         stored = await state.db.run(crud.find_stored, upload.client, upload.request_id or "")

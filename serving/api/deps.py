@@ -1,4 +1,9 @@
-"""What routes depend on: the app's state (created once in the lifespan) and the API key."""
+"""What routes depend on: the app's state (created once in the lifespan) and the API key.
+
+The dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
+a hop to a worker thread and back per dependency and request (~40-50 us of CPU each, three per
+upload) for work of a few microseconds (docs/benchmarks.md, issue #14).
+"""
 
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ class AppState:
     decode_limiter: anyio.CapacityLimiter  # CPU-bound decoding: as many at once as cores
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.gateway
     return state
 
@@ -67,18 +72,22 @@ def authenticate(settings: Settings, key: str | None) -> str:
     return client_id(digest)
 
 
-def presented_key(
+async def presented_key(
     api_key: Annotated[str | None, Depends(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str | None:
     return api_key or (bearer.credentials if bearer else None)
 
 
-def require_api_key(state: StateDep, key: Annotated[str | None, Depends(presented_key)]) -> str:
+async def require_api_key(
+    state: StateDep, key: Annotated[str | None, Depends(presented_key)]
+) -> str:
     return authenticate(state.settings, key)
 
 
-def metrics_access(state: StateDep, key: Annotated[str | None, Depends(presented_key)]) -> str:
+async def metrics_access(
+    state: StateDep, key: Annotated[str | None, Depends(presented_key)]
+) -> str:
     """/metrics: an API key like everywhere, unless SKIN_METRICS_PUBLIC opens it."""
     return "public" if state.settings.metrics_public else authenticate(state.settings, key)
 

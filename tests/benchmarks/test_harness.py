@@ -3,6 +3,7 @@ profile parser counts what py-spy wrote, and the CPU accounting sees a busy chil
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from benchmarks.gateway_bench import tree_cpu_s
-from benchmarks.profile_gateway import parse
+from benchmarks.gateway_bench import markdown, tree_cpu_s
+from benchmarks.profile_gateway import parse, thread_cpu_s
 from contracts.labels import CLASSES
 
 
@@ -67,3 +68,50 @@ def test_cpu_accounting_includes_children() -> None:
         seen = max(seen, tree_cpu_s(parent.pid) - start)
         time.sleep(0.05)
     assert seen > 0.3  # the grandchild's spinning counts toward the parent's tree
+
+
+def test_thread_accounting_names_the_main_thread_and_python_threads() -> None:
+    busy = (
+        "import threading, time\n"
+        "def spin():\n"
+        "    t = time.thread_time()\n"
+        "    while time.thread_time() - t < 0.6: pass\n"
+        "w = threading.Thread(target=spin); w.start(); spin(); w.join()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", busy])
+    seen: dict[str, float] = {}
+    while child.poll() is None:  # sample while alive: a finished thread has no /proc entry
+        with contextlib.suppress(FileNotFoundError):
+            for name, cpu in thread_cpu_s(child.pid).items():
+                seen[name] = max(seen.get(name, 0.0), cpu)
+        time.sleep(0.05)
+    assert seen.get("event loop", 0.0) > 0.3  # the main thread
+    assert seen.get("worker threads", 0.0) > 0.3  # a Python thread
+
+
+def test_markdown_of_a_subset_of_targets_with_other_checkouts() -> None:
+    run = {"rps": 10.0, "rps_range": [9.0, 11.0], "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0}
+    level = {
+        "concurrency": 8,
+        "gateway": {**run, "cpu_ms": {"gateway": 10.0}},
+        "baseline": {**run, "rps": 5.0, "cpu_ms": {"gateway": 20.0}},
+        "tree:step1": {**run, "rps": 8.0, "cpu_ms": {"gateway": 15.0}},
+        "gateway_vs_baseline": 2.0,
+        "gateway_vs_tree:step1": 1.25,
+    }
+    text = markdown(
+        {
+            "model": "m",
+            "input_size": [1, 2],
+            "photos": "p",
+            "requests_per_level": 1,
+            "repeats": 1,
+            "triton": "t",
+            "machine": "x",
+            "levels": [level],
+        }
+    )
+    assert "| 8 | gateway (baseline checkout) + Triton | 5.0" in text
+    assert "| 8 | gateway from step1 + Triton | 8.0" in text
+    assert "| 8 | gateway_vs_baseline | 2.00 |" in text
+    assert "eager" not in text  # not run: no row, no ratio

@@ -6,13 +6,14 @@ import asyncio
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from serving.db import Database, DatabaseUnavailable, crud
@@ -183,3 +184,45 @@ def test_unreachable_database_is_reported_not_raised_raw() -> None:
     assert asyncio.run(db.ping()) is False
     with pytest.raises(DatabaseUnavailable, match="unavailable"):
         asyncio.run(db.run(crud.get_prediction, "x"))
+
+
+def _values(row: Prediction) -> dict[str, object]:
+    return {c.key: getattr(row, c.key) for c in Prediction.__table__.columns}
+
+
+def test_core_insert_commits_before_it_returns_and_stores_what_the_orm_stored(
+    db: Database,
+) -> None:
+    """``Database.insert`` (the gateway's write, SQLAlchemy Core) commits before it returns,
+    stores the same values as ``session.add`` did, and refuses a repeated request id with
+    IntegrityError, committing nothing."""
+    db.upgrade()
+    table = Prediction.__table__
+    created = datetime(2026, 12, 2, 3, 0, tzinfo=UTC)
+
+    def row(pid: str, request_id: str | None) -> Prediction:
+        made = prediction(pid, request_id)
+        made.created_at = created
+        made.answer = {"ranking": [{"code": "nv", "probability": 0.5}], "é": None}
+        return made
+
+    async def scenario() -> None:
+        await db.run(crud.add_prediction, row("orm", "r1"))
+        await db.insert(table, _values(row("core", "r2")))
+        # Committed: another connection sees it at once.
+        with db.engine.connect() as conn:
+            stored = {
+                r.id: r._asdict()
+                for r in conn.execute(select(table).where(table.c.id.in_(["orm", "core"])))
+            }
+        assert set(stored) == {"orm", "core"}
+        orm, core = stored["orm"], stored["core"]
+        for key in ("id", "request_id"):
+            orm.pop(key), core.pop(key)
+        assert orm == core
+        with pytest.raises(IntegrityError):
+            await db.insert(table, _values(row("again", "r2")))
+        assert await db.run(crud.get_prediction, "again") is None
+        assert await db.run(crud.find_request, "c1", "r2") == ("f" * 64, core["answer"])
+
+    asyncio.run(scenario())
