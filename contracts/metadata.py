@@ -15,12 +15,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from contracts.clinical import check_compatible
 from contracts.images import RESIZE_POLICY
 from contracts.labels import CLASSES, NUM_CLASSES
 from contracts.quality import QualityThresholds
 from contracts.tensors import (
     CAM_DATATYPE,
     CAM_OUTPUT_NAME,
+    CLINICAL_DATATYPE,
+    CLINICAL_INPUT_NAME,
     INPUT_DATATYPE,
     INPUT_NAME,
     OOD_DATATYPE,
@@ -72,6 +75,11 @@ class VersionMetadata:
             "units": ..., ...}``. A version with it has the output
             :data:`contracts.tensors.CAM_OUTPUT_NAME`, ``float32 [N, 7, h, w]``
             (:meth:`cam_grid`; docs/explain.md).
+        clinical: the patient-metadata encoding a fusion version takes as its second input
+            :data:`contracts.tensors.CLINICAL_INPUT_NAME` (``contracts.clinical.describe()``:
+            ``{"version", "dim", "fields", ...}``), or None for an image-only version. A
+            version whose encoding is not this code's is refused where it would be served
+            (:meth:`check_clinical`); reading it (listing, rollback) still works.
         extra: every other key (``tta``, ``ensemble``, ``evaluation``, future keys).
     """
 
@@ -99,7 +107,29 @@ class VersionMetadata:
     reference: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
     explain: dict[str, Any] | None = None
+    clinical: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_clinical_input(self) -> bool:
+        """Whether the model takes the patient metadata as a second input (a fusion version)."""
+        return self.clinical is not None
+
+    def clinical_dim(self) -> int | None:
+        """The length of the clinical input's rows, or None for an image-only version."""
+        return int(self.clinical["dim"]) if self.clinical is not None else None
+
+    def check_clinical(self) -> None:
+        """Refuse to serve a version whose clinical encoding is not this code's.
+
+        Raises:
+            contracts.clinical.ClinicalEncodingError: naming both encoding versions.
+        """
+        check_compatible(self.clinical, f"{self.name or 'model'} version {self.version}")
+
+    def input_names(self) -> list[str]:
+        """The model's inputs, in the order of its forward arguments."""
+        return [INPUT_NAME] + ([CLINICAL_INPUT_NAME] if self.has_clinical_input else [])
 
     @property
     def has_ood_output(self) -> bool:
@@ -177,6 +207,11 @@ class VersionMetadata:
             "input_size": [height, width],
             "inputs": [
                 {"name": INPUT_NAME, "datatype": INPUT_DATATYPE, "shape": [-1, height, width, 3]}
+            ]
+            + [
+                {"name": CLINICAL_INPUT_NAME, "datatype": CLINICAL_DATATYPE, "shape": [-1, dim]}
+                for dim in [self.clinical_dim()]
+                if dim is not None
             ],
             "outputs": [
                 {"name": OUTPUT_NAME, "datatype": OUTPUT_DATATYPE, "shape": [-1, NUM_CLASSES]}
@@ -197,6 +232,8 @@ class VersionMetadata:
         for f in fields(self):
             if f.name not in out and f.name != "extra":
                 out[f.name] = getattr(self, f.name)
+        if self.clinical is None:  # an image-only version's metadata.json stays as it was
+            del out["clinical"]
         out.update(self.extra)
         result: dict[str, Any] = jsonable(out)
         return result
@@ -225,9 +262,14 @@ class VersionMetadata:
             raise MetadataError(f"{source} has no usable input_size (got {size!r})")
         known = {f.name for f in fields(cls)} - {"extra", "input_size", "classes"}
         values = {k: raw[k] for k in known if k in raw and raw[k] is not None}
-        for key in ("thresholds", "gate", "artifacts", "onnx", "explain"):
+        for key in ("thresholds", "gate", "artifacts", "onnx", "explain", "clinical"):
             if not isinstance(values.get(key, {}), dict):
                 raise MetadataError(f"{source}: {key} must be an object")
+        clinical = values.get("clinical")
+        if clinical is not None and not (
+            isinstance(clinical.get("dim"), int) and not isinstance(clinical.get("dim"), bool)
+        ):
+            raise MetadataError(f"{source}: clinical has no integer dim (got {clinical!r})")
         explain = values.get("explain", {})
         if explain.get("output") == CAM_OUTPUT_NAME and not (
             _positive_pair(explain.get("grid")) and explain.get("classes") == NUM_CLASSES

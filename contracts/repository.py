@@ -26,6 +26,7 @@ from contracts.triton_config import (
     ConfigFileError,
     read_config,
     served_versions,
+    set_clinical_input,
     set_outputs,
     set_served_version,
     write_config,
@@ -135,10 +136,16 @@ def served_outputs(model_dir: Path, version: int) -> list[str]:
 
 
 def _serve(model_dir: Path, version: int) -> None:
-    """Make the config serve ``version``, with the outputs that version returns."""
+    """Make the config serve ``version``, with the inputs it takes (the clinical one of a fusion
+    version) and the outputs it returns."""
     outputs = served_outputs(model_dir, version)
+    try:
+        clinical_dim = read_metadata(model_dir / str(version)).clinical_dim()
+    except MetadataError:  # served_outputs read it a moment ago; a race reads as image-only
+        clinical_dim = None
     cfg = read_config(model_dir / CONFIG_FILE)
     set_served_version(cfg, version)
+    set_clinical_input(cfg, clinical_dim)
     set_outputs(cfg, outputs)
     write_config(model_dir / CONFIG_FILE, cfg)
 

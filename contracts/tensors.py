@@ -13,6 +13,11 @@ from __future__ import annotations
 
 DEFAULT_MODEL_NAME = "skin_lesion"
 INPUT_NAME = "image__0"
+# Fusion versions (``clinical`` in their metadata.json) take a second input: the patient's age,
+# sex and body site encoded by ``contracts.clinical``, float32 ``[N, D]`` (``D`` =
+# ``contracts.clinical.DIM``), the model's second forward argument. Image-only versions lack it.
+CLINICAL_INPUT_NAME = "clinical__1"
+CLINICAL_DATATYPE = "FP32"
 OUTPUT_NAME = "probabilities__0"
 INPUT_DATATYPE = "UINT8"
 OUTPUT_DATATYPE = "FP32"

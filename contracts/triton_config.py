@@ -18,14 +18,29 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from contracts.tensors import CAM_OUTPUT_NAME, INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
+from contracts.tensors import (
+    CAM_OUTPUT_NAME,
+    CLINICAL_INPUT_NAME,
+    INPUT_NAME,
+    OOD_OUTPUT_NAME,
+    OUTPUT_NAME,
+)
 
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 # The model files of a version folder, by artifact kind (``metadata.json``'s ``artifacts``).
 TORCHSCRIPT_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
-ARTIFACT_FILES: dict[str, str] = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE}
+# The reduced-precision copies of the fp32 files (training.export.precision), served by the
+# local Triton's runtime of the same name (serving.triton.render.RUNTIMES).
+BF16_TORCHSCRIPT_FILE = "model.bf16.pt"
+INT8_ONNX_FILE = "model.int8.onnx"
+ARTIFACT_FILES: dict[str, str] = {
+    "torchscript": TORCHSCRIPT_FILE,
+    "onnx": ONNX_FILE,
+    "torchscript_bf16": BF16_TORCHSCRIPT_FILE,
+    "onnx_int8": INT8_ONNX_FILE,
+}
 # Triton's ONNX Runtime backend, and the name of the ONNX variant of a model's config in its
 # ``configs/`` folder: ``tritonserver --model-config-name=onnxruntime`` reads
 # ``<model>/configs/onnxruntime.pbtxt`` instead of ``<model>/config.pbtxt``.
@@ -52,13 +67,14 @@ class ConfigFileError(ValueError):
     """A config.pbtxt cannot be read or does not describe this project's model."""
 
 
-def production_config(
+def production_config(  # noqa: PLR0913 (the config's facts, each a keyword at the call)
     name: str,
     input_size: tuple[int, int],
     num_classes: int,
     version: int,
     max_batch_size: int = MAX_BATCH_SIZE,
     outputs: Sequence[str] = (OUTPUT_NAME,),
+    clinical_dim: int | None = None,
 ) -> mc.ModelConfig:
     """The config NVIDIA's Triton container serves ``model.pt`` with, on GPU.
 
@@ -74,10 +90,14 @@ def production_config(
         version: the version to serve (``version_policy.specific``).
         max_batch_size: largest batch one execution may receive.
         outputs: the served version's outputs (``VersionMetadata.output_names()``).
+        clinical_dim: for a fusion version, the length of its clinical input
+            (:data:`contracts.tensors.CLINICAL_INPUT_NAME`, float32 ``[N, D]``, the model's second
+            argument); None for an image-only one.
     """
     height, width = input_size
     cfg = mc.ModelConfig(name=name, backend="pytorch", max_batch_size=max_batch_size)
     cfg.input.add(name=INPUT_NAME, data_type=mc.TYPE_UINT8, dims=[-1, -1, 3])
+    set_clinical_input(cfg, clinical_dim)
     cfg.output.add(
         name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[num_classes], label_filename=LABELS_FILE
     )
@@ -92,7 +112,41 @@ def production_config(
     tensor.data_type = mc.TYPE_UINT8
     tensor.dims.extend([height, width, 3])
     tensor.zero_data = True
+    if clinical_dim is not None:
+        clinical = warmup.inputs[CLINICAL_INPUT_NAME]
+        clinical.data_type = mc.TYPE_FP32
+        clinical.dims.extend([clinical_dim])
+        clinical.zero_data = True  # all zeros: every field unknown (contracts.clinical)
     return cfg
+
+
+def set_clinical_input(cfg: mc.ModelConfig, dim: int | None) -> bool:
+    """Make the config take the clinical input ``[dim]`` after the image (a fusion version), or
+    not at all (``dim`` None: an image-only version). Triton's PyTorch backend passes the inputs
+    to ``forward`` by their ``__<index>``, and refuses a config whose input count is not the
+    model's argument count, so promote and rollback set it with the version, as the outputs.
+
+    Returns:
+        True when the inputs changed.
+    """
+    before = [(t.name, list(t.dims)) for t in cfg.input]
+    image = [t for t in cfg.input if t.name == INPUT_NAME]
+    kept = mc.ModelInput()
+    kept.CopyFrom(image[0] if image else mc.ModelInput(name=INPUT_NAME))
+    del cfg.input[:]
+    cfg.input.append(kept)
+    if dim is not None:
+        cfg.input.add(name=CLINICAL_INPUT_NAME, data_type=mc.TYPE_FP32, dims=[dim])
+    for warmup in cfg.model_warmup:
+        if dim is None and CLINICAL_INPUT_NAME in warmup.inputs:
+            del warmup.inputs[CLINICAL_INPUT_NAME]
+        elif dim is not None:
+            data = warmup.inputs[CLINICAL_INPUT_NAME]
+            data.data_type = mc.TYPE_FP32
+            del data.dims[:]
+            data.dims.extend([dim])
+            data.zero_data = True
+    return before != [(t.name, list(t.dims)) for t in cfg.input]
 
 
 def onnxruntime_config(

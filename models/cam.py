@@ -80,7 +80,10 @@ class CamNetwork(nn.Module):
     def head_bias(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # ``clinical`` is a fusion model's (FusionCamNetwork); an image network ignores it.
         fmap = self.feature_map(x)
         features = self.head_input(fmap)
         logits = self.head(features)
@@ -161,8 +164,14 @@ def _is_average(pool: object) -> bool:
     return getattr(pool, "pool_type", None) == "avg" and callable(is_identity) and not is_identity()
 
 
-def cam_network(net: nn.Module) -> CamNetwork:
+def cam_network(net: nn.Module, head: bool = True) -> CamNetwork:
     """``net`` split at its global average pooling (:class:`CamNetwork`), sharing its modules.
+
+    Args:
+        net: a registered network.
+        head: whether ``net`` must end in its own linear layer; False for the backbone of a
+            fusion model (``models.fusion``), whose head is the identity and whose linear
+            layer is the fusion's (:class:`FusionCamNetwork`).
 
     Raises:
         CamUnsupported: ``net`` does not end in global average pooling and one linear layer
@@ -172,27 +181,33 @@ def cam_network(net: nn.Module) -> CamNetwork:
 
     from models.compact import CompactCNN
 
-    if isinstance(net, CompactCNN) and _linear_with_bias(net.classifier):
+    def linear(module: object) -> bool:
+        return _linear_with_bias(module) or (not head and isinstance(module, nn.Identity))
+
+    def split(cls: type[CamNetwork]) -> CamNetwork:
+        return cls(net) if head else _backbone_class(cls)(net)
+
+    if isinstance(net, CompactCNN) and linear(net.classifier):
         if _is_average(net.pool):
-            return CompactCam(net)
+            return split(CompactCam)
     elif isinstance(net, ResNet):
         fc = net.fc
         if (
             isinstance(fc, nn.Sequential)
             and len(fc) == 2
             and isinstance(fc[0], nn.Dropout)
-            and _linear_with_bias(fc[1])
+            and linear(fc[1])
             and _is_average(net.avgpool)
         ):
-            return ResNetCam(net)
+            return split(ResNetCam)
     elif (
         hasattr(net, "forward_features")
         and hasattr(net, "forward_head")
         and hasattr(net, "conv_head")
-        and _linear_with_bias(getattr(net, "classifier", None))
+        and linear(getattr(net, "classifier", None))
         and _is_average(getattr(net, "global_pool", None))
     ):
-        return EfficientNetCam(net)
+        return split(EfficientNetCam)
     raise CamUnsupported(
         f"{type(net).__name__} has no class activation map here: it needs global average "
         "pooling followed by one linear layer (compact_cnn, efficientnet_lite0/1/2, resnet18/50; "
@@ -200,19 +215,88 @@ def cam_network(net: nn.Module) -> CamNetwork:
     )
 
 
+def _backbone_forward(
+    self: CamNetwork, x: torch.Tensor, clinical: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(pooled features, pooled features, feature map)``: a fusion backbone's forward, which
+    has no linear layer of its own (TorchScript compiles every submodule's forward)."""
+    fmap = self.feature_map(x)
+    features = self.head_input(fmap)
+    return features, features, fmap
+
+
+_BACKBONES: dict[type, type] = {}
+
+
+def _backbone_class(cls: type[CamNetwork]) -> type[CamNetwork]:
+    """``cls`` (a :class:`CamNetwork`) for a fusion model's backbone: the same split, whose
+    forward needs no head of its own (:func:`_backbone_forward`)."""
+    if cls not in _BACKBONES:
+        name = f"{cls.__name__}Backbone"
+        _BACKBONES[cls] = type(
+            name,
+            (cls,),
+            {"forward": _backbone_forward, "__module__": __name__, "__qualname__": name},
+        )
+    return _BACKBONES[cls]
+
+
+class FusionCamNetwork(nn.Module):
+    """The class activation map of a ``models.fusion.FusionClassifier``: ``(uint8 image,
+    clinical) -> (logits, image features, cam)``.
+
+    Its one linear layer reads ``[image features, clinical features]``, so the logit is
+    ``b_c + sum_k w_ck mean_xy F_k + sum_j v_cj g_j`` (``g`` the clinical branch's output). The
+    map of a cell is the image part of that cell plus the clinical part plus the bias:
+
+        CAM_c(x, y) = sum_k w_ck F_k(x, y) + (sum_j v_cj g_j + b_c)
+
+    whose mean over the grid is the logit, as for an image-only network (module doc). The
+    clinical part is the same in every cell: the form says nothing about where to look. The
+    features returned are the IMAGE features alone (what the out-of-distribution gate reads).
+    """
+
+    def __init__(self, fusion: nn.Module) -> None:
+        super().__init__()
+        self.fusion = fusion
+        self.network = cam_network(fusion.net, head=False)
+
+    def forward(
+        self, image: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fusion = self.fusion
+        fmap = self.network.feature_map(fusion.preprocess(image))
+        features = self.network.head_input(fmap)
+        extra = fusion.clinical_features(image, clinical)
+        logits = fusion.head(features, extra)
+        k = features.shape[1]
+        weight = fusion.classifier.weight
+        # The clinical part and the bias: one value per image and class, added to every cell.
+        offset = torch.matmul(extra.float(), weight[:, k:].t().float()) + fusion.classifier.bias
+        cam = class_activation_map(fmap.float(), weight[:, :k], offset.new_zeros(offset.shape[1]))
+        return logits.float(), features.float(), cam + offset[:, :, None, None]
+
+
 class CamClassifier(nn.Module):
-    """A classifier's preprocessing and its :class:`CamNetwork`: ``uint8 [N, H, W, 3]`` ->
-    ``(logits, features, cam)``, the logits those of the ``ImageClassifier`` it is built from
-    (whose modules it shares, not copies).
+    """A classifier's preprocessing and its :class:`CamNetwork`: ``uint8 [N, H, W, 3]`` (and
+    the clinical input of a fusion model) -> ``(logits, features, cam)``, the logits those of
+    the ``ImageClassifier`` or ``FusionClassifier`` it is built from (whose modules it shares,
+    not copies).
 
     Raises:
-        CamUnsupported: the classifier is not an ``ImageClassifier`` of a network with a map.
+        CamUnsupported: the classifier is neither of a network with a map.
     """
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
+        from models.fusion import FusionClassifier
         from models.wrappers import ImageClassifier
 
+        self.fused = isinstance(classifier, FusionClassifier)
+        if self.fused:
+            self.preprocess = nn.Identity()
+            self.network: nn.Module = FusionCamNetwork(classifier)
+            return
         if not isinstance(classifier, ImageClassifier):
             raise CamUnsupported(
                 f"{type(classifier).__name__} is not a network with its preprocessing "
@@ -222,13 +306,18 @@ class CamClassifier(nn.Module):
         self.preprocess = classifier.preprocess
         self.network = cam_network(classifier.net)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.network(self.preprocess(image))
+    def forward(
+        self, image: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.network(self.preprocess(image), clinical)
 
 
 @torch.no_grad()
 def check_cam(
-    model: nn.Module, images: torch.Tensor, classifier: nn.Module | None = None
+    model: nn.Module,
+    images: torch.Tensor,
+    classifier: nn.Module | None = None,
+    clinical: torch.Tensor | None = None,
 ) -> tuple[float | None, float]:
     """Check a :class:`CamClassifier` on ``images`` (both modules in eval mode): the map's mean
     over the grid must be the logit, and its logits the classifier's it was built from.
@@ -244,10 +333,10 @@ def check_cam(
     """
     if model.training or (classifier is not None and classifier.training):
         raise ConfigError("the class activation map is checked in eval mode (dropout off)")
-    logits, _features, cam = model(images)
+    logits, _features, cam = model(images, clinical)
     logit_diff = None
     if classifier is not None:
-        expected = classifier(images).float()
+        expected = classifier(images, clinical).float()
         logit_diff = float((logits - expected).abs().max())
         if not logit_diff <= CAM_CHECK_TOLERANCE * max(1.0, float(expected.abs().max())):
             raise ConfigError(

@@ -122,16 +122,30 @@ def create_classifier(
     dropout: float = 0.2,
     pretrained: bool = False,
     weights_path: str | None = None,
+    clinical: bool = False,
 ) -> nn.Module:
     """:func:`create` wrapped in ``ImageClassifier`` with the spec's normalisation.
 
     The result maps ``uint8 [N, H, W, 3]`` RGB to logits ``[N, num_classes]``; arguments as
-    for :func:`create`.
+    for :func:`create`. With ``clinical`` it is a ``models.fusion.FusionClassifier`` instead,
+    which also takes the patient metadata (``contracts.clinical``) as its second argument.
+
+    Raises:
+        ConfigError: as :func:`create`, or ``clinical`` for a network without a plain
+            pooled-features + linear head.
     """
     from models.wrappers import ImageClassifier
 
     spec = get_spec(name)
-    net = create(name, num_classes, dropout, pretrained, weights_path)
+    # A fusion model's dropout acts on the fused features (image and clinical) once.
+    net = create(name, num_classes, 0.0 if clinical else dropout, pretrained, weights_path)
+    if clinical:
+        from models.fusion import FusionClassifier
+
+        try:
+            return FusionClassifier(net, spec.mean, spec.std, num_classes, dropout)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return ImageClassifier(net, spec.mean, spec.std)
 
 

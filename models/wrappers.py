@@ -6,6 +6,9 @@ scaling and normalisation live here, never in the data pipeline or the gateway.
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 import torch.nn as nn
 
@@ -42,12 +45,71 @@ class Preprocess(nn.Module):
 
 
 class ImageClassifier(nn.Module):
-    """A network with its preprocessing: ``uint8 [N, H, W, 3]`` -> logits ``[N, C]``."""
+    """A network with its preprocessing: ``uint8 [N, H, W, 3]`` -> logits ``[N, C]``.
+
+    ``clinical`` (the patient metadata a fusion model takes, ``models.fusion``) is accepted and
+    ignored, so every wrapper (probabilities, TTA, ensembles, the gate) passes the same two
+    arguments whichever kind of network it holds.
+    """
 
     def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.preprocess = Preprocess(mean, std)
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(self.preprocess(x))
+
+
+class IgnoresClinical(nn.Module):
+    """A module of one argument (``image``) taking ``(image, clinical=None)`` as every
+    wrapper of the project calls it, ``clinical`` ignored: a classifier written before the
+    fusion models, or an image-only ``model.pt`` exported before them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(image)
+
+
+class IgnoresClinicalPair(IgnoresClinical):
+    """:class:`IgnoresClinical` of an explainer (``image -> (logits, cam)``)."""
+
+    # The explainer's pair, not one tensor (no ``type:`` comment here: TorchScript reads it).
+    def forward(
+        self, image: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(image)
+
+    def map_logits(self, image: torch.Tensor, clinical: torch.Tensor | None = None) -> Any:
+        return self.model.map_logits(image)
+
+    def facts(self) -> Any:
+        return self.model.facts()
+
+
+def _positional_arguments(module: nn.Module) -> int:
+    """How many positional arguments ``module``'s forward takes (without ``self``)."""
+    schema = getattr(module.forward, "schema", None)  # a TorchScript method
+    if schema is not None:
+        return len(schema.arguments) - 1
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    kinds = [p.kind for p in parameters]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return 2
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(kind in positional for kind in kinds)
+
+
+def clinical_argument(module: nn.Module, pair: bool = False) -> nn.Module:
+    """``module`` itself when its forward takes ``(image, clinical)``, else
+    :class:`IgnoresClinical` of it (:class:`IgnoresClinicalPair` with ``pair``, for an
+    explainer): what wrappers hold, so that they may always pass both."""
+    if isinstance(module, IgnoresClinical) or _positional_arguments(module) >= 2:
+        return module
+    return IgnoresClinicalPair(module) if pair else IgnoresClinical(module)

@@ -15,6 +15,12 @@ check of the served version's ``metadata.json`` (under ``--repository``) is not 
 and one whose out-of-distribution score is over the version's threshold is not diagnosed. Their
 rows have the reason code in ``refusal`` and no probabilities or ``predicted``; a diagnosed row
 has an empty ``refusal``. ``--no-quality-checks`` and ``--no-ood-checks`` turn the gate off.
+
+A version that takes the patient metadata (a fusion version: ``clinical__1`` beside
+``image__0``) gets each image's age, sex and body site encoded by ``contracts.clinical``: from
+the CSV's ``age``, ``sex`` and ``localization`` (or ``site``) columns, or for a folder from a
+``HAM10000_metadata.csv`` or ``labels.csv`` in it; a missing value is "unknown", never an error.
+A version whose encoding is not this code's is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from contracts.clinical import ClinicalEncodingError, encode_rows
 from contracts.errors import DataError
 from contracts.images import index_images, read_image
 from contracts.labels import CLASSES
 from contracts.metadata import METADATA_FILE, MetadataError, VersionMetadata, read_metadata
 from contracts.quality import Refusal
-from contracts.tensors import DEFAULT_MODEL_NAME
+from contracts.tensors import CLINICAL_INPUT_NAME, DEFAULT_MODEL_NAME
 from serving.gate import Gate, GatePolicy, check_score, gate_for, screen_pixels
 from serving.triton.client import DEFAULT_URL, TritonClassifier, TritonError, input_size
 from serving.triton.state import read_state
@@ -100,6 +107,37 @@ def find_images(source: Path) -> list[tuple[str, str]]:
     for image_id, path in pairs:
         unique.setdefault(str(image_id), str(path))  # a repeated id: its first path wins
     return list(unique.items())
+
+
+# A folder's table of who each photo is of (HAM10000's, or the real lesions' labels.csv).
+FOLDER_TABLES = ("HAM10000_metadata.csv", "labels.csv")
+
+
+def clinical_table(source: Path) -> dict[str, dict[str, str | None]]:
+    """``{image_id: {"age", "sex", "site"}}`` of the rows that say them (module doc); ``{}``
+    when the input has none. Unreadable tables count as none: the metadata is optional."""
+    tables = [source] if source.is_file() else [source / n for n in FOLDER_TABLES]
+    found: dict[str, dict[str, str | None]] = {}
+    for table in tables:
+        if not table.is_file():
+            continue
+        try:
+            _, rows = read_table(table)
+        except DataError:
+            continue
+        for row in rows:
+            image_id = row.get("image_id") or (Path(row["path"]).stem if "path" in row else None)
+            if image_id:
+                site = row.get("localization", row.get("site"))
+                found.setdefault(
+                    str(image_id), {"age": row.get("age"), "sex": row.get("sex"), "site": site}
+                )
+    return found
+
+
+def takes_clinical(metadata: dict[str, Any]) -> bool:
+    """Whether the served model (Triton's model metadata) takes the clinical input."""
+    return any(t.get("name") == CLINICAL_INPUT_NAME for t in metadata.get("inputs") or [])
 
 
 def done_ids(output: Path) -> set[str]:
@@ -183,6 +221,15 @@ def predict_folder(  # noqa: PLR0913 (the CLI's options)
     version = ",".join(metadata.get("versions", []))
     size = input_size(metadata) or _version_input_size(repository, client.model_name, version)
     gate = served_gate(client, repository, policy or GatePolicy(), metadata)
+    fusion = takes_clinical(metadata)
+    patients = clinical_table(source) if fusion else {}
+    if fusion:
+        served = _version_metadata(repository, client.model_name, version)
+        try:
+            if served is not None:
+                served.check_clinical()
+        except ClinicalEncodingError as exc:
+            raise DataError(str(exc)) from None
     done = done_ids(output)
     todo = [(i, p) for i, p in find_images(source) if i not in done]
     failures: list[str] = []
@@ -223,11 +270,13 @@ def predict_folder(  # noqa: PLR0913 (the CLI's options)
                     ok.append((item, model_input))
             if ok:
                 batch = np.stack([img for _, img in ok])
+                rows_in = [patients.get(image_id, {}) for (image_id, _), _ in ok]
+                clinical = encode_rows(rows_in) if fusion else None
                 threshold = gate.ood_threshold
                 if threshold is None:
-                    probs, scores = client.predict(batch), None
+                    probs, scores = client.predict(batch, clinical=clinical), None
                 else:
-                    probs, scores = client.predict_with_score(batch)
+                    probs, scores = client.predict_with_score(batch, clinical=clinical)
                 for n, ((image_id, path), _) in enumerate(ok):
                     row = probs[n]
                     score = None if scores is None else float(np.asarray(scores).reshape(-1)[n])

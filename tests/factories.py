@@ -26,7 +26,7 @@ from training.export import ExportOptions, export
 from training.module import LesionClassifier
 
 
-def smoke_checkpoint(
+def smoke_checkpoint(  # noqa: PLR0913 (keyword-only options of a test factory)
     path: str | Path,
     images: np.ndarray,
     labels: Sequence[int],
@@ -34,20 +34,27 @@ def smoke_checkpoint(
     model_name: str = "compact_cnn",
     steps: int = 2,
     dataset_version: str | None = None,
+    clinical: np.ndarray | None = None,
 ) -> Path:
     """A small real checkpoint: ``LesionClassifier`` fitted for ``steps`` steps by a Lightning
     Trainer on ``images`` (``uint8 [N, H, W, 3]``, their size is the model's), for tests, demos
     and benchmarks of the export and serving path. Not a useful classifier. Seeded: the same
-    arguments give the same weights.
+    arguments give the same weights. With ``clinical`` (the images' ``contracts.clinical``
+    rows, ``float32 [N, D]``) it is a fusion model (``model.clinical: true``) trained on them.
     """
     L.seed_everything(0, verbose=False)
     size = (int(images.shape[1]), int(images.shape[2]))
-    module = LesionClassifier(model_name=model_name, image_size=size, warmup_epochs=0.0)
+    module = LesionClassifier(
+        model_name=model_name, image_size=size, warmup_epochs=0.0, clinical=clinical is not None
+    )
     module.dataset_version, module.synthetic = dataset_version, False
     rows = [
         {"image": torch.from_numpy(img), "label": torch.tensor(int(y)), "index": torch.tensor(i)}
         for i, (img, y) in enumerate(zip(images, labels, strict=True))
     ]
+    if clinical is not None:
+        for row, encoded in zip(rows, clinical, strict=True):
+            row["clinical"] = torch.from_numpy(np.asarray(encoded, np.float32))
     batch = max(1, len(rows) // steps)
     loader = torch.utils.data.DataLoader(rows, batch_size=batch)
     folder = Path(path).parent

@@ -1,8 +1,10 @@
 """``LesionDataModule``: HAM10000 layout, a clinic's CSV, or synthetic data, as uint8 batches.
 
-Batches are ``{"image": uint8 [N, H, W, 3] RGB, "label": int64 [N], "index": int64 [N]}``;
-``index`` is the row position in that split's DataFrame (``dm.splits[name]``), so a
-misclassified image can be looked up. Scaling and normalisation happen inside the model.
+Batches are ``{"image": uint8 [N, H, W, 3] RGB, "label": int64 [N], "index": int64 [N],
+"clinical": float32 [N, D]}``; ``index`` is the row position in that split's DataFrame
+(``dm.splits[name]``), so a misclassified image can be looked up. ``clinical`` is the patient's
+age, sex and body site encoded by ``contracts.clinical`` (what a fusion model takes beside the
+image; an image-only model ignores it). Scaling and normalisation happen inside the model.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
+from contracts.clinical import FIELD_SLICES, encode_batch
 from contracts.errors import ConfigError
 from contracts.images import read_image
 from contracts.labels import CLASS_INDEX, CLASSES, NUM_CLASSES
@@ -29,8 +32,19 @@ from training.synthetic import is_synthetic, make_synthetic
 log = logging.getLogger(__name__)
 
 
+def clinical_rows(df: pd.DataFrame) -> np.ndarray:
+    """The ``contracts.clinical`` encoding of each row's age, sex and body site, ``float32
+    [N, D]`` (a column the frame lacks is unknown for every row)."""
+    none = [None] * len(df)
+
+    def column(name: str) -> list:
+        return df[name].tolist() if name in df else none
+
+    return encode_batch(column("age"), column("sex"), column("site"))
+
+
 class LesionDataset(Dataset):
-    """One split's rows as ``{"image", "label", "index"}`` samples.
+    """One split's rows as ``{"image", "label", "index", "clinical"}`` samples.
 
     Args:
         df: rows with ``path`` and ``label`` (see ``training.data.COLUMNS``).
@@ -38,11 +52,27 @@ class LesionDataset(Dataset):
         cache_size: ``(height, width)`` to keep every transformed image in memory after its
             first read; only for deterministic (evaluation) transforms and ``num_workers=0``
             (a worker's cache would die with the worker).
+        clinical_dropout: probability that each field of the clinical encoding (age, sex,
+            site, independently) is set to unknown in a sample, so that a fusion model learns
+            to answer without it (training only; evaluation uses the real values).
+        seed: seed of that masking's own random stream (numpy's, not torch's, so an
+            image-only model trains exactly as it did before the fusion models; each
+            DataLoader worker reseeds it, :func:`_worker_init`).
     """
 
-    def __init__(self, df: pd.DataFrame, transform, cache_size: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        transform,
+        cache_size: tuple[int, int] | None = None,
+        clinical_dropout: float = 0.0,
+        seed: int = 0,
+    ):
         self.paths = df["path"].tolist()
         self.labels = np.array([CLASS_INDEX[c] for c in df["label"]], dtype=np.int64)
+        self.clinical = clinical_rows(df)
+        self.clinical_dropout = float(clinical_dropout)
+        self.rng = np.random.default_rng(seed)
         self.transform = transform
         self.cache = np.empty((len(df), *cache_size, 3), np.uint8) if cache_size else None
         self.cached = np.zeros(len(df), dtype=bool)
@@ -57,17 +87,27 @@ class LesionDataset(Dataset):
             image = self.transform(image=read_image(self.paths[i]))["image"]
             if self.cache is not None:
                 self.cache[i], self.cached[i] = image, True
-        return {"image": image, "label": int(self.labels[i]), "index": i}
+        clinical = self.clinical[i]
+        if self.clinical_dropout > 0:
+            clinical = clinical.copy()
+            masked = self.rng.random(len(FIELD_SLICES)) < self.clinical_dropout
+            for part, drop in zip(FIELD_SLICES.values(), masked, strict=True):
+                if drop:
+                    clinical[part] = 0.0
+        return {"image": image, "label": int(self.labels[i]), "index": i, "clinical": clinical}
 
 
 def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
     """Stack samples into a batch with numpy: torch.stack runs on torch's thread pool, which
     right after cv2 work took 160 ms instead of 1 ms a batch on this loaded 2-core machine."""
-    return {
+    batch = {
         "image": torch.from_numpy(np.stack([s["image"] for s in samples])),
         "label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
     }
+    if samples and "clinical" in samples[0]:
+        batch["clinical"] = torch.from_numpy(np.stack([s["clinical"] for s in samples]))
+    return batch
 
 
 def _worker_init(worker_id: int) -> None:
@@ -77,6 +117,8 @@ def _worker_init(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None)
     if hasattr(transform, "set_random_seed"):
         transform.set_random_seed(info.seed % 2**32)
+    if isinstance(info.dataset, LesionDataset):  # the clinical fields' masking, likewise
+        info.dataset.rng = np.random.default_rng(info.seed % 2**32)
 
 
 class LesionDataModule(L.LightningDataModule):
@@ -112,6 +154,9 @@ class LesionDataModule(L.LightningDataModule):
         verify_decode: also fully decode every image when validating (slower).
         limit_per_class: cap on training images per class (seeded), for quick runs.
         cache_eval: keep resized validation/test images in memory after the first epoch.
+        clinical_dropout: probability that each field of a training sample's clinical
+            encoding (age, sex, body site, independently) is set to unknown
+            (:class:`LesionDataset`); only a fusion model (``model.clinical: true``) reads it.
     """
 
     def __init__(  # noqa: PLR0913 (LightningCLI's typed config: each parameter is a data.* key)
@@ -133,8 +178,11 @@ class LesionDataModule(L.LightningDataModule):
         verify_decode: bool = False,
         limit_per_class: int | None = None,
         cache_eval: bool = True,
+        clinical_dropout: float = 0.25,
     ) -> None:
         super().__init__()
+        if not 0.0 <= clinical_dropout <= 1.0:
+            raise ConfigError(f"clinical_dropout must be in [0, 1], got {clinical_dropout}")
         if data_dir and csv_path:
             raise ConfigError("give data_dir or csv_path, not both")
         if split not in ("grouped", "temporal"):
@@ -205,7 +253,12 @@ class LesionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         h, df = self.hparams, self.splits["train"]
-        dataset = LesionDataset(df, train_transform(self.image_size, self.augment, seed=h.seed))
+        dataset = LesionDataset(
+            df,
+            train_transform(self.image_size, self.augment, seed=h.seed),
+            clinical_dropout=h.get("clinical_dropout", 0.0),
+            seed=h.seed,
+        )
         sampler = None
         if h.balanced_sampler:
             per_image = 1.0 / data.class_counts(df["label"])[dataset.labels]

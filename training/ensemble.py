@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from contracts.errors import ConfigError
+from models.wrappers import clinical_argument
 
 
 class Ensemble(nn.Module):
@@ -34,12 +35,13 @@ class Ensemble(nn.Module):
                 f"ensemble weights {weights} must be one non-negative number per member "
                 f"({len(members)}) with a positive sum"
             )
-        self.members = nn.ModuleList(members)
+        self.members = nn.ModuleList([clinical_argument(m) for m in members])
         self.register_buffer("weights", torch.tensor(weights) / sum(weights))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
+        # ``clinical``: the patient metadata, for members that fuse it (the others ignore it).
         total = torch.zeros(0)
         for i, member in enumerate(self.members):
-            probs = member(images) * self.weights[i]
+            probs = member(images, clinical) * self.weights[i]
             total = probs if i == 0 else total + probs
         return total

@@ -1,4 +1,5 @@
-"""A model's outputs on the images of a data frame, read and resized as for evaluation."""
+"""A model's outputs on the images of a data frame, read and resized as for evaluation (with
+each row's own age, sex and body site for a model that fuses them)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from contracts.errors import DataError
+from models.fusion import uses_clinical
 from training.augment import eval_transform
 from training.datamodule import LesionDataset, collate
 
@@ -21,7 +23,9 @@ def predict(
 
     Args:
         model: ``uint8 [N, H, W, 3]`` -> logits or probabilities (of a gated model,
-            ``(probabilities, ood_score)``, the probabilities).
+            ``(probabilities, ood_score)``, the probabilities). A model that fuses the
+            clinical metadata (``models.fusion.uses_clinical``) also gets each row's encoding
+            (``contracts.clinical``) as its second argument.
         frame: rows with a ``path`` column (``training.data`` columns).
         size: ``(height, width)`` the model takes.
         batch_size: images per forward pass.
@@ -34,7 +38,13 @@ def predict(
     dataset = LesionDataset(frame, eval_transform(size))
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     model.eval()
-    outputs = [_first(model(batch["image"])).float().numpy() for batch in loader]
+    fused = uses_clinical(model)
+    outputs = [
+        _first(model(batch["image"], batch["clinical"]) if fused else model(batch["image"]))
+        .float()
+        .numpy()
+        for batch in loader
+    ]
     return np.concatenate(outputs).astype(np.float64)
 
 

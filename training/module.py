@@ -2,8 +2,9 @@
 decay, and the lesion metrics per stage (``val/balanced_accuracy``, ``test/sensitivity_mel``).
 
 Batches come from :class:`training.datamodule.LesionDataModule` as
-``{"image": uint8 [N, H, W, 3], "label": int64 [N], "index": int64 [N]}``; scaling and
-normalisation happen inside ``self.model`` (an ``ImageClassifier``), which is what gets exported.
+``{"image": uint8 [N, H, W, 3], "label": int64 [N], "index": int64 [N], "clinical": float32
+[N, D]}``; scaling and normalisation happen inside ``self.model`` (an ``ImageClassifier``, or a
+``FusionClassifier`` that also reads ``clinical``), which is what gets exported.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 import models
+from contracts.clinical import describe as describe_clinical
 from contracts.errors import ConfigError
 from contracts.labels import CLASSES, NUM_CLASSES
+from models.fusion import FusionClassifier
 from models.registry import freeze_input_stages
 from models.wrappers import ImageClassifier
 from training.metrics import LesionMetrics
@@ -76,6 +79,11 @@ class LesionClassifier(L.LightningModule):
         frozen_stages: how many stages from the input stay as loaded (the stem counts as one;
             :func:`models.registry.freeze_input_stages`): no gradients, batch-norm statistics
             fixed. 0 trains everything.
+        clinical: fuse the patient's age, sex and body site with the image
+            (``models.fusion.FusionClassifier``): the network takes the batch's ``clinical``
+            encoding (``contracts.clinical``) as its second input, and the export takes it as
+            ``clinical__1``. The data module masks fields at random while training
+            (``data.clinical_dropout``).
     """
 
     def __init__(  # noqa: PLR0913 (LightningCLI's typed config: each parameter is a model.* key)
@@ -91,15 +99,26 @@ class LesionClassifier(L.LightningModule):
         image_size: tuple[int, int] = (112, 150),
         channels_last: bool = True,
         frozen_stages: int = 0,
+        clinical: bool = False,
     ) -> None:
         super().__init__()
         _check_arguments(lr, weight_decay, warmup_epochs, label_smoothing, image_size)
         self.save_hyperparameters()
         spec = models.get_spec(model_name)  # ConfigError for an unknown name
-        net = models.create(model_name, NUM_CLASSES, dropout, pretrained, weights_path)
+        # A fusion model's dropout acts once, on the fused features (models.fusion).
+        net_dropout = 0.0 if clinical else dropout
+        net = models.create(model_name, NUM_CLASSES, net_dropout, pretrained, weights_path)
         # A plain list: the modules stay registered where they are, this only remembers them.
         self._frozen = freeze_input_stages(net, frozen_stages)
-        self.model = ImageClassifier(net, spec.mean, spec.std)
+        if clinical:
+            try:
+                self.model: nn.Module = FusionClassifier(
+                    net, spec.mean, spec.std, NUM_CLASSES, dropout
+                )
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        else:
+            self.model = ImageClassifier(net, spec.mean, spec.std)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.register_buffer("class_weights", torch.ones(NUM_CLASSES))
@@ -122,9 +141,11 @@ class LesionClassifier(L.LightningModule):
                 "ignore", r"Found \d+ module\(s\) in eval mode", PossibleUserWarning
             )
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, 7]`` of ``uint8 [N, H, W, 3]`` RGB images (inference)."""
-        return self.model(images)
+    def forward(self, images: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[N, 7]`` of ``uint8 [N, H, W, 3]`` RGB images (inference); ``clinical``:
+        their ``contracts.clinical`` encoding, for a fusion model (None: every field unknown;
+        an image-only model ignores it)."""
+        return self.model(images, clinical)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, logits = self._shared_step(batch, "train")
@@ -146,7 +167,7 @@ class LesionClassifier(L.LightningModule):
         self._log_epoch("test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        probs = self(batch["image"]).float().softmax(dim=1)
+        probs = self(batch["image"], batch.get("clinical")).float().softmax(dim=1)
         return {"probs": probs, "index": batch["index"]}
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -201,6 +222,8 @@ class LesionClassifier(L.LightningModule):
         checkpoint["dataset_version"] = self.dataset_version
         checkpoint["synthetic"] = self.synthetic
         checkpoint["class_weights"] = self.class_weights.tolist()
+        # The encoding a fusion model was trained on: export refuses another (contracts.clinical).
+        checkpoint["clinical"] = describe_clinical() if self.hparams.get("clinical") else None
         wandb = next((lg for lg in self.loggers if isinstance(lg, WandbLogger)), None)
         checkpoint["wandb_run_id"] = wandb.version if wandb is not None else None
 
@@ -209,7 +232,7 @@ class LesionClassifier(L.LightningModule):
         self.synthetic = checkpoint.get("synthetic")
 
     def _shared_step(self, batch: Batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(batch["image"])
+        logits = self.model(batch["image"], batch.get("clinical"))
         loss = F.cross_entropy(
             logits.float(),
             batch["label"],

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from contracts.errors import ConfigError
+from models.wrappers import clinical_argument
 
 OPS: tuple[str, ...] = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270")
 SHAPE_KEEPING: tuple[str, ...] = ("identity", "hflip", "vflip", "rot180")
@@ -78,15 +79,16 @@ class TTA(nn.Module):
         input_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
-        self.model = model
+        self.model = clinical_argument(model)
         self.ops = list(check_ops(ops, input_size))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
+        # ``clinical`` (a fusion model's patient metadata) is the same for every view.
         square = images.shape[1] == images.shape[2]
         total = torch.zeros(0)
         for i, op in enumerate(self.ops):
             if not square and (op == "rot90" or op == "rot270"):
                 raise ValueError("rot90/rot270 test-time augmentation needs square images")
-            probs = self.model(augment(images, op))
+            probs = self.model(augment(images, op), clinical)
             total = probs if i == 0 else total + probs
         return total / len(self.ops)

@@ -12,6 +12,11 @@ Before loading, the version is checked against its ``metadata.json``: every mode
 the ``input_size`` it records and return the config's outputs; a version that fails does not
 load, and the error names the file and what disagrees.
 
+Every input the config declares is passed to the model, in the config's order, which is the
+order of the model's arguments (``<name>__<index>``): ``image__0`` alone for an image-only
+version, ``image__0`` and ``clinical__1`` (the patient metadata, float32 ``[N, D]``) for a
+fusion one, as the native PyTorch backend does.
+
 A gated version's model returns a tuple ``(probabilities, ood_score)``, an explained one
 ``(probabilities, ood_score or an empty placeholder, cam)``, an older one the probabilities
 alone; as with the native PyTorch backend, an output ``<name>__<i>`` of the config is the
@@ -32,7 +37,12 @@ import triton_python_backend_utils as pb_utils
 
 # metadata.json's artifacts by kind (contracts.triton_config.ARTIFACT_FILES; this file runs in
 # Triton's stub and imports nothing of the project), and the kind each runtime runs.
-RUNTIME_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+RUNTIME_FILES = {
+    "torchscript": "model.pt",
+    "onnx": "model.onnx",
+    "torchscript_bf16": "model.bf16.pt",  # training.export.precision's reduced copies
+    "onnx_int8": "model.int8.onnx",
+}
 NUM_CLASSES = 7
 CAM_OUTPUT = "cam__2"  # contracts.tensors.CAM_OUTPUT_NAME
 # What numpy's DLPack capsule destructor reports once Triton has consumed the capsule: Triton
@@ -60,6 +70,8 @@ class TritonPythonModel:
         if params.get("DEVICE") == "cuda":
             self.device = f"cuda:{args.get('model_instance_device_id', '0')}"
         self.input_name = config["input"][0]["name"]
+        # Every declared input, in the order of the model's arguments (``<name>__<index>``).
+        self.input_names = [i["name"] for i in sorted(config["input"], key=_input_order)]
         # name -> index of the model's returned tensor (``probabilities__0``, ``ood_score__1``).
         self.outputs = {o["name"]: _index(o["name"], i) for i, o in enumerate(config["output"])}
         self.version = args["model_version"]
@@ -69,13 +81,15 @@ class TritonPythonModel:
         with open(metadata_path) as f:
             metadata = json.load(f)
         self.size = tuple(int(v) for v in metadata["input_size"])
+        clinical = metadata.get("clinical") or {}
+        self.clinical_dim = clinical.get("dim") if "clinical__1" in self.input_names else None
         explain = metadata.get("explain") or {}
         self.cam_grid = explain.get("grid") if explain.get("output") == CAM_OUTPUT else None
         # Messages name the production files, which the rendered ones link to.
         source = os.path.dirname(os.path.realpath(metadata_path))
         path = _model_file(version_dir, source, metadata, self.runtime)
-        if self.runtime == "onnx":
-            self._load_onnx(path, os.path.join(source, RUNTIME_FILES["onnx"]), threads)
+        if self.runtime.startswith("onnx"):
+            self._load_onnx(path, os.path.join(source, RUNTIME_FILES[self.runtime]), threads)
         else:
             self._load_torchscript(path, threads)
 
@@ -114,7 +128,12 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, options, providers=providers)
         _quiet_capsule_destructor()
         why = _onnx_mismatch(
-            self.session, self.input_name, self.size, list(self.outputs), self.cam_grid
+            self.session,
+            self.input_name,
+            self.size,
+            list(self.outputs),
+            self.cam_grid,
+            self.clinical_dim,
         )
         if why is not None:
             raise ValueError(f"{shown} does not fit this version: it has {why}")
@@ -125,16 +144,24 @@ class TritonPythonModel:
         the model returned for the fitting ones as one batch (torch tensors by name: the
         ``i``-th returned tensor for ``<name>__<i>``)."""
         torch, dlpack = self.torch, self.dlpack
-        images = [
-            dlpack.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name).to_dlpack())
-            for r in requests
-        ]
-        good = [x for x in images if tuple(x.shape[1:3]) == self.size]
-        if not good:
+        inputs = {
+            name: [
+                dlpack.from_dlpack(pb_utils.get_input_tensor_by_name(r, name).to_dlpack())
+                for r in requests
+            ]
+            for name in self.input_names
+        }
+        images = inputs[self.input_name]
+        fits = [tuple(x.shape[1:3]) == self.size for x in images]
+        if not any(fits):
             return images, {}
         with torch.inference_mode():
-            batch = torch.cat(good) if len(good) > 1 else good[0]
-            out = self.model(batch.to(self.device, non_blocking=True))
+            args = []
+            for name in self.input_names:
+                good = [x for x, ok in zip(inputs[name], fits, strict=True) if ok]
+                batch = torch.cat(good) if len(good) > 1 else good[0]
+                args.append(batch.to(self.device, non_blocking=True))
+            out = self.model(*args)
         returned = list(out) if isinstance(out, tuple | list) else [out]
         if self.device != "cpu":  # answered from host memory, whatever Triton's GPU setup
             returned = [t.cpu() for t in returned]
@@ -144,15 +171,20 @@ class TritonPythonModel:
         """As :meth:`_run_torchscript`, through ONNX Runtime (the outputs of those names), as
         numpy arrays."""
         np = self.np
-        images = [
-            np.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name)) for r in requests
-        ]
-        good = [x for x in images if tuple(x.shape[1:3]) == self.size]
-        if not good:
+        inputs = {
+            name: [np.from_dlpack(pb_utils.get_input_tensor_by_name(r, name)) for r in requests]
+            for name in self.input_names
+        }
+        images = inputs[self.input_name]
+        fits = [tuple(x.shape[1:3]) == self.size for x in images]
+        if not any(fits):
             return images, {}
-        batch = np.ascontiguousarray(np.concatenate(good) if len(good) > 1 else good[0])
+        feed = {}
+        for name in self.input_names:
+            good = [x for x, ok in zip(inputs[name], fits, strict=True) if ok]
+            feed[name] = np.ascontiguousarray(np.concatenate(good) if len(good) > 1 else good[0])
         names = list(self.outputs)
-        out = self.session.run(names, {self.input_name: batch})
+        out = self.session.run(names, feed)
         return images, dict(zip(names, out, strict=True))
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -199,7 +231,7 @@ class TritonPythonModel:
 
     def _capsule(self, tensor: Any) -> Any:
         """A DLPack capsule of ``tensor`` (a torch tensor or a numpy array), made contiguous."""
-        if self.runtime == "onnx":
+        if self.runtime.startswith("onnx"):
             return self.np.ascontiguousarray(tensor).__dlpack__()
         return tensor.contiguous().__dlpack__()
 
@@ -261,6 +293,7 @@ def _onnx_mismatch(
     size: Sequence[int],
     outputs: list[str],
     cam_grid: Sequence[int] | None = None,
+    clinical_dim: int | None = None,
 ) -> str | None:
     """What of an ONNX model's inputs and outputs disagrees with the version (``uint8
     [-1, H, W, 3]`` in as ``input_name``, ``float32 [-1, 7]`` / ``[-1, 1]`` /
@@ -271,6 +304,8 @@ def _onnx_mismatch(
         return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
 
     want_in = [(input_name, "tensor(uint8)", [-1, *size, 3])]
+    if clinical_dim is not None:  # a fusion version's second input (contracts.tensors)
+        want_in.append(("clinical__1", "tensor(float)", [-1, int(clinical_dim)]))
     got_in = [(i.name, i.type, dims(i.shape)) for i in session.get_inputs()]
     if got_in != want_in:
         return f"inputs {got_in or 'none'}; its metadata.json's input_size says {want_in}"
@@ -285,6 +320,13 @@ def _onnx_mismatch(
         if got_out.get(name) != want:
             return f"outputs {got_out}; the config wants {name!r} as {want}"
     return None
+
+
+def _input_order(tensor: dict[str, Any]) -> int:
+    """An input's place among the model's arguments: its ``__<index>`` (0 without one)."""
+    name = str(tensor.get("name", ""))
+    suffix = name.rsplit("__", 1)[-1]
+    return int(suffix) if "__" in name and suffix.isdigit() else 0
 
 
 def _index(name: str, position: int) -> int:

@@ -15,6 +15,8 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from contracts.tensors import (
+    CLINICAL_DATATYPE,
+    CLINICAL_INPUT_NAME,
     DEFAULT_MODEL_NAME,
     INPUT_DATATYPE,
     INPUT_NAME,
@@ -78,6 +80,29 @@ def check_batch(batch: np.ndarray) -> np.ndarray:
             "resize with contracts.images.eval_resize and stack them"
         )
     return np.ascontiguousarray(batch)
+
+
+def check_clinical(clinical: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """Validate a fusion version's clinical rows before they travel: ``float32 [N, D]``, one
+    row per image of ``batch`` (``contracts.clinical.encode_batch`` makes them)."""
+    rows = np.asarray(clinical)
+    if (
+        rows.ndim != 2
+        or rows.shape[0] != batch.shape[0]
+        or not np.issubdtype(rows.dtype, np.number)
+    ):
+        raise TritonBadRequest(
+            f"expected the clinical rows float32 [N, D] with N = {batch.shape[0]} images, got "
+            f"{rows.dtype} {list(rows.shape)}; encode them with contracts.clinical.encode_batch"
+        )
+    return np.ascontiguousarray(rows, np.float32)
+
+
+def _clinical_input(clinical: np.ndarray, module: Any) -> Any:
+    """The ``clinical__1`` input of a fusion version (its model's second argument)."""
+    tensor = module.InferInput(CLINICAL_INPUT_NAME, list(clinical.shape), CLINICAL_DATATYPE)
+    tensor.set_data_from_numpy(clinical)
+    return tensor
 
 
 def input_size(metadata: dict[str, Any]) -> tuple[int, int] | None:
@@ -154,8 +179,11 @@ class _Classifier:
         version: int | None,
         module: Any,
         outputs: tuple[str, ...] = (OUTPUT_NAME,),
+        clinical: np.ndarray | None = None,
     ) -> dict[str, Any]:
         inputs, requested = _request(check_batch(batch), module, outputs)
+        if clinical is not None:  # a fusion version's second input (contracts.clinical)
+            inputs.append(_clinical_input(check_clinical(clinical, batch), module))
         # The gateway's request id names the inference in Triton's logs and traces too.
         traced = {"request_id": request_id} if (request_id := current_request_id()) else {}
         return {**self._model_args(version), "inputs": inputs, "outputs": requested, **traced}
@@ -173,9 +201,13 @@ class TritonClassifier(_Classifier):
             self._sync_client = grpcclient.InferenceServerClient(self.url)
         return self._sync_client
 
-    def predict(self, batch: np.ndarray, version: int | None = None) -> np.ndarray:
-        """Probabilities ``float32 [N, 7]`` for a ``uint8 [N, H, W, 3]`` batch."""
-        args = self._infer_args(batch, version, grpcclient)
+    def predict(
+        self, batch: np.ndarray, version: int | None = None, clinical: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Probabilities ``float32 [N, 7]`` for a ``uint8 [N, H, W, 3]`` batch; ``clinical``:
+        the patients' metadata rows ``float32 [N, D]`` for a fusion version (its
+        ``clinical__1`` input, ``contracts.clinical.encode_batch``), None for an image-only one."""
+        args = self._infer_args(batch, version, grpcclient, clinical=clinical)
         try:
             result = self.client.infer(**args)
         except InferenceServerException as exc:
@@ -183,16 +215,17 @@ class TritonClassifier(_Classifier):
         return cast(np.ndarray, result.as_numpy(OUTPUT_NAME))
 
     def predict_with_score(
-        self, batch: np.ndarray, version: int | None = None
+        self, batch: np.ndarray, version: int | None = None, clinical: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities ``float32 [N, 7]`` and out-of-distribution scores ``float32 [N]``
         (higher = further from the training photos; refuse over the version's
-        ``gate.ood.threshold``) for a ``uint8 [N, H, W, 3]`` batch.
+        ``gate.ood.threshold``) for a ``uint8 [N, H, W, 3]`` batch (and the clinical rows of
+        a fusion version: :meth:`TritonClassifier.predict`).
 
         Raises:
             TritonBadRequest: also when the version has no score output (no gate).
         """
-        args = self._infer_args(batch, version, grpcclient, WITH_SCORE)
+        args = self._infer_args(batch, version, grpcclient, WITH_SCORE, clinical)
         try:
             result = self.client.infer(**args)
         except InferenceServerException as exc:
@@ -238,9 +271,12 @@ class AsyncTritonClassifier(_Classifier):
             self._aio_client = aioclient.InferenceServerClient(self.url)
         return self._aio_client
 
-    async def predict(self, batch: np.ndarray, version: int | None = None) -> np.ndarray:
-        """Probabilities ``float32 [N, 7]`` for a ``uint8 [N, H, W, 3]`` batch."""
-        args = self._infer_args(batch, version, aioclient)
+    async def predict(
+        self, batch: np.ndarray, version: int | None = None, clinical: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Probabilities ``float32 [N, 7]`` for a ``uint8 [N, H, W, 3]`` batch; ``clinical``:
+        as :meth:`TritonClassifier.predict`."""
+        args = self._infer_args(batch, version, aioclient, clinical=clinical)
         try:
             result = await self.client.infer(**args)
         except InferenceServerException as exc:
@@ -248,14 +284,19 @@ class AsyncTritonClassifier(_Classifier):
         return cast(np.ndarray, result.as_numpy(OUTPUT_NAME))
 
     async def predict_outputs(
-        self, batch: np.ndarray, version: int | None, outputs: tuple[str, ...]
+        self,
+        batch: np.ndarray,
+        version: int | None,
+        outputs: tuple[str, ...],
+        clinical: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """The named outputs of one inference for a ``uint8 [N, H, W, 3]`` batch.
+        """The named outputs of one inference for a ``uint8 [N, H, W, 3]`` batch (and the
+        clinical rows of a fusion version: :meth:`TritonClassifier.predict`).
 
         Raises:
             TritonBadRequest: also when the version lacks one of the outputs.
         """
-        args = self._infer_args(batch, version, aioclient, outputs)
+        args = self._infer_args(batch, version, aioclient, outputs, clinical)
         try:
             result = await self.client.infer(**args)
         except InferenceServerException as exc:
@@ -263,16 +304,17 @@ class AsyncTritonClassifier(_Classifier):
         return {name: result.as_numpy(name) for name in outputs}
 
     async def predict_with_score(
-        self, batch: np.ndarray, version: int | None = None
+        self, batch: np.ndarray, version: int | None = None, clinical: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities ``float32 [N, 7]`` and out-of-distribution scores ``float32 [N]``
         (higher = further from the training photos; refuse over the version's
-        ``gate.ood.threshold``) for a ``uint8 [N, H, W, 3]`` batch.
+        ``gate.ood.threshold``) for a ``uint8 [N, H, W, 3]`` batch (and the clinical rows of
+        a fusion version: :meth:`TritonClassifier.predict`).
 
         Raises:
             TritonBadRequest: also when the version has no score output (no gate).
         """
-        args = self._infer_args(batch, version, aioclient, WITH_SCORE)
+        args = self._infer_args(batch, version, aioclient, WITH_SCORE, clinical)
         try:
             result = await self.client.infer(**args)
         except InferenceServerException as exc:

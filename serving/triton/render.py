@@ -9,7 +9,9 @@ The production files are only read, never edited, here.
 config Triton's ONNX Runtime backend would get (``contracts.triton_config.onnxruntime_config``:
 the image input pinned to the served version's size): the Python-backend model reads the
 config's ``RUNTIME`` parameter. The served versions are checked first: every model file their
-``metadata.json`` lists must be there, and ``model.onnx`` for the ONNX runtime.
+``metadata.json`` lists must be there, and ``model.onnx`` for the ONNX runtime; a fusion
+version (two inputs, ``image__0`` and ``clinical__1``) must take the clinical metadata in this
+code's encoding (``contracts.clinical.check_compatible``), else it is not served.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from contracts.clinical import ClinicalEncodingError
 from contracts.metadata import METADATA_FILE, MetadataError, check_artifacts
 from contracts.repository import model_dirs, versions
 from contracts.triton_config import (
@@ -40,7 +43,13 @@ from contracts.triton_config import (
 TEMPLATE = Path(__file__).with_name("backend_model.py")
 VERSION_FILES = (*ARTIFACT_FILES.values(), METADATA_FILE)
 # The model file each runtime of the Python-backend model runs.
-RUNTIMES: dict[str, str] = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE}
+# torchscript_bf16 and onnx_int8: the reduced-precision files of training.export.precision.
+RUNTIMES: dict[str, str] = {
+    "torchscript": TORCHSCRIPT_FILE,
+    "onnx": ONNX_FILE,
+    "torchscript_bf16": ARTIFACT_FILES["torchscript_bf16"],
+    "onnx_int8": ARTIFACT_FILES["onnx_int8"],
+}
 DEFAULT_RUNTIME = "torchscript"
 RENDERED_HEADER = "# Rendered by serving.triton.render from model_repository/; do not edit.\n"
 
@@ -88,7 +97,8 @@ def _served_config(source: Path, runtime: str) -> mc.ModelConfig:
 
     Raises:
         ConfigFileError: the config is unreadable, a served version lacks a file its
-            ``metadata.json`` lists or the runtime's model file (the message names it).
+            ``metadata.json`` lists or the runtime's model file (the message names it), or
+            takes the clinical metadata in another encoding than this code's (both named).
     """
     cfg = read_config(source / CONFIG_FILE)
     served = [v for v in served_versions(cfg) if v in versions(source)]
@@ -96,20 +106,25 @@ def _served_config(source: Path, runtime: str) -> mc.ModelConfig:
     for version in served:
         try:
             metadata = check_artifacts(source / str(version))
-        except MetadataError as exc:
+            metadata.check_clinical()
+        except (MetadataError, ClinicalEncodingError) as exc:
             raise ConfigFileError(
                 f"cannot serve version {version} of {source.name}: {exc}"
             ) from None
-        if runtime == "onnx" and "onnx" not in metadata.artifact_files():
+        if runtime != "torchscript" and runtime not in metadata.artifact_files():
             raise ConfigFileError(
-                f"cannot serve version {version} of {source.name} with ONNX Runtime: "
-                f"{source / str(version) / ONNX_FILE} does not exist (exported before ONNX, or "
-                "with --no-onnx; its metadata.json lists "
-                f"{metadata.artifact_files()}). Serve it with the torchscript runtime, or "
-                "export the checkpoint again"
+                f"cannot serve version {version} of {source.name} with the {runtime} runtime: "
+                f"{source / str(version) / RUNTIMES[runtime]} does not exist ("
+                + (
+                    "exported before ONNX, or with --no-onnx"
+                    if runtime == "onnx"
+                    else "make it with `python -m training.export.precision`"
+                )
+                + f"; its metadata.json lists {metadata.artifact_files()}). Serve it with the "
+                "torchscript runtime, or export the checkpoint again"
             )
         sizes.append(metadata.input_size)
-    if runtime == "onnx" and sizes:
+    if runtime.startswith("onnx") and sizes:
         return onnxruntime_config(cfg, sizes[0])
     return cfg
 

@@ -68,6 +68,7 @@ from contracts.repository import served_version
 from contracts.tensors import DEFAULT_MODEL_NAME
 from training.evaluation import ood_gate_report
 from training.export.torchscript import quiet_torchscript, served_outputs
+from training.export.wrapper import ExportedVersion
 from training.export.writer import MODEL_FILE
 from training.ood_corpus import DEGRADED, FAR, CorpusImage, degraded, far_from_lesion
 from training.recorded_split import SplitData, datamodule_hparams, rebuild_split
@@ -158,7 +159,9 @@ def load_version(folder: Path | str) -> GateModel:
     except MetadataError as exc:
         raise ConfigError(str(exc)) from None
     with quiet_torchscript():
-        model = torch.jit.load(str(folder / MODEL_FILE), map_location="cpu").eval()
+        scripted = torch.jit.load(str(folder / MODEL_FILE), map_location="cpu").eval()
+    # A fusion version gets every clinical field unknown: these corpora come without a form.
+    model = ExportedVersion(scripted, meta.clinical_dim()).eval()
     source = "metadata.json gate.quality" if quality is not None else NO_QUALITY
     return GateModel(folder, meta, model, quality, source, meta.ood_threshold())
 

@@ -16,12 +16,13 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from contracts.clinical import ClinicalEncodingError
 from contracts.errors import ConfigError
 from contracts.metadata import METADATA_FILE, MetadataError, VersionMetadata, read_metadata
 from training import data
 from training.export.checkpoint import load_checkpoint
 from training.export.torchscript import quiet_torchscript
-from training.export.wrapper import FirstOutput, LogProbabilities
+from training.export.wrapper import ExportedVersion, FirstOutput, LogProbabilities
 from training.export.writer import MODEL_FILE
 from training.recorded_split import datamodule_hparams
 
@@ -86,10 +87,13 @@ def load_source(path: str | Path) -> ModelSource:
         )
     try:
         meta = read_metadata(path)
-    except MetadataError as exc:
+        meta.check_clinical()  # a fusion version of another encoding would read other numbers
+    except (MetadataError, ClinicalEncodingError) as exc:
         raise ConfigError(str(exc)) from None
     with quiet_torchscript():
-        model = torch.jit.load(str(path / MODEL_FILE), map_location="cpu").eval()
+        scripted = torch.jit.load(str(path / MODEL_FILE), map_location="cpu").eval()
+    # (image, clinical=None) as every module here takes; the clinical rows reach a fusion one.
+    model: nn.Module = ExportedVersion(scripted, meta.clinical_dim()).eval()
     if meta.has_ood_output:  # a gated version also returns its out-of-distribution score
         model = FirstOutput(model).eval()
     checkpoint = (meta.checkpoint or {}).get("path")

@@ -40,6 +40,7 @@ from contracts.errors import ConfigError
 from contracts.labels import NUM_CLASSES
 from contracts.tensors import CAM_OUTPUT_NAME
 from models.cam import CAM_CHECK_TOLERANCE, CamClassifier, CamUnsupported
+from models.wrappers import clinical_argument
 from training.export.wrapper import LOG_FLOOR
 from training.tta import augment, check_ops
 
@@ -79,13 +80,15 @@ class CamLogits(nn.Module):
         super().__init__()
         self.source = source
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, _features, cam = self.source(image)
+    def forward(
+        self, image: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, _features, cam = self.source(image, clinical)
         return logits, cam
 
-    def map_logits(self, image: torch.Tensor) -> torch.Tensor:
+    def map_logits(self, image: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
         """The logits the map's grid mean must equal (eager only; export checks it)."""
-        return self.source(image)[0]
+        return self.source(image, clinical)[0]
 
     def facts(self) -> dict[str, Any]:
         """What ``metadata.json``'s ``explain`` says of how the map is made."""
@@ -117,11 +120,13 @@ class CamTTA(nn.Module):
         self.ops = list(check_ops(ops, input_size))
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         total = torch.zeros(0)
         maps = torch.zeros(0)
         for i, op in enumerate(self.ops):
-            logits, _features, cam = self.source(augment(images, op))
+            logits, _features, cam = self.source(augment(images, op), clinical)
             probs = torch.softmax(logits.float() / self.temperature, dim=1)
             back = unaugment_map(cam, op)
             total = probs if i == 0 else total + probs
@@ -129,9 +134,11 @@ class CamTTA(nn.Module):
         n = len(self.ops)
         return torch.log((total / n).float().clamp_min(LOG_FLOOR)), maps / n
 
-    def map_logits(self, images: torch.Tensor) -> torch.Tensor:
+    def map_logits(
+        self, images: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The views' mean logits: what the mean map averages to (a flip keeps a map's mean)."""
-        views = [self.source(augment(images, op))[0] for op in self.ops]
+        views = [self.source(augment(images, op), clinical)[0] for op in self.ops]
         return torch.stack(views).mean(dim=0)
 
     def facts(self) -> dict[str, Any]:
@@ -180,20 +187,24 @@ class CamEnsemble(nn.Module):
         # One 0-d buffer per member, as each member's ProbabilityModel holds its own.
         self.register_buffer("temperatures", torch.tensor([float(t) for t in temperatures]))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         total = torch.zeros(0)
         maps = torch.zeros(0)
         for i, member in enumerate(self.members):
-            logits, _features, cam = member(images)
+            logits, _features, cam = member(images, clinical)
             probs = torch.softmax(logits.float() / self.temperatures[i], dim=1) * self.weights[i]
             weighted = cam * self.weights[i]
             total = probs if i == 0 else total + probs
             maps = weighted if i == 0 else maps + weighted
         return torch.log(total.float().clamp_min(LOG_FLOOR)), maps
 
-    def map_logits(self, images: torch.Tensor) -> torch.Tensor:
+    def map_logits(
+        self, images: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The members' weighted mean logits (each before its temperature)."""
-        logits = [m(images)[0] * self.weights[i] for i, m in enumerate(self.members)]
+        logits = [m(images, clinical)[0] * self.weights[i] for i, m in enumerate(self.members)]
         return torch.stack(logits).sum(dim=0)
 
     def facts(self) -> dict[str, Any]:
@@ -229,11 +240,18 @@ class ExplainedProbabilityModel(nn.Module):
         super().__init__()
         if not temperature > 0:
             raise ConfigError(f"temperature must be positive, got {temperature}")
-        self.explainer = explainer
+        self.explainer = clinical_argument(explainer, pair=True)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, cam = self.explainer(image)
+    def forward(
+        self, image: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.serve(image, clinical)
+
+    def serve(
+        self, image: torch.Tensor, clinical: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, cam = self.explainer(image, clinical)
         probabilities = torch.softmax(logits.float() / self.temperature, dim=1)
         return probabilities, probabilities[:, :0], cam
 
@@ -259,7 +277,12 @@ def explain_metadata(grid: Sequence[int], facts: dict[str, Any]) -> dict[str, An
 
 
 @torch.no_grad()
-def check_map(explainer: nn.Module, images: torch.Tensor, cam: torch.Tensor) -> float:
+def check_map(
+    explainer: nn.Module,
+    images: torch.Tensor,
+    cam: torch.Tensor,
+    clinical: torch.Tensor | None = None,
+) -> float:
     """Check a served map against its definition: its mean over the grid must be the logits
     the explainer says it averages to (``map_logits``: the network's, the TTA views' mean, the
     members' weighted mean), within ``models.cam.CAM_CHECK_TOLERANCE`` relative to
@@ -277,7 +300,7 @@ def check_map(explainer: nn.Module, images: torch.Tensor, cam: torch.Tensor) -> 
             f"{type(explainer).__name__} does not say which logits its map averages to "
             "(map_logits): use training.export.cam's explainers"
         )
-    expected = map_logits(images).float()
+    expected = map_logits(images, clinical).float()
     diff = float(((cam.mean(dim=(2, 3)) - expected).abs() / expected.abs().clamp_min(1.0)).max())
     if not diff <= CAM_CHECK_TOLERANCE:
         raise ConfigError(

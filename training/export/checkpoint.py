@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from contracts.clinical import ClinicalEncodingError, check_compatible
+from contracts.clinical import describe as describe_clinical
 from contracts.errors import ConfigError
 from contracts.labels import CLASSES
 from contracts.metadata import VersionMetadata, jsonable
@@ -76,12 +78,20 @@ def load_checkpoint(path: str | Path) -> Loaded:
     """Rebuild ``LesionClassifier`` from a Lightning checkpoint, weights loaded strictly.
 
     Raises:
-        ConfigError: missing or unreadable file, not a LesionClassifier checkpoint, or weights
-            that do not fit the network its hyperparameters name.
+        ConfigError: missing or unreadable file, not a LesionClassifier checkpoint, weights
+            that do not fit the network its hyperparameters name, or a fusion model trained on
+            another clinical encoding than this code's (``contracts.clinical``).
     """
     path = Path(path)
     ckpt = _read(path)
     hparams = dict(ckpt["hyper_parameters"])
+    clinical = ckpt.get("clinical")
+    if hparams.get("clinical") and clinical is None:
+        clinical = describe_clinical()  # a fusion checkpoint from before the encoding was saved
+    try:
+        check_compatible(clinical, f"checkpoint {path}")
+    except ClinicalEncodingError as exc:
+        raise ConfigError(str(exc)) from None
     accepted = inspect.signature(LesionClassifier.__init__).parameters
     # The checkpoint holds every weight: do not read the ImageNet or weights_path files again.
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
@@ -105,6 +115,7 @@ def load_checkpoint(path: str | Path) -> Loaded:
         training_config=jsonable(hparams),
         metrics=checkpoint_metrics(ckpt),
         wandb_run_id=ckpt.get("wandb_run_id"),
+        clinical=clinical,
         checkpoint={
             "path": str(path.resolve()),
             "epoch": ckpt.get("epoch"),

@@ -44,6 +44,7 @@ from training.export.checkpoint import load_checkpoint
 from training.export.gate import GATE_IMAGES, check_options, gate_for_checkpoint
 from training.export.ood import DEFAULT_OOD_SCORE, OOD_SCORES
 from training.export.operating_point import validation_thresholds
+from training.export.torchscript import parity_clinical
 from training.export.torchscript import parity_images as read_parity_images
 from training.export.writer import export_model, writable
 from training.reference_stats import MAX_IMAGES, reference_for_checkpoint
@@ -151,6 +152,7 @@ def export(
         gated=gate.model if gate else None,
         onnx=o.onnx,
         explainer=network_explainer(loaded.classifier) if o.explain else None,
+        clinical=parity_clinical(o.parity_images, len(images)),
     )
 
 

@@ -54,6 +54,7 @@ from contracts.quality import (
     fit_quality_thresholds,
     measure,
 )
+from training.datamodule import clinical_rows
 from training.export.ood import (
     DEFAULT_OOD_SCORE,
     HISTOGRAM_BINS,
@@ -254,6 +255,10 @@ def compute_gate(  # noqa: PLR0913 (keyword-only options, ExportOptions' gate fi
         gaussians = fit_gaussians(np.concatenate(features), labels)
         ood.update(gaussians_metadata(gaussians))
     val_batches = list(_batches(list(val["path"]), input_size))
+    # The validation rows' own metadata, for a fusion model's logits (the energy and msp scores
+    # read them; the knn and mahalanobis scores read the image features alone).
+    val_clinical = torch.from_numpy(clinical_rows(val))
+    val_rows = [val_clinical[i : i + BATCH_SIZE] for i in range(0, len(val), BATCH_SIZE)]
     if kind == "knn":
         neighbours = Neighbours(np.concatenate(features), np.concatenate(colours))
         val_features = np.concatenate([detector(x)[1].double().numpy() for x, _ in val_batches])
@@ -266,7 +271,12 @@ def compute_gate(  # noqa: PLR0913 (keyword-only options, ExportOptions' gate fi
             histogram_bins=HISTOGRAM_BINS,
         )
     model = GatedModel(detector, kind, temperature, gaussians, served, neighbours).eval()
-    scores = np.concatenate([model(x)[1].double().numpy().ravel() for x, _ in val_batches])
+    scores = np.concatenate(
+        [
+            model(x, rows)[1].double().numpy().ravel()
+            for (x, _), rows in zip(val_batches, val_rows, strict=True)
+        ]
+    )
     # The whole gate refuses at most the target with confidence: the quality checks' validation
     # refusals use part of it, the score the rest (among the images the checks let through).
     passed = np.array(

@@ -45,7 +45,13 @@ import torch.nn as nn
 from contracts.errors import ConfigError
 from contracts.labels import NUM_CLASSES
 from contracts.metadata import MetadataError, check_artifacts
-from contracts.tensors import CAM_OUTPUT_NAME, INPUT_NAME, OOD_OUTPUT_NAME, output_index
+from contracts.tensors import (
+    CAM_OUTPUT_NAME,
+    CLINICAL_INPUT_NAME,
+    INPUT_NAME,
+    OOD_OUTPUT_NAME,
+    output_index,
+)
 from contracts.triton_config import (
     CONFIG_FILE,
     CUSTOM_CONFIG_DIR,
@@ -92,8 +98,10 @@ class SelectOutputs(nn.Module):
         self.model = model
         self.indices = list(indices)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(image)
+    def forward(
+        self, image: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        out = self.model(image, clinical)
         return tuple(out[i] for i in self.indices)
 
 
@@ -107,28 +115,32 @@ def _named_only(model: nn.Module, outputs: Sequence[str]) -> nn.Module:
     return SelectOutputs(model, indices).eval()
 
 
-def _export(model: nn.Module, example: torch.Tensor, outputs: Sequence[str], how: str) -> bytes:
+def _export(
+    model: nn.Module, example: tuple[torch.Tensor, ...], outputs: Sequence[str], how: str
+) -> bytes:
+    inputs = [INPUT_NAME, CLINICAL_INPUT_NAME][: len(example)]
     if how == "torchscript":
         buffer = io.BytesIO()
         torch.onnx.export(
             model,
-            (example,),
+            example,
             buffer,
             dynamo=False,
-            input_names=[INPUT_NAME],
+            input_names=inputs,
             output_names=list(outputs),
-            dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *outputs)},
+            dynamic_axes={n: {0: "batch"} for n in (*inputs, *outputs)},
             opset_version=ONNX_OPSET,
         )
         return buffer.getvalue()
     if how == "dynamo":
+        batch = torch.export.Dim("batch", min=1, max=4096)
         program = torch.onnx.export(
             model,
-            (example,),
+            example,
             dynamo=True,
-            input_names=[INPUT_NAME],
+            input_names=inputs,
             output_names=list(outputs),
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            dynamic_shapes=tuple({0: batch} for _ in example),
             verbose=False,
         )
         if program is None:  # only when a file is given
@@ -142,14 +154,18 @@ def to_onnx(
     example: torch.Tensor,
     outputs: Sequence[str],
     exporters: Sequence[str] = EXPORTERS,
+    clinical: torch.Tensor | None = None,
 ) -> tuple[bytes, str]:
     """The served module as an ONNX model: ``(serialized bytes, exporter that made them)``.
 
     Args:
-        model: ``uint8 [N, H, W, 3]`` -> the outputs ``outputs`` names, in eval mode.
+        model: ``uint8 [N, H, W, 3]`` (and ``clinical``) -> the outputs ``outputs`` names, in
+            eval mode.
         example: a batch of two or more real images at the version's size.
         outputs: the output names in order (``VersionMetadata.output_names()``).
         exporters: tried in order until one succeeds.
+        clinical: a fusion model's clinical rows of ``example`` (``float32 [N, D]``): the file
+            then takes them as its second input :data:`CLINICAL_INPUT_NAME`.
 
     Raises:
         ConfigError: no exporter could convert the module (each one's error in the message).
@@ -159,7 +175,8 @@ def to_onnx(
     for how in exporters:
         try:
             with quiet_onnx(), torch.no_grad():
-                return _export(named, example, outputs, how), how
+                args = (example,) if clinical is None else (example, clinical)
+                return _export(named, args, outputs, how), how
         except Exception as exc:  # noqa: BLE001 - each exporter fails in its own ways
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             errors.append(f"{how}: {type(exc).__name__}: {first}")
@@ -214,16 +231,20 @@ def signature_mismatch(
     size: tuple[int, int],
     outputs: Sequence[str],
     cam_grid: tuple[int, int] | None = None,
+    clinical_dim: int | None = None,
 ) -> str | None:
     """What about an ONNX model's inputs and outputs disagrees with the version, or None.
 
     The version takes ``uint8 [-1, H, W, 3]`` as :data:`INPUT_NAME` (``metadata.json``'s
     ``input_size``) and returns ``float32 [-1, 7]`` (``[-1, 1]`` for the score,
     ``[-1, 7, h, w]`` for the class activation map at ``cam_grid``, any fixed grid when None)
-    under ``outputs``' names; ``-1`` is the batch, which must be dynamic.
+    under ``outputs``' names; ``-1`` is the batch, which must be dynamic. A fusion version
+    (``clinical_dim``) also takes ``float32 [-1, D]`` as :data:`CLINICAL_INPUT_NAME`.
     """
     height, width = size
     want_in = [(INPUT_NAME, "tensor(uint8)", [-1, height, width, 3])]
+    if clinical_dim is not None:
+        want_in.append((CLINICAL_INPUT_NAME, "tensor(float)", [-1, clinical_dim]))
     got_in = [(i.name, i.type, _dims(i.shape)) for i in sess.get_inputs()]
     if got_in != want_in:
         return f"inputs {got_in or 'none'}, metadata.json's input_size says {want_in}"
@@ -239,6 +260,7 @@ def check_onnx(
     size: tuple[int, int],
     outputs: Sequence[str],
     cam_grid: tuple[int, int] | None = None,
+    clinical_dim: int | None = None,
 ) -> Any:
     """A session on ``model`` once its signature is the version's (:func:`signature_mismatch`).
 
@@ -247,7 +269,7 @@ def check_onnx(
             the file, ``model.onnx`` for bytes about to be written, and the difference).
     """
     sess = session(model)
-    why = signature_mismatch(sess, size, outputs, cam_grid)
+    why = signature_mismatch(sess, size, outputs, cam_grid, clinical_dim)
     if why is not None:
         name = ONNX_FILE if isinstance(model, bytes) else str(model)
         raise ConfigError(f"{name} does not take what the version does: it has {why}")
@@ -265,8 +287,15 @@ class OnnxRuntimeModel(nn.Module):
         self.sess = sess
         self.names = [o.name for o in sess.get_outputs()]
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        out = self.sess.run(self.names, {INPUT_NAME: np.ascontiguousarray(image.numpy())})
+    def forward(
+        self, image: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        feed = {INPUT_NAME: np.ascontiguousarray(image.numpy())}
+        if CLINICAL_INPUT_NAME in {i.name for i in self.sess.get_inputs()}:
+            if clinical is None:
+                raise ConfigError(f"this ONNX model takes {CLINICAL_INPUT_NAME}: pass the rows")
+            feed[CLINICAL_INPUT_NAME] = np.ascontiguousarray(clinical.numpy(), np.float32)
+        out = self.sess.run(self.names, feed)
         tensors = {
             output_index(n): torch.from_numpy(np.asarray(o))
             for n, o in zip(self.names, out, strict=True)

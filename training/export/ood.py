@@ -41,6 +41,8 @@ from scipy.stats import beta
 
 from contracts.errors import ConfigError, DataError
 from contracts.labels import NUM_CLASSES
+from models.fusion import FusionClassifier
+from models.wrappers import clinical_argument
 from training.export.cam import CamLogits
 
 OOD_SCORES: tuple[str, ...] = ("knn", "mahalanobis", "energy", "msp")
@@ -61,15 +63,34 @@ class FeatureClassifier(nn.Module):
 
     def __init__(self, body: nn.Module, head: nn.Module) -> None:
         super().__init__()
-        self.body = body
+        self.body = clinical_argument(body)
         self.head = head
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.body(image).float()
+    def forward(
+        self, image: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(image, clinical).float()
         return self.head(features).float(), features
 
 
-def split_classifier(classifier: nn.Module) -> FeatureClassifier:
+class FusionFeatureClassifier(nn.Module):
+    """A fusion classifier (``models.fusion.FusionClassifier``) as a detector:
+    ``(image, clinical) -> (logits, IMAGE features)``. The features the gate compares are the
+    image backbone's alone, so how familiar a photo looks does not depend on the form."""
+
+    def __init__(self, fusion: nn.Module) -> None:
+        super().__init__()
+        self.fusion = fusion
+
+    def forward(
+        self, image: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.fusion.image_features(image)
+        logits = self.fusion.head(features, self.fusion.clinical_features(image, clinical))
+        return logits.float(), features.float()
+
+
+def split_classifier(classifier: nn.Module) -> nn.Module:
     """Split any classifier (``ImageClassifier`` of a registered net) at its last ``nn.Linear``.
 
     The classifier is deep-copied; in the copy its last ``nn.Linear`` (in registration order,
@@ -83,6 +104,8 @@ def split_classifier(classifier: nn.Module) -> FeatureClassifier:
     Raises:
         ConfigError: the classifier has no ``nn.Linear`` (e.g. an exported TorchScript model).
     """
+    if isinstance(classifier, FusionClassifier):
+        return FusionFeatureClassifier(copy.deepcopy(classifier).eval()).eval()
     linears = [name for name, m in classifier.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ConfigError(
@@ -100,7 +123,10 @@ def split_classifier(classifier: nn.Module) -> FeatureClassifier:
 
 @torch.no_grad()
 def check_split(
-    detector: FeatureClassifier, classifier: nn.Module, images: torch.Tensor
+    detector: nn.Module,
+    classifier: nn.Module,
+    images: torch.Tensor,
+    clinical: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The split's ``(logits, features)`` of ``images``, checked against the classifier.
 
@@ -108,8 +134,8 @@ def check_split(
         ConfigError: the features are not ``[N, D]`` or the logits differ from the
             classifier's (the last linear layer is not the one giving the logits).
     """
-    logits, features = detector(images)
-    expected = classifier(images).float()
+    logits, features = detector(images, clinical)
+    expected = clinical_argument(classifier)(images, clinical).float()
     if features.dim() != 2 or features.shape[0] != images.shape[0]:
         raise ConfigError(
             f"the classifier's last linear layer reads a {list(features.shape)} tensor, not "
@@ -287,7 +313,7 @@ class GatedModel(nn.Module):
         self.detector = detector
         self.kind = kind
         self.separate = classifier is not None
-        self.classifier = classifier if classifier is not None else nn.Identity()
+        self.classifier = clinical_argument(classifier) if classifier is not None else _Unused()
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
         def empty() -> torch.Tensor:  # one per buffer: a traced model cannot share tensors
@@ -313,9 +339,16 @@ class GatedModel(nn.Module):
         scales = torch.tensor(n.scales if n is not None else (1.0, 1.0), dtype=torch.float32)
         self.register_buffer("scales", scales)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, features = self.detector(image)
-        served = self.classifier(image).float() if self.separate else logits
+    def forward(
+        self, image: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.serve(image, clinical)
+
+    def serve(
+        self, image: torch.Tensor, clinical: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self.detector(image, clinical)
+        served = self.classifier(image, clinical).float() if self.separate else logits
         probabilities = torch.softmax(served / self.temperature, dim=1)
         return probabilities, self._score(image, logits, features, probabilities)
 
@@ -350,6 +383,13 @@ class GatedModel(nn.Module):
         return 1.0 - kth
 
 
+class _Unused(nn.Module):
+    """Stands in for the served classifier where the detector gives the served logits."""
+
+    def forward(self, image: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
+        return image
+
+
 # The buffers of a GatedModel: its temperature and score statistics (ExplainedGatedModel's too).
 GATED_BUFFERS = ("temperature", "means", "whitening", "centers", "bank", "colour_bank", "scales")
 
@@ -362,15 +402,19 @@ class _WithoutMap(nn.Module):
         super().__init__()
         self.detector = detector
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, features = self.detector(image)
+    def forward(
+        self, image: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, features = self.detector(image, clinical)
         return logits, features, logits[:, :0, None, None]
 
 
 class _NoExplainer(nn.Module):
     """Stands in for the explainer where the detector gives the served logits and the map."""
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, clinical: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         empty = torch.zeros(0)
         return empty, empty
 
@@ -403,7 +447,7 @@ class ExplainedGatedModel(GatedModel):
             self.register_buffer(name, getattr(gated, name).detach().clone())
         if gated.separate:
             self.detector: nn.Module = _WithoutMap(gated.detector)
-            self.classifier: nn.Module = explainer
+            self.classifier: nn.Module = clinical_argument(explainer, pair=True)
         elif isinstance(explainer, CamLogits):
             self.detector = explainer.source
             self.classifier = _NoExplainer()
@@ -414,12 +458,17 @@ class ExplainedGatedModel(GatedModel):
             )
 
     def forward(  # type: ignore[override]  # one output more than GatedModel's
-        self, image: torch.Tensor
+        self, image: torch.Tensor, clinical: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, features, cam = self.detector(image)
+        return self.serve(image, clinical)
+
+    def serve(
+        self, image: torch.Tensor, clinical: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, features, cam = self.detector(image, clinical)
         served = logits
         if self.separate:
-            served, cam = self.classifier(image)
+            served, cam = self.classifier(image, clinical)
         probabilities = torch.softmax(served.float() / self.temperature, dim=1)
         return probabilities, self._score(image, logits, features, probabilities), cam
 

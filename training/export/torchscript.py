@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import warnings
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from contracts.clinical import encode_rows
 from contracts.errors import ConfigError, DataError
 from contracts.images import eval_resize, index_images, read_image
 
@@ -68,8 +70,36 @@ def parity_images(folder: str | Path | None, size: tuple[int, int]) -> np.ndarra
     return parity_batch(directory, size)
 
 
-def to_torchscript(model: nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
-    """Script the model (keeps any control flow); trace it when it is not scriptable."""
+# Where a folder of parity images may say who each photo is of (age, sex, body site): the real
+# lesions' labels.csv, or a HAM10000-layout folder's metadata; matched by image id (file stem).
+CLINICAL_TABLES = ("labels.csv", "HAM10000_metadata.csv")
+
+
+def parity_clinical(folder: str | Path | None, n: int = PARITY_IMAGES) -> np.ndarray:
+    """The clinical encoding (``contracts.clinical``) of the parity batch's images: ``float32
+    [n', D]``, one row per image :func:`parity_images` reads from ``folder``, in that order.
+
+    The rows are the photos' own (age, sex, body site) where the folder has a table naming
+    them (:data:`CLINICAL_TABLES`); an image without a row encodes as unknown, as at serving.
+    """
+    directory = Path(folder) if folder else default_parity_dir()
+    paths = sorted(index_images(directory).values())[:n]
+    rows: dict[str, dict[str, str]] = {}
+    for name in CLINICAL_TABLES:
+        table = directory / name
+        if table.is_file():
+            with open(table, newline="") as f:
+                rows.update({r.get("image_id", ""): r for r in csv.DictReader(f)})
+    return encode_rows(rows.get(Path(p).stem, {}) for p in paths)
+
+
+def to_torchscript(
+    model: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...]
+) -> tuple[torch.jit.ScriptModule, str]:
+    """Script the model (keeps any control flow); trace it when it is not scriptable.
+
+    ``example`` is the image batch, or ``(images, clinical)`` for a fusion model's two inputs.
+    """
     with quiet_torchscript():
         try:
             return torch.jit.script(model), "script"
@@ -107,18 +137,25 @@ class Parity:
     cam: float | None
 
 
-def parity_report(eager: nn.Module, other: nn.Module, images: np.ndarray) -> Parity:
+def parity_report(
+    eager: nn.Module, other: nn.Module, images: np.ndarray, clinical: np.ndarray | None = None
+) -> Parity:
     """Eager vs ``other`` (TorchScript, ONNX Runtime) on the whole batch and on one image alone.
+
+    ``clinical``: the patient metadata rows of the images (``float32 [N, D]``) for a fusion
+    model, passed to both as their second input; None for an image-only model.
 
     Raises:
         ConfigError: the two differ in which outputs they have, or in a map's shape.
     """
     batch = torch.from_numpy(images)
+    rows = torch.from_numpy(np.asarray(clinical, np.float32)) if clinical is not None else None
     diff, score_diff, cam_diff = 0.0, None, None
     with torch.no_grad(), quiet_torchscript():
-        for x in (batch, batch[:1]):
-            p_eager, s_eager, c_eager = served_outputs(eager(x))
-            p_other, s_other, c_other = served_outputs(other(x))
+        for n in (len(batch), 1):
+            inputs = (batch[:n],) if rows is None else (batch[:n], rows[:n])
+            p_eager, s_eager, c_eager = served_outputs(eager(*inputs))
+            p_other, s_other, c_other = served_outputs(other(*inputs))
             diff = _worst(diff, float((p_eager - p_other).abs().max()))
             if (s_eager is None) != (s_other is None) or (c_eager is None) != (c_other is None):
                 raise ConfigError("the converted model and the eager one differ in outputs")

@@ -24,6 +24,7 @@ from training.export.cam import CamEnsemble, CamTTA, network_explainer, no_cam
 from training.export.checkpoint import load_checkpoint
 from training.export.gate import GATE_IMAGES, Gate, check_options, compute_gate, no_gate
 from training.export.ood import DEFAULT_OOD_SCORE
+from training.export.torchscript import parity_clinical
 from training.export.torchscript import parity_images as read_parity_images
 from training.export.wrapper import LogProbabilities, ProbabilityModel
 from training.export.writer import export_model
@@ -225,4 +226,5 @@ def export_variant(  # noqa: PLR0913 (the evaluate command's export options)
         gated=computed.model if computed else None,
         onnx=onnx,
         explainer=_explainer(ev, which, extra) if explain else None,
+        clinical=parity_clinical(parity_images, len(images)),
     )

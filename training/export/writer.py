@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from contracts.clinical import DIM as CLINICAL_DIM
+from contracts.clinical import describe as describe_clinical
 from contracts.errors import ConfigError, DataError
 from contracts.labels import CLASSES, NUM_CLASSES
 from contracts.metadata import METADATA_FILE, MetadataError, VersionMetadata, check_artifacts
@@ -38,6 +40,7 @@ from contracts.triton_config import (
     write_config,
     write_text_atomic,
 )
+from models.fusion import uses_clinical
 from training.export.cam import (
     CAM_TOLERANCE,
     ExplainedProbabilityModel,
@@ -61,7 +64,7 @@ from training.export.torchscript import (
     served_outputs,
     to_torchscript,
 )
-from training.export.wrapper import ProbabilityModel
+from training.export.wrapper import ProbabilityModel, served_module
 
 MODEL_FILE = TORCHSCRIPT_FILE
 
@@ -113,6 +116,7 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
     gated: GatedModel | None = None,
     onnx: bool = True,
     explainer: nn.Module | None = None,
+    clinical: np.ndarray | None = None,
 ) -> Path:
     """Script ``classifier`` (``uint8 NHWC`` -> logits) and convert it to ONNX, check both
     against eager PyTorch, write the next version.
@@ -147,6 +151,11 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
             map must average to its logits (``training.export.cam.check_map``); the map must
             match TorchScript's and ONNX Runtime's within :data:`CAM_TOLERANCE` (relative to
             each image's map scale).
+        clinical: the patient metadata rows of ``images`` (``contracts.clinical``, ``float32
+            [N, D]``), required when ``classifier`` fuses them (``models.fusion``): the
+            version then takes them as its second input ``clinical__1`` (model.pt, model.onnx
+            and config.pbtxt), ``metadata.json`` records the encoding under ``clinical``, and
+            every parity check runs on the images with their own rows.
 
     Returns:
         The new version's folder.
@@ -178,13 +187,19 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
     plain.eval()
     if images.shape[1:] != (*size, 3) or images.dtype != np.uint8:
         raise DataError(f"parity images must be uint8 [N, {size[0]}, {size[1]}, 3]")
+    fusion = uses_clinical(plain)
+    rows = _clinical_rows(fusion, clinical, len(images))
     model, explain = plain, None
     if explainer is not None:
-        model, explain = _explained(plain, explainer.eval(), images, tolerance)
-    metadata = dataclasses.replace(metadata, explain=explain)
+        model, explain = _explained(plain, explainer.eval(), images, tolerance, rows)
+    metadata = dataclasses.replace(
+        metadata, explain=explain, clinical=describe_clinical() if fusion else None
+    )
     grid = metadata.cam_grid()
-    scripted, method = to_torchscript(model, torch.from_numpy(images[:2]))
-    found = parity_report(model, scripted, images)
+    example = torch.from_numpy(images[:2])
+    examples = (example,) if rows is None else (example, torch.from_numpy(rows[:2]))
+    scripted, method = to_torchscript(served_module(model, fusion), examples)
+    found = parity_report(model, scripted, images, rows)
     why = _parity_failure(found, tolerance, "")
     if why is not None:
         raise ConfigError(
@@ -201,9 +216,14 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
     artifacts = {"torchscript": MODEL_FILE}
     onnx_bytes, facts = None, None
     if onnx:
-        onnx_bytes, exporter = to_onnx(model, torch.from_numpy(images[:2]), metadata.output_names())
+        onnx_bytes, exporter = to_onnx(
+            model,
+            example,
+            metadata.output_names(),
+            clinical=None if rows is None else torch.from_numpy(rows[:2]),
+        )
         checked["onnx"] = _onnx_parity(
-            model, onnx_bytes, images, size, metadata.output_names(), grid
+            model, onnx_bytes, images, size, metadata.output_names(), grid, rows
         )
         artifacts["onnx"] = ONNX_FILE
         facts = onnx_facts(exporter)
@@ -224,14 +244,21 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
         scripted.save(str(tmp / MODEL_FILE))
         if onnx_bytes is not None:
             (tmp / ONNX_FILE).write_bytes(onnx_bytes)
-            check_onnx(tmp / ONNX_FILE, size, metadata.output_names(), grid)  # as written
+            check_onnx(  # as written
+                tmp / ONNX_FILE, size, metadata.output_names(), grid, metadata.clinical_dim()
+            )
         with model_lock(model_dir):
             has_config = _check_compatible(model_dir, size)
             version = _place(tmp, model_dir, metadata)
             write_text_atomic(model_dir / LABELS_FILE, "\n".join(CLASSES) + "\n")
             if not has_config:
                 config = production_config(
-                    metadata.name, size, NUM_CLASSES, version, outputs=metadata.output_names()
+                    metadata.name,
+                    size,
+                    NUM_CLASSES,
+                    version,
+                    outputs=metadata.output_names(),
+                    clinical_dim=metadata.clinical_dim(),
                 )
                 write_config(model_dir / CONFIG_FILE, config)
                 record(model_dir, "first_export", version, None)
@@ -242,8 +269,31 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
     return model_dir / str(version)
 
 
+def _clinical_rows(fusion: bool, clinical: np.ndarray | None, n: int) -> np.ndarray | None:
+    """The parity images' clinical rows as ``float32 [n, D]`` for a fusion model, else None.
+
+    Raises:
+        ConfigError: a fusion model without rows, or rows of another shape.
+    """
+    if not fusion:
+        return None
+    if clinical is None:
+        raise ConfigError(
+            "the model fuses the clinical metadata: export needs the parity images' own rows "
+            "(age, sex, body site; training.export.torchscript.parity_clinical)"
+        )
+    rows = np.ascontiguousarray(clinical, np.float32)
+    if rows.shape != (n, CLINICAL_DIM):
+        raise DataError(f"clinical rows are {list(rows.shape)}, not [{n}, {CLINICAL_DIM}]")
+    return rows
+
+
 def _explained(
-    plain: nn.Module, explainer: nn.Module, images: np.ndarray, tolerance: float
+    plain: nn.Module,
+    explainer: nn.Module,
+    images: np.ndarray,
+    tolerance: float,
+    clinical: np.ndarray | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``plain`` (``ProbabilityModel`` or ``GatedModel``) with the class activation map, and
     ``metadata.json``'s ``explain`` for it, once it serves what ``plain`` does (see
@@ -258,9 +308,10 @@ def _explained(
         else ExplainedProbabilityModel(explainer, float(plain.temperature))
     ).eval()
     x = torch.from_numpy(images)
+    rows = None if clinical is None else torch.from_numpy(clinical)
     with torch.no_grad():
-        p_plain, s_plain, _ = served_outputs(plain(x))
-        p_model, s_model, cam = served_outputs(model(x))
+        p_plain, s_plain, _ = served_outputs(plain(x, rows))
+        p_model, s_model, cam = served_outputs(model(x, rows))
     diff = float((p_plain - p_model).abs().max())
     score = (
         float(((s_plain - s_model).abs() / s_plain.abs().clamp_min(1.0)).max())
@@ -280,7 +331,7 @@ def _explained(
             f"{None if cam is None else list(cam.shape)}): nothing was written. Its explainer "
             "must be built from the same network and temperature; or export with --no-cam"
         )
-    check_map(explainer, x, cam)
+    check_map(explainer, x, cam, rows)
     grid = (int(cam.shape[2]), int(cam.shape[3]))
     return model, explain_metadata(grid, explainer_facts(explainer))
 
@@ -310,13 +361,14 @@ def _secondary(found: Parity) -> dict[str, Any]:
     return out
 
 
-def _onnx_parity(
+def _onnx_parity(  # noqa: PLR0913 (the version's facts the ONNX file is checked against)
     model: nn.Module,
     onnx_bytes: bytes,
     images: np.ndarray,
     size: tuple[int, int],
     outputs: list[str],
     cam_grid: tuple[int, int] | None = None,
+    clinical: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Eager vs ONNX Runtime on the real images (the whole batch and one image alone), after
     checking the ONNX model's inputs and outputs; ``parity.onnx`` of ``metadata.json``.
@@ -325,8 +377,9 @@ def _onnx_parity(
         ConfigError: another signature, or a difference over the tolerances, naming
             ``model.onnx``: nothing is written.
     """
-    runtime = OnnxRuntimeModel(check_onnx(onnx_bytes, size, outputs, cam_grid))
-    found = parity_report(model, runtime, images)
+    dim = None if clinical is None else clinical.shape[1]
+    runtime = OnnxRuntimeModel(check_onnx(onnx_bytes, size, outputs, cam_grid, dim))
+    found = parity_report(model, runtime, images, clinical)
     why = _parity_failure(found, ONNX_TOLERANCE, "in the probabilities ")
     if why is not None:
         raise ConfigError(
