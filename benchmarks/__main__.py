@@ -83,6 +83,12 @@ def _explain() -> str:
     return explain_bench.markdown(explain_bench.run())
 
 
+def _precision() -> str:
+    from benchmarks import precision_bench
+
+    return precision_bench.markdown(precision_bench.run())
+
+
 def _gateway() -> str:
     from benchmarks import gateway_bench
 
@@ -96,6 +102,7 @@ SECTIONS: dict[str, tuple[str, Callable[[], str]]] = {
     "triton": ("Triton on this CPU: dynamic batching on and off, one and two instances", _triton),
     "onnx": ("ONNX Runtime against TorchScript: the two files of one export, on this CPU", _onnx),
     "explain": ("What the class-activation map output costs the exported model", _explain),
+    "precision": ("Reduced precision on AMX: bf16 and int8 against fp32 (issue #14)", _precision),
     "gateway": (
         "Serving end to end: gateway + Triton, the eager FastAPI baseline, Triton direct",
         _gateway,

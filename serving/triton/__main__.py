@@ -47,7 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--runtime",
         choices=sorted(RUNTIMES),
         default="torchscript",
-        help="run model.pt (TorchScript) or model.onnx (ONNX Runtime) in the Python backend",
+        help="run model.pt (TorchScript) or model.onnx (ONNX Runtime) in the Python backend, "
+        "or their reduced-precision copies model.bf16.pt / model.int8.onnx "
+        "(python -m training.export.precision)",
     )
     p.add_argument(
         "--device",
