@@ -36,7 +36,7 @@ from serving.db import Database, DatabaseUnavailable
 from serving.gate import GatePolicy
 from serving.limits import BodySizeLimit
 from serving.metrics import Metrics, MetricsMiddleware
-from serving.model_info import ModelCatalog
+from serving.model_info import ModelCatalog, VersionNotServable
 from serving.ratelimit import RateLimit
 from serving.security import redact_access_log
 from serving.settings import Settings, get_settings
@@ -156,7 +156,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         metrics.triton_errors.labels("model_not_ready").inc()
         request.app.state.gateway.catalog.forget()  # the cached version may be gone
         log.warning("model not ready: %s", exc)
-        detail = "the model is not loaded (yet): retry later"
+        detail = (
+            f"the served model version cannot be used by this gateway: {exc}"
+            if isinstance(exc, VersionNotServable)
+            else "the model is not loaded (yet): retry later"
+        )
         return problems.response(request, "model-not-loaded", 503, detail, retry)
 
     @app.exception_handler(TritonError)

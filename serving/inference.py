@@ -49,12 +49,16 @@ async def predict_outputs_with_retries(  # noqa: PLR0913 (the call and its retry
     deadline_s: float,
     retries: int,
     backoff_s: float = 0.05,
+    clinical: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """``client.predict_outputs(batch, version, outputs)``: the named outputs of one call
-    (probabilities, the gate's score, the class-activation maps), retried as
-    :func:`predict_with_retries`."""
+    """``client.predict_outputs(batch, version, outputs, clinical)``: the named outputs of one
+    call (probabilities, the gate's score, the class-activation maps; ``clinical``: a fusion
+    version's second input), retried as :func:`predict_with_retries`."""
     return await _with_retries(
-        lambda: client.predict_outputs(batch, version, outputs), deadline_s, retries, backoff_s
+        lambda: client.predict_outputs(batch, version, outputs, clinical),
+        deadline_s,
+        retries,
+        backoff_s,
     )
 
 

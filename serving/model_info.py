@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contracts.clinical import ClinicalEncodingError
 from contracts.metadata import (
     METADATA_FILE,
     REFERRAL_TARGETS,
@@ -28,6 +29,7 @@ from contracts.metadata import (
     read_metadata,
 )
 from contracts.repository import MODEL_CARD_FILE
+from contracts.tensors import CLINICAL_INPUT_NAME
 from serving.gate import NO_GATE, Gate, GatePolicy, gate_for
 from serving.triton.client import AsyncTritonClassifier, TritonModelNotReady, input_size
 
@@ -58,6 +60,9 @@ class ServedModel:
     referral_status: str = ""  # for /readyz: where the thresholds come from, or why none
     no_advice: str | None = None  # the answers' reason when there is no referral advice
     gate: Gate = NO_GATE
+    # A fusion version: its second input is the patient's age, sex and body site
+    # (contracts.clinical, checked against this code's encoding when the version was resolved).
+    clinical: bool = False
 
     @property
     def explain_output(self) -> str | None:
@@ -206,6 +211,7 @@ class ModelCatalog:
                 list(file_meta.input_size),
                 size,
             )
+        clinical = takes_clinical(meta, file_meta, self.client.model_name, version)
         outputs = [str(t.get("name")) for t in meta.get("outputs") or []] or None
         gate = gate_for(file_meta, version, self.policy, outputs)
         if version not in self._warned:  # once per version, not at every cache refresh
@@ -222,6 +228,7 @@ class ModelCatalog:
             referral.status,
             referral.no_advice,
             gate,
+            clinical,
         )
 
     async def describe(self) -> dict[str, Any]:
@@ -244,6 +251,44 @@ class ModelCatalog:
                 for v in versions
             ],
         }
+
+
+class VersionNotServable(TritonModelNotReady):
+    """Triton has the version, but this gateway must not serve it (its metadata encoding is
+    not this code's); the message says why and is meant for the client and the operator."""
+
+
+def takes_clinical(
+    meta: dict[str, Any], file_meta: VersionMetadata | None, model: str, version: str
+) -> bool:
+    """Whether the served version takes the patient metadata as its second input, refusing one
+    whose encoding this gateway cannot vouch for.
+
+    Triton's model metadata says whether the model has the input
+    (:data:`contracts.tensors.CLINICAL_INPUT_NAME`); the version's ``metadata.json`` says which
+    encoding its numbers follow. Sending this code's encoding to a model trained on another
+    would give confident answers to the wrong question, so such a version is not served.
+
+    Raises:
+        VersionNotServable: the version takes the input but its ``metadata.json`` cannot be
+            read, does not name an encoding, or names another than this code's (the message
+            names both).
+    """
+    names = {str(t.get("name")) for t in meta.get("inputs") or []}
+    if CLINICAL_INPUT_NAME not in names:
+        return False
+    where = f"{model} version {version}"
+    if file_meta is None or file_meta.clinical is None:
+        raise VersionNotServable(
+            f"{where} takes the patient metadata ({CLINICAL_INPUT_NAME}) but its metadata.json, "
+            "which names the encoding, cannot be read or names none: check "
+            "SKIN_MODEL_REPOSITORY, or promote a version exported by this release"
+        )
+    try:
+        file_meta.check_clinical()
+    except ClinicalEncodingError as e:
+        raise VersionNotServable(str(e)) from None
+    return True
 
 
 def _as_json(metadata: VersionMetadata | None) -> dict[str, Any] | None:

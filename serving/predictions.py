@@ -27,6 +27,7 @@ import numpy as np
 from sqlalchemy import Table
 from sqlalchemy.exc import IntegrityError
 
+from contracts import clinical as clinical_encoding
 from contracts.images import DecodedImage, ImageRejected, PreparedImage
 from contracts.labels import CLASS_NAMES, CLASSES, MALIGNANT
 from contracts.quality import Refusal, multiple_images
@@ -87,6 +88,8 @@ class Classified:
     inference_s: float
     ood_score: float | None = None  # the model's score, where the version has one
     cams: np.ndarray | None = None  # [7, h, w] class-activation maps, when asked and available
+    # The patient's fields the version read as unknown; None: an image-only version.
+    clinical_unknown: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -178,11 +181,37 @@ async def _screen(state: AppState, data: bytes, model: ServedModel, digest: str)
     )
 
 
+@dataclass(frozen=True)
+class Patient:
+    """What the form says about the patient, for a fusion version's second input."""
+
+    age: Any = None
+    sex: Any = None
+    site: Any = None
+
+    @classmethod
+    def of(cls, form: PredictionCreate) -> Patient:
+        return cls(form.age, form.sex, form.body_location)
+
+    def encoded(self) -> np.ndarray:
+        """``float32 [1, D]``: :func:`contracts.clinical.encode` (unknowns never raise)."""
+        return clinical_encoding.encode(self.age, self.sex, self.site)[None]
+
+    def unknown(self) -> list[str]:
+        return clinical_encoding.unknown_fields(self.age, self.sex, self.site)
+
+
 async def _predict(
-    state: AppState, prepared: PreparedImage, model: ServedModel, explain: bool
+    state: AppState,
+    prepared: PreparedImage,
+    model: ServedModel,
+    explain: bool,
+    patient: Patient | None = None,
 ) -> tuple[np.ndarray, float | None, np.ndarray | None]:
     """The probabilities of one image, its out-of-distribution score when the version's gate
-    checks one, and its class-activation maps when asked and the version has them: one call."""
+    checks one, and its class-activation maps when asked and the version has them: one call.
+    A fusion version also gets the patient's encoded age, sex and body site (all unknown
+    without a ``patient``)."""
     names = [OUTPUT_NAME]
     if model.gate.ood_threshold is not None:
         names.append(OOD_OUTPUT_NAME)
@@ -195,6 +224,7 @@ async def _predict(
         tuple(names),
         state.settings.triton_timeout_s,
         state.settings.triton_retries,
+        clinical=(patient or Patient()).encoded() if model.clinical else None,
     )
     score = outputs.get(OOD_OUTPUT_NAME)
     cams = outputs.get(model.explain_output) if model.explain_output else None
@@ -206,7 +236,12 @@ async def _predict(
 
 
 async def _classify(
-    state: AppState, model: ServedModel, screened: Screened, decode_s: float, explain: bool
+    state: AppState,
+    model: ServedModel,
+    screened: Screened,
+    decode_s: float,
+    explain: bool,
+    patient: Patient | None = None,
 ) -> Classified | Refused:
     """Refuse on the quality checks, or predict and refuse on the score, or classify."""
     if screened.refusal is not None or screened.prepared is None:
@@ -222,7 +257,7 @@ async def _classify(
         )
     prepared = screened.prepared
     t0 = time.perf_counter()
-    probs, score, cams = await _predict(state, prepared, model, explain)
+    probs, score, cams = await _predict(state, prepared, model, explain, patient)
     inference_s = time.perf_counter() - t0
     threshold = model.gate.ood_threshold
     if score is not None and threshold is not None:
@@ -233,11 +268,16 @@ async def _classify(
                 model, refusal, screened.decoded, prepared, features, threshold, score,
                 decode_s, inference_s,
             )  # fmt: skip
-    return Classified(model, prepared, probs, decode_s, inference_s, score, cams)
+    unknown = (patient or Patient()).unknown() if model.clinical else None
+    return Classified(model, prepared, probs, decode_s, inference_s, score, cams, unknown)
 
 
 async def classify(
-    state: AppState, data: bytes, digest: str, explain: bool = False
+    state: AppState,
+    data: bytes,
+    digest: str,
+    explain: bool = False,
+    patient: Patient | None = None,
 ) -> Classified | Refused:
     """Decode for the served version, run its gate and predict, following a version change
     once. An image the quality checks refuse never reaches Triton.
@@ -251,7 +291,7 @@ async def classify(
     screened = await _screen(state, data, model, digest)
     decode_s = time.perf_counter() - t0
     try:
-        return await _classify(state, model, screened, decode_s, explain)
+        return await _classify(state, model, screened, decode_s, explain, patient)
     except TritonModelNotReady:
         # A promotion or rollback unloaded the version resolved for this request: resolve the
         # served one again and predict once more (its input size and gate may differ).
@@ -261,7 +301,7 @@ async def classify(
             raise
         if (fresh.input_size, fresh.gate.quality) != (model.input_size, model.gate.quality):
             screened = await _screen(state, data, fresh, digest)
-        return await _classify(state, fresh, screened, decode_s, explain)
+        return await _classify(state, fresh, screened, decode_s, explain, patient)
 
 
 def build_answer(
@@ -328,6 +368,15 @@ def build_answer(
             "total_ms": 0.0,
         },
     }
+    answer["clinical"] = (
+        {"used": False, "unknown": []}
+        if result.clinical_unknown is None
+        else {
+            "used": True,
+            "encoding": clinical_encoding.ENCODING_VERSION,
+            "unknown": result.clinical_unknown,
+        }
+    )
     if form.explain:
         answer["explanation"] = (
             explain.explanation(result.cams, ruled.ranking)
@@ -552,7 +601,9 @@ async def create_prediction(state: AppState, upload: Upload) -> Created:
             state, upload, fp, Refused(None, multiple_images(1 + len(upload.other_images)))
         )
 
-    result = await classify(state, upload.data, digest, upload.form.explain)
+    result = await classify(
+        state, upload.data, digest, upload.form.explain, Patient.of(upload.form)
+    )
     if isinstance(result, Refused):
         return await refuse(state, upload, fp, result)
     created_at = utcnow()

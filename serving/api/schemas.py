@@ -201,6 +201,25 @@ class Explanation(BaseModel):
     note: str
 
 
+class ClinicalUse(BaseModel):
+    """Whether the served version read the patient's age, sex and body site, and which of them
+    it read as unknown (a missing field is normal, never an error: the answer is then the
+    model's with that field unknown, as it was trained to give)."""
+
+    used: bool = Field(
+        description="true: the served version takes age, sex and body site as a second input "
+        "(a fusion version); false: it looks at the image alone"
+    )
+    encoding: str | None = Field(
+        None, description="the metadata encoding's version (contracts/clinical.py), when used"
+    )
+    unknown: list[str] = Field(
+        default_factory=list,
+        description="fields the model read as unknown (age, sex, site): not sent, 'unknown', "
+        "or a body site the encoding does not know",
+    )
+
+
 class PredictionPublic(PredictionBase):
     """The answer to an upload, stored verbatim and sent again to an idempotent retry."""
 
@@ -218,6 +237,11 @@ class PredictionPublic(PredictionBase):
     timings: Timings
     explanation: Explanation | None = Field(
         None, description="with explain=true only: where the model looked"
+    )
+    clinical: ClinicalUse | None = Field(
+        None,
+        description="what the model made of age, sex and body site (null in answers recorded "
+        "before fusion versions existed)",
     )
     refused: RefusalPublic | None = Field(
         None,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 
 from serving.api.deps import AppState, StateDep, metrics_access
 from serving.api.schemas import Readiness
+from serving.model_info import VersionNotServable
 from serving.triton.client import TritonError
 
 router = APIRouter(tags=["health"])
@@ -20,15 +21,18 @@ async def healthz() -> dict[str, str]:
     return {"status": "alive"}
 
 
-async def _served(state: AppState) -> tuple[str, bool | None, str | None]:
-    """Whether answers carry referral advice, in one line, and what the gate checks (Triton
-    must be ready)."""
+async def _served(state: AppState) -> tuple[str, bool | None, str | None, str | None]:
+    """Whether answers carry referral advice, in one line, what the gate checks (Triton must be
+    ready), and why the gateway refuses to serve the version Triton has (None: it does not)."""
     try:
         served = await state.catalog.served()
+    except VersionNotServable as e:
+        return "none: the served version is not used", None, None, str(e)
     except TritonError as e:
-        return f"unknown: the served version cannot be resolved ({type(e).__name__})", None, None
+        reason = f"unknown: the served version cannot be resolved ({type(e).__name__})"
+        return reason, None, None, None
     gate = "; ".join([served.gate.status, *served.gate.warnings])
-    return served.referral_status, served.no_advice is None, gate
+    return served.referral_status, served.no_advice is None, gate, None
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
@@ -60,7 +64,11 @@ async def readyz(
         else f"model {state.settings.model_name!r} not ready at {state.settings.triton_url}",
         "database": "ready" if db_ok else "unavailable",
     }
-    referral, advice, gate = await _served(state) if triton_ok else (None, None, None)
+    referral, advice, gate, refused = (
+        await _served(state) if triton_ok else (None, None, None, None)
+    )
+    if refused is not None:  # Triton has a version this gateway must not serve: not ready
+        triton_ok, checks["triton"] = False, f"version not servable: {refused}"
     answer = {"checks": checks, "referral": referral, "referral_advice": advice, "gate": gate}
     if triton_ok and db_ok:
         return {"status": "ready", **answer}
