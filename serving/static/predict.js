@@ -78,6 +78,14 @@
       `: what it was trained on, how well it does, for whom less well); image ` +
       `${answer.image.width}×${answer.image.height}${answer.image.stored ? ", stored" : ""}. ` +
       answer.disclaimer);
+    const clinical = answer.clinical || { used: false, unknown: [] };
+    const use = document.getElementById("clinical-use");
+    use.dataset.used = String(clinical.used);
+    use.textContent = !clinical.used
+      ? "This model version reads the photo alone: age, sex and body site did not change the ranking."
+      : clinical.unknown.length
+        ? `The model also read age, sex and body site; unknown to it: ${clinical.unknown.join(", ")}.`
+        : "The model also read the patient's age, sex and body site.";
     document.getElementById("result-photo").src = preview.src;
     showExplanation(answer.explanation);
     const site = `${answer.body_location}${answer.age !== null ? `, age ${answer.age}` : ""}` +

@@ -164,6 +164,9 @@ def test_clinician_uploads_a_real_photo_and_reads_the_answer(
     referral = browser.find_element(By.ID, "referral")
     assert referral.get_attribute("data-refer") == str(stored["referral"]["refer"]).lower()
     assert stored["referral"]["reason"] in referral.text
+    use = browser.find_element(By.ID, "clinical-use")  # an image-only version here
+    assert stored["clinical"]["used"] is False and use.get_attribute("data-used") == "false"
+    assert "photo alone" in use.text
 
     # The key stays for this browser session only when asked: a reload keeps it.
     browser.refresh()
