@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,9 @@ from contracts.labels import CLASS_NAMES, CLASSES, MALIGNANT
 from contracts.metadata import VersionMetadata
 from contracts.repository import MODEL_CARD_FILE
 from training.evaluation import scoring
-from training.evaluation.results import Evaluation
+
+if TYPE_CHECKING:  # annotations only: results imports sources, which imports the export (cycle)
+    from training.evaluation.results import Evaluation
 
 LIMITS = (
     "Dermoscopic photos only: clinical (non-dermoscopic) photos, histology slides and photos "
