@@ -165,3 +165,21 @@ def test_the_gate_thresholds():
 def test_an_unknown_precision_is_refused(version, split):
     with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
         add_precision(version, "fp8", split)
+
+
+def test_a_fusion_version_is_refused_with_nothing_written(tmp_path, real_lesions_dir, split):
+    """Its accuracy check would run the image input alone: refused, saying why."""
+    from models import create_classifier
+    from training.export import export_model
+    from training.export.torchscript import parity_batch, parity_clinical
+
+    torch.manual_seed(0)
+    model = create_classifier("compact_cnn", clinical=True).eval()
+    images = parity_batch(real_lesions_dir, SIZE)
+    fusion = export_model(
+        model, tmp_path, SIZE, images, clinical=parity_clinical(real_lesions_dir, len(images))
+    )
+    before = _numbered(fusion.parent)
+    with pytest.raises(ConfigError, match=r"fusion version .*clinical__1"):
+        add_precision(fusion, "bf16", split)
+    assert _numbered(fusion.parent) == before

@@ -55,7 +55,7 @@ from contracts.images import eval_resize, read_image
 from contracts.labels import CLASS_INDEX
 from contracts.metadata import METADATA_FILE, MetadataError, check_artifacts
 from contracts.repository import model_lock, record, versions
-from contracts.tensors import INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
+from contracts.tensors import CLINICAL_INPUT_NAME, INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
 from contracts.triton_config import ONNX_FILE, TORCHSCRIPT_FILE
 
 # precision -> (artifact kind, the runtime of the local Triton that serves it; file name)
@@ -369,6 +369,12 @@ def add_precision(
         metadata = check_artifacts(source)
     except MetadataError as exc:
         raise ConfigError(str(exc)) from None
+    if metadata.has_clinical_input:
+        raise ConfigError(
+            f"{source} is a fusion version (it also takes {CLINICAL_INPUT_NAME}): its "
+            "reduced-precision copy is not supported yet (the accuracy check runs the image "
+            "input alone); serve its fp32 model"
+        )
     kind, file = PRECISIONS[precision]
     if precision == "int8" and "onnx" not in metadata.artifact_files():
         raise ConfigError(f"{source} has no {ONNX_FILE} to quantise: export it with ONNX")
