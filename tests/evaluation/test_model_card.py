@@ -112,3 +112,21 @@ def test_evaluate_export_writes_the_card_and_logs_it_with_the_model(
     assert {MODEL_CARD_FILE, METADATA_FILE, "model.pt"} <= files, files
     assert os.environ["WANDB_MODE"] == "offline"
     assert np.isfinite(read_metadata(version / METADATA_FILE).temperature)
+
+
+def test_a_fusion_version_s_card_says_it_reads_the_patient_s_fields(ev, repository: Path) -> None:
+    from dataclasses import replace
+
+    from contracts import clinical
+
+    meta = read_metadata(repository / "1" / METADATA_FILE)
+    fused = replace(meta, clinical=clinical.describe())
+    for card, fusion in (
+        (model_card.render(ev, "cnn", fused), True),
+        (model_card.render_unevaluated(fused), True),
+        (model_card.render(ev, "cnn", meta), False),
+        (model_card.render_unevaluated(meta), False),
+    ):
+        network = section(card, "Model")
+        assert ("age, sex and body site" in network) is fusion
+        assert (f"`{clinical.ENCODING_VERSION}`" in network) is fusion

@@ -86,7 +86,6 @@ def per_class(probs: np.ndarray, labels: np.ndarray) -> list[list[str]]:
 def render(ev: Evaluation, variant: str, meta: VersionMetadata) -> str:
     """The card of version ``meta`` exported from ``ev``'s ``variant`` (cnn, tta, ensemble)."""
     sc, v, s = ev.scores[variant], ev.variants[variant], ev.settings
-    height, width = meta.input_size
     test = ev.cases.frame
     out = [
         f"# Model card: {meta.name} version {meta.version}",
@@ -97,7 +96,7 @@ def render(ev: Evaluation, variant: str, meta: VersionMetadata) -> str:
         "",
         "## Model",
         "",
-        f"- Network: {meta.model_name or 'unknown'}, input {height}x{width} RGB, seven "
+        f"- Network: {meta.model_name or 'unknown'}, input {_inputs(meta)}, seven "
         f"probabilities; exported variant: **{variant}** "
         f"({'the network alone' if variant == 'cnn' else sc.name}), calibrated by temperature "
         f"scaling on the validation split (T = {_f(meta.temperature, 3)}).",
@@ -233,7 +232,6 @@ def render(ev: Evaluation, variant: str, meta: VersionMetadata) -> str:
 def render_unevaluated(meta: VersionMetadata) -> str:
     """The card of a version ``python -m training export`` wrote: what its metadata.json knows
     (no held-out evaluation: the card says so, and how to get one)."""
-    height, width = meta.input_size
     validation = {k: v for k, v in meta.metrics.items() if isinstance(v, int | float)}
     rows = [[k, _f(float(v))] for k, v in sorted(validation.items())]
     out = [
@@ -250,7 +248,7 @@ def render_unevaluated(meta: VersionMetadata) -> str:
         "",
         "## Model",
         "",
-        f"- Network: {meta.model_name or 'unknown'}, input {height}x{width} RGB, seven "
+        f"- Network: {meta.model_name or 'unknown'}, input {_inputs(meta)}, seven "
         f"probabilities; temperature {_f(meta.temperature, 3)}; created "
         f"{meta.created_at or 'unknown'}; torch {meta.torch_version or 'unknown'}; W&B run "
         f"{meta.wandb_run_id or 'none'}.",
@@ -279,6 +277,19 @@ def render_unevaluated(meta: VersionMetadata) -> str:
     out += ["## What it refuses", "", *_gate(meta.gate)]
     out += ["## Known limits", "", *[f"- {limit}" for limit in LIMITS], ""]
     return "\n".join(out)
+
+
+def _inputs(meta: VersionMetadata) -> str:
+    """What the version reads: the photo, and for a fusion version the patient's fields."""
+    height, width = meta.input_size
+    photo = f"{height}x{width} RGB"
+    if meta.clinical is None:
+        return photo
+    return (
+        f"{photo} and the patient's age, sex and body site (encoding "
+        f"`{meta.clinical.get('version')}`; a field the form leaves out is read as unknown, "
+        "which training showed the network on purpose)"
+    )
 
 
 def _training_data(dist: dict[str, Any] | None) -> list[str]:
