@@ -12,6 +12,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -168,3 +169,20 @@ def smoke_repository(
             reference_data=ham_layout(Path(tmp) / "data", images_dir) if gate else None,
         )
         return export(ckpt, repository, name, options)
+
+
+def fusion_version(real_lesions_dir: Path, repository: Path, size: tuple[int, int]) -> Any:
+    """An untrained, seeded fusion network (compact CNN; its clinical branch moves the logits)
+    and its exported version in ``repository`` (no gate, no map): ``(eager model, version
+    folder)``, the eager model a ``ProbabilityModel`` taking ``(images, clinical)``."""
+    from models import create_classifier
+    from training.export import ProbabilityModel, export_model
+    from training.export.torchscript import parity_batch, parity_clinical
+
+    torch.manual_seed(0)
+    model = create_classifier("compact_cnn", clinical=True).eval()
+    images = parity_batch(real_lesions_dir, size)
+    version = export_model(
+        model, repository, size, images, clinical=parity_clinical(real_lesions_dir, len(images))
+    )
+    return ProbabilityModel(model).eval(), version

@@ -19,10 +19,9 @@ from contracts import clinical
 from contracts.images import eval_resize, read_image
 from contracts.labels import CLASSES
 from contracts.metadata import METADATA_FILE
-from models import create_classifier
 from serving.triton.server import TritonServer
-from training.export import ProbabilityModel, export_model
-from training.export.torchscript import parity_batch, parity_clinical
+from tests.factories import fusion_version
+from training.export import ProbabilityModel
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -33,19 +32,7 @@ SIZE = (48, 64)
 def fusion(
     real_lesions_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[ProbabilityModel, Path]:
-    """An untrained, seeded fusion network (its clinical branch moves the logits) and its
-    exported version."""
-    torch.manual_seed(0)
-    model = create_classifier("compact_cnn", clinical=True).eval()
-    images = parity_batch(real_lesions_dir, SIZE)
-    version = export_model(
-        model,
-        tmp_path_factory.mktemp("fusion-repo"),
-        SIZE,
-        images,
-        clinical=parity_clinical(real_lesions_dir, len(images)),
-    )
-    return ProbabilityModel(model).eval(), version
+    return fusion_version(real_lesions_dir, tmp_path_factory.mktemp("fusion-repo"), SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -33,14 +33,13 @@ from contracts.tensors import (
     OUTPUT_NAME,
 )
 from contracts.triton_config import CONFIG_FILE
-from models import create_classifier
 from serving.batch_predict import predict_folder
 from serving.gate import GatePolicy
 from serving.triton.client import TritonBadRequest, TritonClassifier
 from serving.triton.server import TritonOptions, TritonServer
+from tests.factories import fusion_version
 from tests.triton.test_readme_client import README, ROOT
-from training.export import ProbabilityModel, export_model
-from training.export.torchscript import parity_batch, parity_clinical
+from training.export import ProbabilityModel
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -61,19 +60,7 @@ def lesions(real_lesions_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 def fusion(
     real_lesions_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[ProbabilityModel, Path]:
-    """A fusion network (untrained, seeded: its clinical branch moves the logits) and its
-    exported version (no gate, no map: the inputs are what is tested here)."""
-    torch.manual_seed(0)
-    model = create_classifier("compact_cnn", clinical=True).eval()
-    images = parity_batch(real_lesions_dir, SIZE)
-    version = export_model(
-        model,
-        tmp_path_factory.mktemp("fusion-repo"),
-        SIZE,
-        images,
-        clinical=parity_clinical(real_lesions_dir, len(images)),
-    )
-    return ProbabilityModel(model).eval(), version
+    return fusion_version(real_lesions_dir, tmp_path_factory.mktemp("fusion-repo"), SIZE)
 
 
 @pytest.fixture(scope="module", params=["torchscript", "onnx"])

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import sys
 import tempfile
@@ -54,9 +53,10 @@ from contracts.errors import ConfigError, DataError
 from contracts.images import eval_resize, read_image
 from contracts.labels import CLASS_INDEX
 from contracts.metadata import METADATA_FILE, MetadataError, check_artifacts
-from contracts.repository import model_lock, record, versions
+from contracts.repository import model_lock, record
 from contracts.tensors import CLINICAL_INPUT_NAME, INPUT_NAME, OOD_OUTPUT_NAME, OUTPUT_NAME
 from contracts.triton_config import ONNX_FILE, TORCHSCRIPT_FILE
+from training.export.writer import place_version
 
 # precision -> (artifact kind, the runtime of the local Triton that serves it; file name)
 PRECISIONS: dict[str, tuple[str, str]] = {
@@ -422,42 +422,13 @@ def add_precision(
             },
         }
         with model_lock(model_dir):
-            version = _place(tmp, model_dir, metadata)
+            version = place_version(tmp, model_dir, metadata)
             record(
                 model_dir, "precision", version, None, source=source_version, precision=precision
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return model_dir / str(version)
-
-
-def _place(tmp: Path, model_dir: Path, metadata: Any) -> int:
-    """Rename ``tmp`` to the next free version number (as export places a version)."""
-    version = (
-        max(
-            [
-                0,
-                *versions(model_dir),
-                *(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()),
-            ]
-        )
-        + 1
-    )
-    while True:
-        metadata.version = version
-        metadata.write(tmp / METADATA_FILE)
-        try:
-            check_artifacts(tmp)
-        except MetadataError as exc:
-            raise ConfigError(f"{exc}: nothing was written") from None
-        try:
-            os.rename(tmp, model_dir / str(version))
-            return version
-        except OSError:
-            if (model_dir / str(version)).exists():
-                version += 1
-                continue
-            raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:

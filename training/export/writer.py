@@ -249,7 +249,7 @@ def export_model(  # noqa: PLR0913 (gated: the served module of a version with t
             )
         with model_lock(model_dir):
             has_config = _check_compatible(model_dir, size)
-            version = _place(tmp, model_dir, metadata)
+            version = place_version(tmp, model_dir, metadata)
             write_text_atomic(model_dir / LABELS_FILE, "\n".join(CLASSES) + "\n")
             if not has_config:
                 config = production_config(
@@ -390,7 +390,7 @@ def _onnx_parity(  # noqa: PLR0913 (the version's facts the ONNX file is checked
     return {"max_abs_diff": found.probabilities, "tolerance": ONNX_TOLERANCE, **_secondary(found)}
 
 
-def _place(tmp: Path, model_dir: Path, metadata: VersionMetadata) -> int:
+def place_version(tmp: Path, model_dir: Path, metadata: VersionMetadata) -> int:
     """Rename ``tmp`` to the next free version; a taken number (rename fails) means try the next.
 
     ``metadata.json`` is written inside ``tmp`` with the number it is about to get, and every
