@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.clinical import check_compatible
+from contracts.decision import DecisionError, DecisionRule
 from contracts.images import RESIZE_POLICY
 from contracts.labels import CLASSES, NUM_CLASSES
 from contracts.quality import QualityThresholds
@@ -80,6 +81,9 @@ class VersionMetadata:
             ``{"version", "dim", "fields", ...}``), or None for an image-only version. A
             version whose encoding is not this code's is refused where it would be served
             (:meth:`check_clinical`); reading it (listing, rollback) still works.
+        decision: which class the version names (``contracts.decision``: the rule and its
+            ``tau`` and ``class_priors``, chosen on validation), or None: the plain argmax, as
+            every version exported before it (:meth:`decision_rule`).
         extra: every other key (``tta``, ``ensemble``, ``evaluation``, future keys).
     """
 
@@ -108,7 +112,12 @@ class VersionMetadata:
     gate: dict[str, Any] | None = None
     explain: dict[str, Any] | None = None
     clinical: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def decision_rule(self) -> DecisionRule:
+        """The rule that names the class (the plain argmax for a version without one)."""
+        return DecisionRule.from_metadata(self.decision, f"{self.name or 'model'} metadata.json")
 
     @property
     def has_clinical_input(self) -> bool:
@@ -234,6 +243,8 @@ class VersionMetadata:
                 out[f.name] = getattr(self, f.name)
         if self.clinical is None:  # an image-only version's metadata.json stays as it was
             del out["clinical"]
+        if self.decision is None:  # so does one that names its argmax
+            del out["decision"]
         out.update(self.extra)
         result: dict[str, Any] = jsonable(out)
         return result
@@ -262,9 +273,13 @@ class VersionMetadata:
             raise MetadataError(f"{source} has no usable input_size (got {size!r})")
         known = {f.name for f in fields(cls)} - {"extra", "input_size", "classes"}
         values = {k: raw[k] for k in known if k in raw and raw[k] is not None}
-        for key in ("thresholds", "gate", "artifacts", "onnx", "explain", "clinical"):
+        for key in ("thresholds", "gate", "artifacts", "onnx", "explain", "clinical", "decision"):
             if not isinstance(values.get(key, {}), dict):
                 raise MetadataError(f"{source}: {key} must be an object")
+        try:
+            DecisionRule.from_metadata(values.get("decision"), source)
+        except DecisionError as exc:
+            raise MetadataError(str(exc)) from exc
         clinical = values.get("clinical")
         if clinical is not None and not (
             isinstance(clinical.get("dim"), int) and not isinstance(clinical.get("dim"), bool)

@@ -7,8 +7,9 @@ The input is a folder (every JPEG/PNG below it, ``image_id`` = file name without
 or a CSV with a ``path`` column (relative to the CSV) or HAM10000's ``image_id`` column (images
 found below the CSV's folder). Images are decoded and resized with ``eval_resize`` to the input
 size of the version Triton serves. The output has ``image_id, path``, one probability column per
-class, ``predicted``, ``model_version`` and ``refusal``. Interrupted runs resume: ids already in
-the output are skipped, and every batch is flushed to disk before the next is sent.
+class, ``predicted`` (the class the version's decision rule names, ``contracts.decision``, as
+the gateway's ``top_class``), ``model_version`` and ``refusal``. Interrupted runs resume: ids
+already in the output are skipped, and every batch is flushed to disk before the next is sent.
 
 The gateway's gate applies (:mod:`serving.gate`, docs/gateway.md): an image that fails a quality
 check of the served version's ``metadata.json`` (under ``--repository``) is not sent to Triton,
@@ -38,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from contracts.clinical import ClinicalEncodingError, encode_rows
+from contracts.decision import ARGMAX_RULE
 from contracts.errors import DataError
 from contracts.images import index_images, read_image
 from contracts.labels import CLASSES
@@ -223,8 +225,10 @@ def predict_folder(  # noqa: PLR0913 (the CLI's options)
     gate = served_gate(client, repository, policy or GatePolicy(), metadata)
     fusion = takes_clinical(metadata)
     patients = clinical_table(source) if fusion else {}
+    served = _version_metadata(repository, client.model_name, version)
+    # ``predicted`` is the class the version names (contracts.decision), as the gateway's.
+    rule = served.decision_rule() if served is not None else ARGMAX_RULE
     if fusion:
-        served = _version_metadata(repository, client.model_name, version)
         try:
             if served is not None:
                 served.check_clinical()
@@ -287,7 +291,7 @@ def predict_folder(  # noqa: PLR0913 (the CLI's options)
                         rows[image_id] = refused_row(image_id, path, refusal)
                         continue
                     cells = [f"{p:.6g}" for p in row]
-                    predicted = CLASSES[int(row.argmax())]
+                    predicted = CLASSES[int(rule.decide(row))]
                     rows[image_id] = [image_id, path, *cells, predicted, version, ""]
             if rows:
                 writer.writerows(rows[i] for i, _ in chunk if i in rows)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.clinical import ClinicalEncodingError
+from contracts.decision import ARGMAX_RULE, DecisionRule
 from contracts.metadata import (
     METADATA_FILE,
     REFERRAL_TARGETS,
@@ -63,6 +64,9 @@ class ServedModel:
     # A fusion version: its second input is the patient's age, sex and body site
     # (contracts.clinical, checked against this code's encoding when the version was resolved).
     clinical: bool = False
+    # Which class the answers name (contracts.decision, from metadata.json; the plain argmax
+    # for a version without one).
+    decision: DecisionRule = ARGMAX_RULE
 
     @property
     def explain_output(self) -> str | None:
@@ -229,6 +233,7 @@ class ModelCatalog:
             referral.no_advice,
             gate,
             clinical,
+            file_meta.decision_rule() if file_meta is not None else ARGMAX_RULE,
         )
 
     async def describe(self) -> dict[str, Any]:

@@ -325,7 +325,13 @@ def build_answer(
         "age": form.age,
         "sex": form.sex,
         "model": {"name": model.name, "version": model.version},
-        "top_class": ruled.ranking[0][0],
+        # The class the version's decision rule names (contracts.decision), after the rules.
+        "top_class": model.decision.name(after),
+        "decision": {
+            "rule": model.decision.rule,
+            "tau": model.decision.tau,
+            "most_probable": ruled.ranking[0][0],
+        },
         "ranking": [
             {
                 "code": c,

@@ -220,6 +220,19 @@ class ClinicalUse(BaseModel):
     )
 
 
+class DecisionPublic(BaseModel):
+    """How ``top_class`` was named from the ranking (``contracts.decision``)."""
+
+    rule: Literal["argmax", "balanced"] = Field(
+        description="argmax: the most probable class; balanced: the most probable after "
+        "dividing each probability by its class's training prior to the power tau (chosen on "
+        "validation for the best balanced accuracy), so that a rare class is not swamped by "
+        "moles; the probabilities shown are not changed by it"
+    )
+    tau: float = Field(ge=0, description="0 for argmax")
+    most_probable: ClassCode = Field(description="the first class of the ranking")
+
+
 class PredictionPublic(PredictionBase):
     """The answer to an upload, stored verbatim and sent again to an idempotent retry."""
 
@@ -227,7 +240,14 @@ class PredictionPublic(PredictionBase):
     created_at: datetime
     request_id: str | None
     model: ModelRef
-    top_class: ClassCode | None = Field(description="null: refused (see refused)")
+    top_class: ClassCode | None = Field(
+        description="the class the version names (see decision); null: refused (see refused)"
+    )
+    decision: DecisionPublic | None = Field(
+        None,
+        description="how top_class was named (null when refused, and in answers recorded "
+        "before decision rules existed: those named the most probable class)",
+    )
     ranking: list[ClassProbability] = Field(
         description="after the body-location rules; empty when refused"
     )

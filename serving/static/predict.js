@@ -59,7 +59,21 @@
       el("strong", { text: verdict }),
       el("div", { text: answer.referral.reason }),
     );
-    const rows = answer.ranking.map((c, i) => el("tr", { "data-code": c.code },
+    // The class the version names: the most probable, or under a balanced decision rule the
+    // most probable once each class is weighed against its rarity in training (the
+    // probabilities shown are not changed by it).
+    const named = answer.ranking.find((c) => c.code === answer.top_class);
+    const decision = answer.decision || { rule: "argmax", most_probable: answer.top_class };
+    const namedBox = document.getElementById("named-class");
+    namedBox.dataset.rule = decision.rule;
+    namedBox.replaceChildren(
+      "Named: ", el("strong", { text: named ? `${named.name} (${named.code})` : String(answer.top_class) }),
+      decision.rule === "balanced" && decision.most_probable !== answer.top_class
+        ? ` — not the most probable class: this model version weighs each class against its ` +
+          `rarity in training, so that a rare diagnosis is not swamped by moles.`
+        : "");
+    const rows = answer.ranking.map((c, i) => el("tr", {
+      "data-code": c.code, ...(c.code === answer.top_class ? { "data-named": "true" } : {}) },
       el("td", { text: String(i + 1) }),
       el("td", { class: c.malignant ? "malignant" : "", text: `${c.name} (${c.code})` }),
       el("td", { class: "num", "data-probability": String(c.probability), text: pct(c.probability) }),

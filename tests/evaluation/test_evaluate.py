@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from contracts.labels import CLASSES
 from tests.wandb_records import wandb_records
 from training import data
 from training.__main__ import main as training_main
@@ -54,6 +55,46 @@ def test_every_row_is_scored_and_thresholds_are_chosen_on_validation(ev):
             assert sens >= 0.95 and sens == point.val_sensitivity, (key, target)
         assert variant.test.shape == (len(labels), 7)
         np.testing.assert_allclose(variant.test.sum(1), 1.0, atol=1e-6)
+
+
+def _ba(labels: np.ndarray, named: np.ndarray) -> float:
+    return float(np.mean([(named[labels == c] == c).mean() for c in np.unique(labels)]))
+
+
+def _named(probs: np.ndarray, tau: float, priors: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.argmax(np.log(probs) - tau * np.log(priors), axis=1)
+
+
+def test_each_row_names_its_class_by_a_rule_chosen_on_validation(ev):
+    """The decision rule of each row: the tau of the grid with the best VALIDATION balanced
+    accuracy (never worse there than the argmax), priors from the training split; the test
+    balanced accuracy is the one of the class it names, the argmax's beside it."""
+    counts = ev.settings["train_distribution"]["label"]  # the recorded training split's
+    priors = np.array([counts.get(c, 0) + 1.0 for c in CLASSES])
+    priors /= priors.sum()
+    val_labels, labels = ev.val_cases.labels, ev.cases.labels
+    for key, v in ev.variants.items():
+        rule = v.decision
+        np.testing.assert_allclose(rule.priors, priors)
+        best = max(_ba(val_labels, _named(v.val, t, priors)) for t in np.arange(31) * 0.05)
+        chosen = _ba(val_labels, _named(v.val, rule.tau, priors))
+        assert chosen == pytest.approx(best) and chosen >= _ba(val_labels, v.val.argmax(1)), key
+        sc = ev.scores[key]
+        assert sc.balanced_accuracy.estimate == pytest.approx(
+            _ba(labels, _named(v.test, rule.tau, priors))
+        ), key
+        assert sc.balanced_accuracy_argmax.estimate == pytest.approx(
+            _ba(labels, v.test.argmax(1))
+        ), key
+
+
+def test_the_argmax_option_names_the_most_probable_class(checkpoints):
+    config = EvaluationConfig(limit_per_class=5, n_resamples=0, balanced_decision=False)
+    plain = evaluate(checkpoints[0], config)
+    for key, sc in plain.scores.items():
+        assert plain.variants[key].decision.tau == 0.0
+        assert sc.balanced_accuracy.estimate == sc.balanced_accuracy_argmax.estimate
 
 
 def test_calibration_lowers_validation_nll(ev):
@@ -145,6 +186,13 @@ def test_exported_model_gives_the_evaluated_probabilities(ev, repository, which,
             ev.variants[which].points[target].threshold
         )
         assert meta["thresholds"][target]["target_sensitivity"] == 0.95
+    # The decision rule chosen on validation for exactly these outputs (none: the argmax).
+    rule = ev.variants[which].decision
+    if rule.tau == 0:
+        assert "decision" not in meta
+    else:
+        assert meta["decision"]["tau"] == rule.tau and meta["decision"]["rule"] == "balanced"
+        assert [meta["decision"]["class_priors"][c] for c in CLASSES] == list(rule.priors)
     # Drift monitoring's reference: the exported model's argmax on validation images.
     assert sum(meta["reference"]["features"]["predicted_class"]["counts"]) > 0
     if which == "cnn":

@@ -33,11 +33,26 @@ def test_card_holds_the_evaluation_of_the_exported_variant(
     assert card.startswith(f"# Model card: {meta.name} version {meta.version}")
     assert "**not a medical device**" in card and f"variant: **{variant}**" in card
     ba = sc.balanced_accuracy
-    assert f"| balanced accuracy | {ba.estimate:.3f} [{ba.low:.3f}, {ba.high:.3f}] |" in card
+    # The balanced accuracy of the class the version names, by the rule its metadata.json holds.
+    rule = meta.decision
+    words = "most probable one" if rule is None else f"to the power {rule['tau']:.2f}"
+    assert re.search(
+        rf"^\| balanced accuracy \([^|]*{words}[^|]*\) \| "
+        rf"{ba.estimate:.3f} \[{ba.low:.3f}, {ba.high:.3f}\] \|$",
+        card,
+        re.M,
+    ), card
+    argmax = sc.balanced_accuracy_argmax.estimate
+    assert f"| balanced accuracy of the plain argmax | {argmax:.3f} |" in card
     assert f"| macro AUROC (one class vs the rest) | {sc.auroc_macro:.3f} |" in card
     assert f"{sc.ece:.3f} |" in section(card, "Evaluation")
-    # Per class: counted here from the variant's own probabilities.
-    pred = ev.variants[variant].test.argmax(axis=1)
+    # Per class: counted here from the variant's own probabilities and the rule in metadata.json.
+    probs = ev.variants[variant].test
+    if rule is None:
+        pred = probs.argmax(axis=1)
+    else:
+        priors = np.array([rule["class_priors"][c] for c in CLASSES])
+        pred = np.argmax(np.log(probs) - rule["tau"] * np.log(priors), axis=1)
     labels = ev.labels
     row = r"^\| (\w+)(?: \(malignant\))? \| [^|]+ \| (\d+) \| ([\d.]+|\u2013) \|"
     rows = re.findall(row, section(card, "Evaluation"), re.M)

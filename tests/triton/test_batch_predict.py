@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from contracts.labels import CLASSES
-from contracts.metadata import read_metadata
+from contracts.metadata import METADATA_FILE, read_metadata
 from serving.batch_predict import main
 from tests import gate_images as gi
 from tests.fixtures_serving import MODEL_SIZE
@@ -117,3 +119,33 @@ def test_the_gate_refuses_rows_with_the_reason(
 
     table, printed = run(tmp_path / "off.csv", copy, "--no-quality-checks", "--no-ood-checks")
     assert set(table["refusal"]) == {""} and "refused" not in printed.out
+
+
+def test_predicted_is_the_class_the_versions_decision_rule_names(
+    triton, real_lesions_dir, tmp_path
+):
+    """``predicted`` follows metadata.json's decision rule, as the gateway's ``top_class``: the
+    class this model ranks first most often gets a large prior, and the balanced rule (tau 1.5)
+    names another class for those photos; the probabilities are unchanged."""
+    url = ["--triton-url", triton.grpc_url]
+    plain = tmp_path / "plain.csv"
+    argv = ["--input", str(real_lesions_dir), "--repository"]
+    assert main([*argv, str(triton.repository), "--output", str(plain), *url]) == 0
+    before = pd.read_csv(plain).set_index("image_id").sort_index()
+    common = before["predicted"].mode()[0]
+    repo = tmp_path / "repo"
+    shutil.copytree(triton.repository, repo)
+    version = repo / "skin_lesion" / "1"
+    meta = read_metadata(version)
+    priors = {c: (0.94 if c == common else 0.01) for c in CLASSES}
+    meta.decision = {"rule": "balanced", "tau": 1.5, "class_priors": priors}
+    meta.write(version / METADATA_FILE)
+    out = tmp_path / "balanced.csv"
+    assert main([*argv, str(repo), "--output", str(out), *url]) == 0
+    after = pd.read_csv(out).set_index("image_id").sort_index()
+    probs = after[list(CLASSES)].to_numpy()
+    np.testing.assert_allclose(probs, before[list(CLASSES)].to_numpy(), rtol=0, atol=0)
+    log_priors = np.log([priors[c] for c in CLASSES])
+    named = np.argmax(np.log(probs) - 1.5 * log_priors, axis=1)
+    assert list(after["predicted"]) == [CLASSES[i] for i in named]
+    assert (after["predicted"] != before["predicted"]).any()

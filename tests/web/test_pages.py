@@ -156,6 +156,12 @@ def test_clinician_uploads_a_real_photo_and_reads_the_answer(
         for r in shown
     ]
     assert probabilities == pytest.approx([x["probability"] for x in stored["ranking"]])
+    # The class the version names is said in words and marked in the ranking.
+    named = browser.find_element(By.ID, "named-class")
+    assert f"({stored['top_class']})" in named.text
+    assert named.get_attribute("data-rule") == stored["decision"]["rule"]
+    marked = [r.get_attribute("data-code") for r in shown if r.get_attribute("data-named")]
+    assert marked == [stored["top_class"]]
     excluded = [
         e.get_attribute("data-code")
         for e in browser.find_elements(By.CSS_SELECTOR, "#excluded li[data-code]")

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from contracts.decision import ARGMAX_RULE
 from contracts.errors import ConfigError
 from contracts.labels import NUM_CLASSES
 from contracts.metadata import METADATA_FILE, read_metadata
@@ -91,6 +92,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rules", default=str(RULES_PATH), help="body-location rules YAML")
     p.add_argument("--limit-per-class", type=int, help="quick look: cap images per class")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--decision",
+        choices=("balanced", "argmax"),
+        default="balanced",
+        help="which class each row names: the prior-corrected argmax chosen on validation "
+        "(contracts.decision; exported under metadata.json's decision) or the plain argmax",
+    )
     p.add_argument("--no-wandb", dest="wandb", action="store_false")
     p.add_argument(
         "--export",
@@ -136,19 +144,23 @@ def config_from_args(args: argparse.Namespace) -> EvaluationConfig:
         rules_path=args.rules,
         limit_per_class=args.limit_per_class,
         batch_size=args.batch_size,
+        balanced_decision=args.decision == "balanced",
         force=args.force,
     )
 
 
 def best_on_validation(ev: Evaluation) -> tuple[str, dict[str, float]]:
     """The exportable variant of ``ev`` with the highest balanced accuracy on the VALIDATION
-    cases (the test split is for reporting the choice, not making it), and each one's figure.
-    A tie keeps the simpler: cnn before tta before ensemble."""
+    cases (the test split is for reporting the choice, not making it), and each one's figure,
+    each naming its classes by its own decision rule (chosen on those cases too). A tie keeps
+    the simpler: cnn before tta before ensemble."""
     labels = ev.val_cases.labels
     figures = {}
     for key in EXPORTABLE:
         if key in ev.variants:
-            cm = confusion_matrix(labels, ev.variants[key].val.argmax(1), NUM_CLASSES)
+            v = ev.variants[key]
+            named = (v.decision or ARGMAX_RULE).decide(v.val)
+            cm = confusion_matrix(labels, named, NUM_CLASSES)
             figures[key] = metrics_from_confusion(cm)["balanced_accuracy"]
     best = max(figures, key=lambda k: (figures[k], -EXPORTABLE.index(k)))
     return best, figures

@@ -54,7 +54,15 @@ def model_rows(
     """The model as given (or as exported), calibrated, and with the body-location rules."""
     stored = points_from_metadata(source.metadata.thresholds)
     if source.kind == "version":
-        rows = [Variant("version as exported", "cnn_raw", *main.raw, stored)]
+        rows = [
+            Variant(
+                "version as exported",
+                "cnn_raw",
+                *main.raw,
+                stored,
+                decision=source.metadata.decision_rule(),
+            )
+        ]
     else:
         rows = [Variant("CNN, uncalibrated", "cnn_raw", *main.raw)]
     rows.append(Variant(f"CNN, temperature {main.temperature:.2f}", "cnn", *main.probs))
@@ -132,7 +140,11 @@ def build_rows(
         ensemble_rows(source, main, list(config.ensemble), predictor, rows)
     if config.compare:
         rows.compared = compared = load_source(config.compare)
-        probs = predictor.probabilities(compared)
+        val, test = predictor.probabilities(compared)
         stored = points_from_metadata(compared.metadata.thresholds)
-        rows.variants.append(Variant(f"compared: {compared.name}", "compare", *probs, stored))
+        # A version names what its metadata.json says (its argmax when it says nothing).
+        named = compared.metadata.decision_rule() if compared.kind == "version" else None
+        rows.variants.append(
+            Variant(f"compared: {compared.name}", "compare", val, test, stored, decision=named)
+        )
     return rows

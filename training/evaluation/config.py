@@ -43,6 +43,9 @@ class EvaluationConfig:
         batch_size: images per forward pass.
         tolerances: the promotion gate's tolerances (default ``DEFAULT_TOLERANCES``).
         force: passed to the promotion gate.
+        balanced_decision: choose each row's decision rule on validation (the prior-corrected
+            argmax with the best validation balanced accuracy, ``contracts.decision``); False:
+            every row names its plain argmax (``--decision argmax``).
     """
 
     split: str = "test"
@@ -63,6 +66,7 @@ class EvaluationConfig:
     batch_size: int = 64
     tolerances: Mapping[str, float] | None = None
     force: bool = False
+    balanced_decision: bool = True
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:

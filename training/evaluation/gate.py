@@ -31,8 +31,8 @@ def judge(
     diffs = {}
     if config.n_resamples:
         diffs = scoring.paired_differences(
-            (served.test, served.points),
-            (candidate.test, candidate.points),
+            (served.test, served.points, served.decision),
+            (candidate.test, candidate.points, candidate.decision),
             cases,
             config.n_resamples,
             config.seed,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from contracts.decision import ARGMAX, ARGMAX_RULE, DecisionRule
 from contracts.labels import CLASS_NAMES, CLASSES, MALIGNANT
 from contracts.metadata import VersionMetadata
 from contracts.repository import MODEL_CARD_FILE
@@ -63,9 +64,22 @@ def _counts(frame: pd.DataFrame, column: str, order: list[str] | None = None) ->
     return ", ".join(f"{k} {int(counts[k])}" for k in keys)
 
 
-def per_class(probs: np.ndarray, labels: np.ndarray) -> list[list[str]]:
-    """Rows of class, name, cases, sensitivity (recall), precision of the argmax."""
-    pred = np.asarray(probs).argmax(axis=1)
+def _rule_words(rule: DecisionRule) -> str:
+    """How the version names its class, in words."""
+    if rule.rule == ARGMAX:
+        return "the class named is the most probable one"
+    return (
+        f"the class named is the most probable after dividing each probability by its "
+        f"training prior to the power {rule.tau:.2f}, chosen on validation"
+    )
+
+
+def per_class(
+    probs: np.ndarray, labels: np.ndarray, decision: DecisionRule = ARGMAX_RULE
+) -> list[list[str]]:
+    """Rows of class, name, cases, sensitivity (recall), precision of the class ``decision``
+    names (the plain argmax by default)."""
+    pred = decision.decide(np.asarray(probs))
     rows = []
     for i, code in enumerate(CLASSES):
         cases = int((labels == i).sum())
@@ -143,10 +157,11 @@ def render(ev: Evaluation, variant: str, meta: VersionMetadata) -> str:
         ["figure", "value"],
         [
             [
-                "balanced accuracy",
+                f"balanced accuracy ({_rule_words(sc.decision)})",
                 f"{_f(sc.balanced_accuracy.estimate)} [{_f(sc.balanced_accuracy.low)}, "
                 f"{_f(sc.balanced_accuracy.high)}]",
             ],
+            ["balanced accuracy of the plain argmax", _f(sc.balanced_accuracy_argmax.estimate)],
             ["macro AUROC (one class vs the rest)", _f(sc.auroc_macro)],
             [
                 "melanoma sensitivity at the operating point",
@@ -161,9 +176,10 @@ def render(ev: Evaluation, variant: str, meta: VersionMetadata) -> str:
             ["expected calibration error (15 bins, top class)", _f(sc.ece)],
         ],
     )
-    out += ["### Per class (argmax)", ""]
+    out += [f"### Per class ({_rule_words(sc.decision)})", ""]
     out += _table(
-        ["class", "name", "cases", "sensitivity", "precision"], per_class(v.test, ev.labels)
+        ["class", "name", "cases", "sensitivity", "precision"],
+        per_class(v.test, ev.labels, sc.decision),
     )
     out += ["## Operating points", ""]
     rows = [
@@ -188,7 +204,7 @@ def render(ev: Evaluation, variant: str, meta: VersionMetadata) -> str:
         ]
     else:
         out += ["None: this version gives rankings without referral advice.", ""]
-    groups = scoring.subgroups(v.test, ev.cases, v.points or sc.points)
+    groups = scoring.subgroups(v.test, ev.cases, v.points or sc.points, decision=sc.decision)
     out += [
         "## Subgroups",
         "",

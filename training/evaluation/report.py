@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contracts.decision import ARGMAX, ARGMAX_RULE
 from contracts.labels import CLASSES
 from contracts.metadata import jsonable
 from contracts.metrics import confusion_matrix
 from training.evaluation import plots, scoring
 from training.evaluation import thresholds as th
 from training.evaluation.bootstrap import Interval
-from training.evaluation.results import Evaluation
+from training.evaluation.results import Evaluation, Variant
 
 WANDB_PROJECT = os.environ.get("WANDB_PROJECT", "skin-lesion")
 
@@ -67,13 +68,26 @@ def _frame_table(frame: pd.DataFrame, columns: list[str]) -> str:
     return _table(columns, rows)
 
 
+def _named(v: Variant, probs: np.ndarray) -> np.ndarray:
+    """The class indices ``v``'s decision rule names for ``probs``."""
+    return (v.decision or ARGMAX_RULE).decide(probs)
+
+
+def _decision(v: Variant) -> str:
+    rule = v.decision or ARGMAX_RULE
+    return "argmax" if rule.rule == ARGMAX else f"balanced, tau {rule.tau:.2f}"
+
+
 def figures(ev: Evaluation, folder: Path) -> dict[str, Path]:
     """Draw the report's PNGs into ``folder``; returns name -> path."""
     main, labels = ev.variants["cnn"], ev.labels
-    mistakes = scoring.worst_mistakes(main.test, ev.cases, main.points["mel"].threshold)
+    mistakes = scoring.worst_mistakes(
+        main.test, ev.cases, main.points["mel"].threshold, decision=main.decision or ARGMAX_RULE
+    )
     out = {
         "confusion": plots.confusion(
-            confusion_matrix(labels, main.test.argmax(1), len(CLASSES)), folder / "confusion.png"
+            confusion_matrix(labels, _named(main, main.test), len(CLASSES)),
+            folder / "confusion.png",
         ),
         "roc": plots.roc(main.test, labels, folder / "roc.png"),
         "reliability": plots.reliability_diagram(
@@ -119,6 +133,8 @@ def render(ev: Evaluation, figs: dict[str, Path]) -> str:
     head = [
         "model",
         "balanced accuracy [95% CI]",
+        "decision rule",
+        "balanced accuracy, argmax",
         "mel sens., argmax",
         "mel sens. at op. point [95% CI]",
         "mel spec. at op. point",
@@ -132,6 +148,8 @@ def render(ev: Evaluation, figs: dict[str, Path]) -> str:
             [
                 ("**" + sc.name + "**") if key == "cnn" else sc.name,
                 _ci(sc.balanced_accuracy),
+                _decision(ev.variants[key]),
+                _f(sc.balanced_accuracy_argmax.estimate),
                 _ci(sc.sensitivity_mel_argmax),
                 _ci(sc.sensitivity_mel_op),
                 _f(sc.specificity_mel_op),
@@ -147,7 +165,9 @@ def render(ev: Evaluation, figs: dict[str, Path]) -> str:
         f"sensitivity of {s['target_sensitivity']:.2f}{_confidence_rule(s)}, applied here; the "
         "malignant group uses P(akiec+bcc+mel) the same way. Intervals resample lesions "
         f"({s['n_resamples']} resamples, seed {s['bootstrap_seed']}). "
-        "ECE: 15 bins, top-class confidence.",
+        "ECE: 15 bins, top-class confidence. Balanced accuracy is of the class each row names by "
+        "its decision rule (contracts.decision: the argmax of log P - tau log prior, tau chosen "
+        "on validation; what an exported version names), the plain argmax's beside it.",
         "",
         _table(head, rows),
         "",
@@ -247,8 +267,12 @@ def _decisions(ev: Evaluation, figs: dict[str, Path]) -> list[str]:
 
 def _errors(ev: Evaluation, figs: dict[str, Path]) -> list[str]:
     main = ev.variants["cnn"]
-    mistakes = scoring.worst_mistakes(main.test, ev.cases, main.points["mel"].threshold)
-    groups = scoring.subgroups(main.test, ev.cases, main.points)
+    mistakes = scoring.worst_mistakes(
+        main.test, ev.cases, main.points["mel"].threshold, decision=main.decision or ARGMAX_RULE
+    )
+    groups = scoring.subgroups(
+        main.test, ev.cases, main.points, decision=main.decision or ARGMAX_RULE
+    )
     cols = ["image_id", "label", "predicted", "confidence", "p_mel", "site", "age", "sex"]
     out = ["## Error analysis", ""]
     for key, title in (
@@ -294,9 +318,15 @@ def summary(ev: Evaluation) -> dict[str, Any]:
             "metrics": sc.metrics(),
             "intervals": {
                 k: interval(getattr(sc, k))
-                for k in ("balanced_accuracy", "sensitivity_mel_argmax", "sensitivity_mel_op")
+                for k in (
+                    "balanced_accuracy",
+                    "balanced_accuracy_argmax",
+                    "sensitivity_mel_argmax",
+                    "sensitivity_mel_op",
+                )
             },
             "thresholds": th.thresholds_metadata(ev.variants[key].points),
+            "decision": (ev.variants[key].decision or ARGMAX_RULE).to_metadata(),
         }
     return jsonable(
         {

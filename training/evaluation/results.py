@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from contracts.decision import DecisionRule
 from training.evaluation import scoring
 from training.evaluation import thresholds as th
 from training.evaluation.bootstrap import Interval
@@ -21,6 +22,8 @@ class Variant:
     ``key``: majority, demographic, cnn_raw (uncalibrated / version as exported), cnn (the
     model as it would ship: calibrated), rules, tta, member:<i>, ensemble, compare.
     ``points``: the referral thresholds; chosen on ``val`` unless the model brought its own.
+    ``decision``: which class the row names (``contracts.decision``); chosen on ``val`` unless
+    the model brought its own (a version names what its ``metadata.json`` says).
     """
 
     name: str
@@ -28,6 +31,7 @@ class Variant:
     val: np.ndarray
     test: np.ndarray
     points: dict[str, th.OperatingPoint] | None = None
+    decision: DecisionRule | None = None
     # A temperature applied to this row's own log-probabilities (TTA: after averaging the views).
     temperature: float = 1.0
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from contracts import decision
 from training import data as data_mod
 from training.evaluation import scoring
 from training.evaluation import thresholds as th
@@ -119,17 +120,28 @@ def distribution(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def _score(
-    rows: list[Variant], y_val: Any, cases: scoring.Cases, config: EvaluationConfig
+    rows: list[Variant],
+    y_val: Any,
+    priors: tuple[float, ...],
+    cases: scoring.Cases,
+    config: EvaluationConfig,
 ) -> dict[str, scoring.Score]:
-    """Score every row; rows without their own thresholds get them chosen on validation."""
+    """Score every row; rows without their own thresholds or decision rule get them chosen on
+    validation (the rule from the training split's class ``priors``)."""
     scores = {}
     for v in rows:
         if v.points is None:
             v.points = th.operating_points(
                 v.val, y_val, config.target_sensitivity, config.threshold_confidence
             )
+        if v.decision is None:
+            v.decision = (
+                decision.choose(v.val, y_val, priors)
+                if config.balanced_decision
+                else decision.ARGMAX_RULE
+            )
         scores[v.key] = scoring.score(
-            v.name, v.test, cases, v.points, config.n_resamples, config.seed
+            v.name, v.test, cases, v.points, config.n_resamples, config.seed, v.decision
         )
     return scores
 
@@ -152,11 +164,16 @@ def evaluate(model: str | Path, config: EvaluationConfig | None = None) -> Evalu
     rows = build_rows(source, main, recorded.splits["train"], predictor, config)
     variants = {v.key: v for v in rows.variants}
     case_set = scoring.Cases(cases)
-    scores = _score(rows.variants, predictor.y_val, case_set, config)
+    priors = decision.priors_from_labels(recorded.splits["train"]["label"])
+    scores = _score(rows.variants, predictor.y_val, priors, case_set, config)
     cnn = variants["cnn"]
     differences = {
         v.key: scoring.paired_differences(
-            (cnn.test, cnn.points), (v.test, v.points), case_set, config.n_resamples, config.seed
+            (cnn.test, cnn.points, cnn.decision),
+            (v.test, v.points, v.decision),
+            case_set,
+            config.n_resamples,
+            config.seed,
         )
         for v in rows.variants
         if config.n_resamples and v.key not in NOT_COMPARED

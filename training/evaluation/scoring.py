@@ -1,8 +1,10 @@
 """Score a model's probabilities on a split: the numbers of the report's tables (pure numpy).
 
-Every variant (baseline, CNN, CNN + rules, TTA, ensemble) is scored the same way: argmax
-decisions for balanced accuracy and melanoma sensitivity, the referral threshold chosen on
-the VALIDATION split for the operating point, lesion-level bootstrap intervals.
+Every variant (baseline, CNN, CNN + rules, TTA, ensemble) is scored the same way: the class
+named by its decision rule (``contracts.decision``, chosen on the VALIDATION split) for balanced
+accuracy, the plain argmax beside it (``balanced_accuracy_argmax``, and the argmax melanoma
+sensitivity), the referral threshold chosen on validation for the operating point,
+lesion-level bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contracts.decision import ARGMAX_RULE, DecisionRule
 from contracts.labels import CLASS_INDEX, CLASSES, MELANOMA, NUM_CLASSES
 from contracts.metrics import (
     auroc_per_class,
@@ -53,7 +56,8 @@ class Score:
     """One variant on one split. Intervals are lesion-level bootstrap 95% intervals."""
 
     name: str
-    balanced_accuracy: bs.Interval
+    balanced_accuracy: bs.Interval  # of the class the decision rule names
+    balanced_accuracy_argmax: bs.Interval
     sensitivity_mel_argmax: bs.Interval
     sensitivity_mel_op: bs.Interval
     specificity_mel_op: float
@@ -62,43 +66,51 @@ class Score:
     auroc_macro: float
     ece: float
     points: dict[str, th.OperatingPoint] = field(repr=False)
+    decision: DecisionRule = field(default=ARGMAX_RULE, repr=False)
 
     def metrics(self) -> dict[str, float]:
         """Flat point values, e.g. for W&B, ``metrics.json`` and the promotion gate."""
         flat = {
             k: (v.estimate if isinstance(v, bs.Interval) else v)
             for k, v in self.__dict__.items()
-            if k not in ("name", "points")
+            if k not in ("name", "points", "decision")
         }
         flat.update({f"threshold_{k}": p.threshold for k, p in self.points.items()})
+        flat["decision_tau"] = self.decision.tau
         return flat
 
 
 def _weighted_metrics(
-    probs: np.ndarray, labels: np.ndarray, points: dict[str, th.OperatingPoint]
+    probs: np.ndarray,
+    labels: np.ndarray,
+    points: dict[str, th.OperatingPoint],
+    decision: DecisionRule = ARGMAX_RULE,
 ) -> dict[str, bs.WeightedMetric]:
     pred = probs.argmax(axis=1)
     mel = labels == MEL
     flagged = th.scores(probs, "mel") >= points["mel"].threshold
     return {
-        "balanced_accuracy": bs.balanced_accuracy(labels, pred),
+        "balanced_accuracy": bs.balanced_accuracy(labels, decision.decide(probs)),
+        "balanced_accuracy_argmax": bs.balanced_accuracy(labels, pred),
         "sensitivity_mel_argmax": bs.sensitivity(mel, pred == MEL),
         "sensitivity_mel_op": bs.sensitivity(mel, flagged),
     }
 
 
-def score(
+def score(  # noqa: PLR0913 (what the row brought: points and decision, chosen on validation)
     name: str,
     probs: np.ndarray,
     cases: Cases,
     points: dict[str, th.OperatingPoint],
     n_resamples: int = bs.N_RESAMPLES,
     seed: int = 0,
+    decision: DecisionRule = ARGMAX_RULE,
 ) -> Score:
-    """Score ``probs [N, 7]`` on ``cases`` with operating ``points`` chosen elsewhere (val)."""
+    """Score ``probs [N, 7]`` on ``cases`` with operating ``points`` and the ``decision`` rule
+    chosen elsewhere (validation)."""
     probs = np.asarray(probs, dtype=np.float64)
     labels, groups = cases.labels, cases.groups
-    weighted = _weighted_metrics(probs, labels, points)
+    weighted = _weighted_metrics(probs, labels, points, decision)
     intervals = {
         k: bs.bootstrap_ci(m, groups, n_resamples, seed) if n_resamples else _no_ci(m, len(labels))
         for k, m in weighted.items()
@@ -117,6 +129,7 @@ def score(
         auroc_macro=float(np.nanmean(auroc)) if not np.isnan(auroc).all() else float("nan"),
         ece=expected_calibration_error(probs, labels),
         points=points,
+        decision=decision,
     )
 
 
@@ -125,8 +138,12 @@ def _no_ci(metric: bs.WeightedMetric, n: int) -> bs.Interval:
     return bs.Interval(value, value, value, n_resamples=0)
 
 
-# What two compared models bring: probabilities on the cases and their operating points.
-Outputs = tuple[np.ndarray, dict[str, th.OperatingPoint]]
+# What two compared models bring: probabilities on the cases, their operating points and,
+# optionally, their decision rule (the argmax without one).
+Outputs = (
+    tuple[np.ndarray, dict[str, th.OperatingPoint]]
+    | tuple[np.ndarray, dict[str, th.OperatingPoint], DecisionRule]
+)
 
 
 def paired_differences(
@@ -146,8 +163,8 @@ def paired_differences(
         seed: bootstrap seed.
     """
     labels, groups = cases.labels, cases.groups
-    a = _weighted_metrics(np.asarray(base[0], dtype=np.float64), labels, base[1])
-    b = _weighted_metrics(np.asarray(other[0], dtype=np.float64), labels, other[1])
+    a = _weighted_metrics(np.asarray(base[0], dtype=np.float64), labels, base[1], *base[2:])
+    b = _weighted_metrics(np.asarray(other[0], dtype=np.float64), labels, other[1], *other[2:])
     return {k: bs.paired_bootstrap(a[k], b[k], groups, n_resamples, seed) for k in a}
 
 
@@ -230,16 +247,21 @@ def rules_effect(
 
 
 def subgroups(
-    probs: np.ndarray, cases: Cases, points: dict[str, th.OperatingPoint], min_cases: int = 1
+    probs: np.ndarray,
+    cases: Cases,
+    points: dict[str, th.OperatingPoint],
+    min_cases: int = 1,
+    decision: DecisionRule = ARGMAX_RULE,
 ) -> pd.DataFrame:
-    """Metrics by body site, age band and sex: where the model is weaker than its average.
+    """Metrics by body site, age band and sex: where the model is weaker than its average
+    (classes named by ``decision``).
 
     Columns: ``by, value, n, n_mel, balanced_accuracy, sensitivity_mel_op, specificity_mel_op,
     accuracy``; NaN where a group lacks the cases a metric needs.
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = cases.labels
-    pred = probs.argmax(axis=1)
+    pred = decision.decide(probs)
     p_mel = th.scores(probs, "mel")
     frame = cases.frame
     keys = {
@@ -274,18 +296,23 @@ def subgroups(
 
 
 def worst_mistakes(
-    probs: np.ndarray, cases: Cases, mel_threshold: float | None = None, k: int = 16
+    probs: np.ndarray,
+    cases: Cases,
+    mel_threshold: float | None = None,
+    k: int = 16,
+    decision: DecisionRule = ARGMAX_RULE,
 ) -> dict[str, pd.DataFrame]:
     """The cases to look at first.
 
-    ``confident_wrong``: wrong at argmax, highest confidence first. ``missed_melanoma``:
-    melanomas below ``mel_threshold`` (all melanomas when None), lowest P(mel) first.
+    ``confident_wrong``: the named class (by ``decision``) wrong, highest confidence first.
+    ``missed_melanoma``: melanomas below ``mel_threshold`` (all melanomas when None), lowest
+    P(mel) first.
     Columns: ``row`` (position in the split), ``image_id, path, site, age, sex, label,
     predicted, confidence, p_mel``.
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = cases.labels
-    pred = probs.argmax(axis=1)
+    pred = decision.decide(probs)
     table = cases.frame.reset_index(drop=True)[["image_id", "path", "site", "age", "sex"]].copy()
     table.insert(0, "row", np.arange(len(table)))
     table["label"] = [CLASSES[i] for i in labels]

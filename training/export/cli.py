@@ -120,7 +120,7 @@ def export(
     reference = reference_for_checkpoint(
         checkpoint, loaded.classifier, loaded.input_size, o.reference_data, o.reference_images
     )
-    thresholds = validation_thresholds(
+    thresholds, decision = validation_thresholds(
         checkpoint, loaded.classifier, loaded.input_size, o.temperature, o.reference_data
     )
     gate = None
@@ -139,6 +139,7 @@ def export(
         name=name,
         temperature=o.temperature,
         thresholds=thresholds,
+        decision=decision,
         reference=reference,
         gate=gate.metadata if gate else None,
         wandb_run_id=o.wandb_run_id or loaded.metadata.wandb_run_id,

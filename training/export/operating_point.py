@@ -1,10 +1,12 @@
-"""The referral operating points of an exported checkpoint, chosen on its own validation split.
+"""The referral operating points and the decision rule of an exported checkpoint, chosen on its
+own validation split.
 
 ``python -m training evaluate --export`` chooses them as part of a full evaluation; a plain
-``python -m training export`` chooses them here the same way (same rule, same validation
-split, the exported probabilities), so no version is written without validated thresholds
-when its data can be read. When it cannot, export warns and writes ``thresholds: {}``, and
-the gateway gives no referral advice for that version.
+``python -m training export`` chooses them here the same way (same rules, same validation
+split, the exported probabilities; the decision rule's priors from the training split), so no
+version is written without validated thresholds when its data can be read. When it cannot,
+export warns and writes ``thresholds: {}`` and no ``decision`` (the argmax), and the gateway
+gives no referral advice for that version.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch.nn as nn
 
+from contracts import decision
 from contracts.errors import DataError
 from contracts.labels import CLASS_INDEX
 from training.evaluation import thresholds as th
@@ -34,11 +37,13 @@ def validation_thresholds(
     input_size: tuple[int, int],
     temperature: float = 1.0,
     data_dir: str | Path | None = None,
-) -> dict[str, dict[str, Any]]:
-    """``metadata.json``'s ``thresholds``: the operating points of the exported probabilities
-    (``classifier`` at ``temperature``) on the checkpoint's validation split, chosen by
-    :mod:`training.evaluation.thresholds`' rule; ``{}`` with a warning when the split cannot be
-    rebuilt here (never raises for that)."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """``metadata.json``'s ``thresholds`` and ``decision``: the operating points of the exported
+    probabilities (``classifier`` at ``temperature``) on the checkpoint's validation split,
+    chosen by :mod:`training.evaluation.thresholds`' rule, and the decision rule of
+    :func:`contracts.decision.choose` on the same cases (None when the argmax is best);
+    ``({}, None)`` with a warning when the split cannot be rebuilt here (never raises for
+    that)."""
     recorded = datamodule_hparams(checkpoint)
     why = (
         f"{checkpoint} records no data module (not trained by `python -m training fit`)"
@@ -52,10 +57,14 @@ def validation_thresholds(
             probs = predict(ProbabilityModel(classifier, temperature), val, input_size)
             labels = np.array([CLASS_INDEX[c] for c in val["label"]])
             points = th.operating_points(probs, labels)
+            rule = decision.choose(
+                probs, labels, decision.priors_from_labels(split.splits["train"]["label"])
+            )
         except DataError as exc:  # e.g. a validation split without melanomas
             why = str(exc)
         else:
-            return th.thresholds_metadata(points)
+            named = None if rule.rule == decision.ARGMAX else rule.to_metadata()
+            return th.thresholds_metadata(points), named
     message = (
         f"metadata.json gets `thresholds: {{}}` (the gateway gives no referral advice for this "
         f"version): {why}. Pass --reference-data DIR (the HAM10000-layout folder it was "
@@ -63,4 +72,4 @@ def validation_thresholds(
     )
     warnings.warn(message, stacklevel=2)
     log.warning(message)
-    return {}
+    return {}, None

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from contracts.decision import ARGMAX, DecisionRule
 from contracts.errors import ConfigError, DataError
 from contracts.metadata import VersionMetadata
 from contracts.tensors import DEFAULT_MODEL_NAME
@@ -144,12 +145,19 @@ def _gate(
         return no_gate(str(exc))
 
 
+def _decision_metadata(rule: DecisionRule | None) -> dict[str, Any] | None:
+    """``metadata.json``'s ``decision``: None (the argmax, as before the rule existed) unless
+    validation chose a prior correction."""
+    return None if rule is None or rule.rule == ARGMAX else rule.to_metadata()
+
+
 def variant_metadata(
     ev: Evaluation, which: str, name: str, temperature: float, extra: dict[str, Any]
 ) -> VersionMetadata:
     """The exported variant's metadata, without ``reference`` (the writer adds provenance).
 
-    ``thresholds`` are those chosen on validation for exactly these outputs; ``evaluation``
+    ``thresholds`` and ``decision`` are those chosen on validation for exactly these outputs;
+    ``evaluation``
     holds the figures on the evaluated split; ``extra`` adds ``tta`` or ``ensemble``.
     """
     src, score = ev.source.metadata, ev.scores[which]
@@ -166,6 +174,7 @@ def variant_metadata(
         version=None,
         model_name=src.model_name if which == "cnn" else f"{which}({src.model_name})",
         thresholds=th.thresholds_metadata(ev.variants[which].points),
+        decision=_decision_metadata(ev.variants[which].decision),
         temperature=temperature,
         extra={**extra, "evaluation": evaluation},
     )

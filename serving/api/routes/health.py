@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from serving.api.deps import AppState, StateDep, metrics_access
 from serving.api.schemas import Readiness
 from serving.model_info import VersionNotServable
-from serving.triton.client import TritonError
+from serving.triton.client import TritonError, TritonModelNotReady
 
 router = APIRouter(tags=["health"])
 
@@ -28,6 +28,10 @@ async def _served(state: AppState) -> tuple[str, bool | None, str | None, str | 
         served = await state.catalog.served()
     except VersionNotServable as e:
         return "none: the served version is not used", None, None, str(e)
+    except TritonModelNotReady as e:
+        # Triton is ready but the version cannot be resolved (e.g. its metadata.json cannot be
+        # read and it takes any size): every upload would get 503, so the service is not ready.
+        return "none: the served version cannot be resolved", None, None, str(e)
     except TritonError as e:
         reason = f"unknown: the served version cannot be resolved ({type(e).__name__})"
         return reason, None, None, None
