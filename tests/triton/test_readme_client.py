@@ -109,6 +109,8 @@ def test_readme_client_as_written_reaches_the_cli_on_tritons_ports(workdir: Path
         # As written: no address given, so 127.0.0.1:8001 unless the server said otherwise.
         printed = run_readme(workdir, None if free["grpc"] else urls["grpc"])
     assert printed_top3(printed) == expected
+    # The decision block: this version has no ``decision``, so it names the most probable.
+    assert printed[-1] == f"named: [{expected[0]!r}]"
 
 
 def test_taken_grpc_port_is_replaced_and_the_readme_client_follows(workdir: Path) -> None:
