@@ -91,7 +91,7 @@ def candidates(folder: Path, int8: bytes, threads: int) -> dict[str, Runner]:
             _load(folder / "model.pt", False)
         ),
         "bf16 autocast, frozen TorchScript": _autocast(frozen),
-        "bf16 model.bf16.pt (stem + map fp32)": torchscript_runner(
+        "bf16 model.bf16.pt (first 3 convolutions + map fp32)": torchscript_runner(
             bf16_torchscript(folder / "model.pt")
         ),
         "fp32 ONNX Runtime (model.onnx)": onnx_runner(folder / "model.onnx", threads),
@@ -187,7 +187,9 @@ def run() -> dict[str, Any]:
         gates = {p: _gate(folder, p, val) for p in ("bf16", "int8")}
         test = _test_split(checkpoint, size)
         acc = accuracy(folder, int8, test, meta.ood_threshold())
+        load_before = os.getloadavg()[0]
         rows = speed(folder, int8, test.val_images[:32])
+        load_after = os.getloadavg()[0]
     return {
         "size": size,
         "checkpoint": checkpoint,
@@ -197,6 +199,7 @@ def run() -> dict[str, Any]:
         "gates": gates,
         "accuracy": acc,
         "rows": rows,
+        "load": (load_before, load_after),
     }
 
 
@@ -217,8 +220,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"CPU flags: {_amx()}. Images/s, median (min-max) of {ROUNDS} boxes of {BOX_S:g} s, all "
         "candidates of a row interleaved round-robin in the same run; the ratio is the median "
         "(min-max) over the rounds of each round's rate over the frozen fp32 TorchScript's in "
-        "the same round. The 2 cores were shared with other jobs during the "
-        "run (see the spread): compare within a row.",
+        "the same round. The 1-minute load average was "
+        f"{res['load'][0]:.1f} before the timing and {res['load'][1]:.1f} after it (on 2 cores; "
+        "above 2, other work shared them: see the spread, and compare within a row).",
         "",
         "| threads | batch | " + " | ".join(names) + " |",
         "|---|---|" + "---|" * len(names),

@@ -20,6 +20,7 @@ from contracts.errors import ConfigError
 from contracts.labels import CLASS_INDEX
 from contracts.metadata import check_artifacts, read_metadata
 from training.export.precision import (
+    KEEP_FIRST,
     MAX_BA_DROP,
     MIN_AGREEMENT,
     Split,
@@ -63,11 +64,15 @@ def _conv_weight_dtypes(model: torch.jit.ScriptModule) -> list[torch.dtype]:
 
 
 def test_the_bf16_graph_runs_every_convolution_but_the_first_and_last_in_bf16(version):
-    model = bf16_torchscript(version / "model.pt")
+    model = bf16_torchscript(version / "model.pt", keep_first=1)
     dtypes = _conv_weight_dtypes(model)
     assert len(dtypes) >= 3
     assert dtypes[0] == dtypes[-1] == torch.float32
     assert set(dtypes[1:-1]) == {torch.bfloat16}
+    # The default keeps the first KEEP_FIRST in float32 (the measured choice).
+    dtypes = _conv_weight_dtypes(bf16_torchscript(version / "model.pt"))
+    assert dtypes[:KEEP_FIRST] == [torch.float32] * KEEP_FIRST and dtypes[-1] == torch.float32
+    assert set(dtypes[KEEP_FIRST:-1]) == {torch.bfloat16}
     x = torch.zeros((2, *SIZE, 3), dtype=torch.uint8)
     with torch.inference_mode():
         out = model(x)
