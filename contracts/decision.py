@@ -17,7 +17,7 @@ probabilities shown and the referral thresholds are unchanged: the rule only say
 is named first.
 
 A version without ``decision`` (exported before it existed) names its argmax, as it always did.
-Pure numpy and the standard library: the gateway imports this without torch.
+Numpy and contracts.metrics: the gateway imports this without torch.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from contracts.labels import CLASSES, NUM_CLASSES
+from contracts.metrics import confusion_matrix, metrics_from_confusion
 
 ARGMAX = "argmax"
 BALANCED = "balanced"
@@ -168,10 +169,9 @@ def priors_from_labels(labels: Sequence[str] | np.ndarray) -> tuple[float, ...]:
 
 
 def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
-    """Mean sensitivity over the classes present in ``labels``."""
-    labels, predicted = np.asarray(labels), np.asarray(predicted)
-    present = np.unique(labels)
-    return float(np.mean([(predicted[labels == c] == c).mean() for c in present]))
+    """Mean sensitivity over the classes present in ``labels`` (``contracts.metrics``)."""
+    cm = confusion_matrix(np.asarray(labels), np.asarray(predicted), NUM_CLASSES)
+    return metrics_from_confusion(cm)["balanced_accuracy"]
 
 
 def choose(
