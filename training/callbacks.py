@@ -1,6 +1,7 @@
 """Callbacks around the LightningModule: the run summary (table + ``summary.json``), the W&B
-extras (dataset version, confusion matrix, per-class table, misclassified images) and the
-prediction writer (``predictions.csv``).
+extras (dataset version, confusion matrix, per-class table, misclassified images), the
+prediction writer (``predictions.csv``) and the exponential moving average of the weights
+(:class:`WeightEMA`, switched on from a config).
 
 Both read what :class:`training.module.LesionClassifier` keeps in ``results[stage]`` after an
 evaluation epoch; they run on the global-zero process only where they write or log.
@@ -18,8 +19,9 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 from contracts.labels import CLASSES, MELANOMA
@@ -130,6 +132,83 @@ class EpochLog(L.Callback):
             f"epoch {_duration(elapsed)}{eta}",
             flush=True,
         )
+
+
+class Checkpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, with ``save_last: true`` meaning every epoch.
+
+    Lightning 2.6 writes ``last.ckpt`` only at an epoch end that also wrote a top-k
+    checkpoint, so with ``save_top_k: 1`` it is the *best* epoch, and ``--ckpt_path last``
+    would repeat every epoch since (measured: a 2-epoch fit whose second epoch was no better
+    left ``last.ckpt`` at epoch 0). Here it is written at every epoch end.
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def _save_last_every_epoch(self, trainer: L.Trainer) -> None:
+        # Skipped where this step already saved (the top-k checkpoint, and last with it).
+        if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def ema_decay(decay: float, updates: int) -> float:
+    """The decay of the update that follows ``updates`` earlier ones: ``min(decay, (1 +
+    updates) / (10 + updates))``, TensorFlow's ``ExponentialMovingAverage(num_updates=...)``
+    rule. Early on the average follows the weights closely (the first epoch's weights, far
+    from the final ones, would otherwise weigh on it for thousands of steps); later it is a
+    long average."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+class WeightEMA(EMAWeightAveraging):
+    """An exponential moving average of the weights and batch-norm statistics, updated after
+    every optimizer step: ``average = d * average + (1 - d) * weights`` with ``d =``
+    :func:`ema_decay` ``(decay, updates so far)``; the first update copies the weights.
+
+    Validation, ``best.ckpt``/``last.ckpt`` (their ``state_dict``), the test after fit, and so
+    evaluation and export all use the average; the raw weights travel in the checkpoint's
+    ``current_model_state`` so that ``--ckpt_path last`` resumes both. Switched on in a config::
+
+        trainer:
+          callbacks:
+            - class_path: training.callbacks.WeightEMA
+              init_args: {decay: 0.997}
+
+    At ~100 steps an epoch the decay reaches 0.99 (an average over about the last epoch)
+    after 10 epochs; ``decay`` caps it.
+
+    Lightning's callback restores the *raw* weights whenever it loads a checkpoint, the test
+    that follows fit included, so the fit's own test table would describe weights that no
+    checkpoint holds. Here the raw weights are restored only when a fit resumes.
+    """
+
+    def __init__(self, decay: float = 0.997) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+
+        def average(averaged: torch.Tensor, current: torch.Tensor, updates: Any) -> torch.Tensor:
+            d = ema_decay(decay, int(updates))
+            return d * averaged + (1.0 - d) * current
+
+        # EMAWeightAveraging's own avg_fn (a fixed decay) is replaced by the warmed-up one.
+        super().__init__(decay=decay)
+        self._kwargs["avg_fn"] = average
+        self.decay = decay
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        # Otherwise state_dict, already loaded, is the average: keep it.
 
 
 def _duration(seconds: float) -> str:

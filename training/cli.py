@@ -28,10 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from training.callbacks import EpochLog, PredictionWriter, RunSummary, WandbExtras, wandb_logger
+from training.callbacks import (
+    Checkpoint,
+    EpochLog,
+    PredictionWriter,
+    RunSummary,
+    WandbExtras,
+    wandb_logger,
+)
 from training.datamodule import LesionDataModule
 from training.module import LesionClassifier
 
@@ -68,7 +75,7 @@ class LesionCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.image_size", "data.image_size", apply_on="parse")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": MONITOR,
