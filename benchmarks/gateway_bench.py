@@ -305,11 +305,12 @@ def run(  # noqa: PLR0913 (the benchmark's knobs, each with a default)
     from benchmarks.common import machine
     from contracts.images import eval_resize, read_image
     from contracts.metadata import METADATA_FILE, read_metadata
-    from contracts.repository import served_version
+    from contracts.repository import model_dirs, served_version
+    from serving.triton.render import AUTO_RUNTIME, auto_runtime
     from serving.triton.server import TritonOptions, run_triton
     from training.export import default_parity_dir, export_model, parity_batch
 
-    triton = triton or TritonOptions(instances=2)
+    triton = triton or TritonOptions(instances=2, runtime=AUTO_RUNTIME)
     size = models.get_spec(model).input_size
     if repository is not None:
         served = read_metadata(repository / str(served_version(repository)) / METADATA_FILE)
@@ -326,7 +327,7 @@ def run(  # noqa: PLR0913 (the benchmark's knobs, each with a default)
         "requests_per_level": requests,
         "repeats": repeats,
         "triton": f"{triton.instances} {triton.device.upper()} instance(s) x "
-        f"{triton.torch_threads} torch thread(s)",
+        f"{triton.torch_threads} thread(s), {triton.runtime} runtime",
         "machine": machine(),
         "levels": [],
     }
@@ -346,6 +347,9 @@ def run(  # noqa: PLR0913 (the benchmark's knobs, each with a default)
         ):
             grpc = server.grpc_url
             triton_pid = server.process.pid
+            if triton.runtime == AUTO_RUNTIME:  # say what it chose
+                chosen = ", ".join(auto_runtime(m, triton.device) for m in model_dirs(repo))
+                out["triton"] = out["triton"].replace("auto runtime", f"auto runtime: {chosen}")
             # target -> (load function, its arguments, the server processes it loads)
             jobs: dict[str, tuple[Any, tuple[Any, ...], dict[str, int]]] = {}
             if "gateway" in targets:
@@ -448,6 +452,7 @@ RATIOS = ("eager", "direct_decode", "direct_tensor")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from serving.triton.render import AUTO_RUNTIME, RUNTIMES
     from serving.triton.server import TritonOptions
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.gateway_bench", description=__doc__)
@@ -457,6 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=MODEL, help="registered model to serve")
     p.add_argument("--instances", type=int, default=2, help="Triton CPU instances")
     p.add_argument("--torch-threads", type=int, default=1, help="threads per Triton instance")
+    p.add_argument(
+        "--runtime",
+        choices=sorted([*RUNTIMES, AUTO_RUNTIME]),
+        default=AUTO_RUNTIME,
+        help="what Triton's Python backend runs (python -m serving.triton --runtime; auto: "
+        "ONNX Runtime where the version has model.onnx, as make run serves)",
+    )
     p.add_argument("--images", type=Path, help="folder of JPEGs (default: REAL_LESIONS_DIR)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument(
@@ -481,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats,
         args.images,
         args.model,
-        TritonOptions(instances=args.instances, torch_threads=args.torch_threads),
+        TritonOptions(
+            instances=args.instances, torch_threads=args.torch_threads, runtime=args.runtime
+        ),
         targets=tuple(args.targets),
         baseline=args.baseline,
         also=tuple(args.also),

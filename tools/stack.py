@@ -46,6 +46,7 @@ from serving.triton.process import (
     die_with_parent,
     terminate,
 )
+from serving.triton.render import AUTO_RUNTIME
 from serving.triton.server import CPU_INSTANCES, TritonOptions, TritonServer, run_triton
 
 
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         conventional_ports=not args.triton_free_ports,
         reserved_ports=(args.port,),
         instances=CPU_INSTANCES,
+        runtime=AUTO_RUNTIME,  # ONNX Runtime where the versions allow (serving.triton.render)
     )
     try:
         with run_triton(args.repository, options=options) as triton:

@@ -18,7 +18,7 @@ from contracts.triton_config import ConfigFileError
 from serving.triton.install import TritonServerError
 from serving.triton.ports import TRITON_PORTS
 from serving.triton.process import describe_exit
-from serving.triton.render import DEVICES, RUNTIMES
+from serving.triton.render import AUTO_RUNTIME, DEVICES, RUNTIMES
 from serving.triton.server import CPU_INSTANCES, TritonOptions, TritonServer
 from serving.triton.state import DEFAULT_CACHE
 
@@ -45,11 +45,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-dynamic-batching", action="store_true")
     p.add_argument(
         "--runtime",
-        choices=sorted(RUNTIMES),
-        default="torchscript",
-        help="run model.pt (TorchScript) or model.onnx (ONNX Runtime) in the Python backend, "
-        "or their reduced-precision copies model.bf16.pt / model.int8.onnx "
-        "(python -m training.export.precision)",
+        choices=sorted([*RUNTIMES, AUTO_RUNTIME]),
+        default=AUTO_RUNTIME,
+        help="what the Python backend runs: model.pt (TorchScript, frozen on the CPU) or "
+        "model.onnx (ONNX Runtime), or their reduced-precision copies model.bf16.pt / "
+        "model.int8.onnx (python -m training.export.precision); auto (default): ONNX Runtime "
+        "where every served version has model.onnx at one input size, else TorchScript",
     )
     p.add_argument(
         "--device",

@@ -51,6 +51,11 @@ RUNTIMES: dict[str, str] = {
     "onnx_int8": ARTIFACT_FILES["onnx_int8"],
 }
 DEFAULT_RUNTIME = "torchscript"
+# Per model: ONNX Runtime where it can serve every served version (on the CPU, each lists
+# model.onnx, one input size), else TorchScript. On this CPU ONNX Runtime ran the gateway's
+# requests at 1.17x (concurrency 32) to 1.35x (concurrency 1) the throughput of the frozen
+# TorchScript, with 2.4e-7 between their probabilities (docs/benchmarks.md).
+AUTO_RUNTIME = "auto"
 RENDERED_HEADER = "# Rendered by serving.triton.render from model_repository/; do not edit.\n"
 
 
@@ -129,6 +134,25 @@ def _served_config(source: Path, runtime: str) -> mc.ModelConfig:
     return cfg
 
 
+def auto_runtime(source: Path, device: str = "cpu") -> str:
+    """What :data:`AUTO_RUNTIME` runs for the model folder ``source``: ``"onnx"`` where every
+    served version lists ``model.onnx`` in its ``metadata.json`` and they share one input size
+    (ONNX Runtime's config declares one), on the CPU (the onnxruntime package here has no CUDA);
+    else ``"torchscript"``. A version whose files are unreadable gets ``"torchscript"``, and
+    :func:`_served_config` then says what is wrong with it."""
+    if device != "cpu":
+        return DEFAULT_RUNTIME
+    try:
+        cfg = read_config(source / CONFIG_FILE)
+        served = [v for v in served_versions(cfg) if v in versions(source)]
+        found = [check_artifacts(source / str(v)) for v in served]
+    except (ConfigFileError, MetadataError, OSError):
+        return DEFAULT_RUNTIME
+    onnx = all("onnx" in m.artifact_files() for m in found)
+    sizes = {tuple(m.input_size) for m in found}
+    return "onnx" if found and onnx and len(sizes) == 1 else DEFAULT_RUNTIME
+
+
 def render_repository(  # noqa: PLR0913 (the rendering's knobs)
     repository: Path,
     target: Path,
@@ -145,7 +169,8 @@ def render_repository(  # noqa: PLR0913 (the rendering's knobs)
 
     Args:
         runtime: ``"torchscript"`` runs each version's ``model.pt`` with torch, ``"onnx"``
-            its ``model.onnx`` with ONNX Runtime.
+            its ``model.onnx`` with ONNX Runtime; ``"auto"`` chooses per model
+            (:func:`auto_runtime`).
         device: ``"cpu"``, or ``"cuda"``: GPU instances (a CUDA machine).
 
     Returns:
@@ -155,8 +180,10 @@ def render_repository(  # noqa: PLR0913 (the rendering's knobs)
         ConfigFileError: an unknown runtime, an unreadable config, or a served version that
             lacks a model file (see :func:`_served_config`).
     """
-    if runtime not in RUNTIMES:
-        raise ConfigFileError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime not in RUNTIMES and runtime != AUTO_RUNTIME:
+        raise ConfigFileError(
+            f"unknown runtime {runtime!r}; choose one of {', '.join([*RUNTIMES, AUTO_RUNTIME])}"
+        )
     if device not in DEVICES:
         raise ConfigFileError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     repository, target = Path(repository).resolve(), Path(target)
@@ -165,12 +192,13 @@ def render_repository(  # noqa: PLR0913 (the rendering's knobs)
     for stale in set(p.name for p in target.iterdir() if p.is_dir()) - {s.name for s in sources}:
         shutil.rmtree(target / stale)
     for source in sources:
+        chosen = auto_runtime(source, device) if runtime == AUTO_RUNTIME else runtime
         cfg = cpu_config(
-            _served_config(source, runtime),
+            _served_config(source, chosen),
             instances,
             dynamic_batching,
             torch_threads,
-            runtime,
+            chosen,
             device,
         )
         out = target / source.name

@@ -71,7 +71,8 @@ class TritonOptions:
             per execution, for comparisons).
         torch_threads: intra-op threads of each instance.
         runtime: what the Python backend runs: ``torchscript`` (model.pt) or ``onnx``
-            (model.onnx through ONNX Runtime; serving/triton/render.py).
+            (model.onnx through ONNX Runtime), or ``auto``: each model's choice
+            (serving/triton/render.py).
         device: ``cpu``, or ``cuda``: the model on GPU 0 (``make bench-gpu``).
         startup_timeout_s: how long to wait for the models to load.
     """

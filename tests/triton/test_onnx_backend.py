@@ -34,10 +34,16 @@ from contracts.tensors import (
     OOD_OUTPUT_NAME,
     OUTPUT_NAME,
 )
-from contracts.triton_config import CONFIG_FILE, ONNX_FILE, ConfigFileError
+from contracts.triton_config import (
+    CONFIG_FILE,
+    ONNX_FILE,
+    ConfigFileError,
+    read_config,
+    write_config,
+)
 from models import create_classifier
 from serving.triton.client import TritonClassifier, TritonError, load_models
-from serving.triton.render import render_repository
+from serving.triton.render import auto_runtime, render_repository
 from serving.triton.server import TritonOptions, TritonServer
 from serving.triton.state import STATE_FILE
 from tests.factories import smoke_repository
@@ -165,6 +171,42 @@ def test_a_version_without_onnx_cannot_be_rendered_for_onnx(version, tmp_path):
         render_repository(repo, tmp_path / "x", runtime="tensorrt")
 
 
+def _rendered_runtime(rendered: Path) -> str:
+    cfg = read_config(rendered / DEFAULT_MODEL_NAME / CONFIG_FILE)
+    return cfg.parameters["RUNTIME"].string_value
+
+
+def test_auto_serves_onnx_only_where_every_served_version_allows_it(version, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(version.parents[1], repo)
+    model = repo / DEFAULT_MODEL_NAME
+    render_repository(repo, tmp_path / "a", runtime="auto")
+    assert auto_runtime(model) == "onnx" == _rendered_runtime(tmp_path / "a")
+    assert auto_runtime(model, device="cuda") == "torchscript"  # no CUDA in onnxruntime here
+
+    # A second served version of another input size: ONNX Runtime's config has one size.
+    shutil.copytree(model / "1", model / "2")
+    other = read_metadata(model / "2")
+    other.input_size = (64, 80)
+    other.write(model / "2" / "metadata.json")
+    cfg = read_config(model / CONFIG_FILE)
+    cfg.version_policy.specific.versions[:] = [1, 2]
+    write_config(model / CONFIG_FILE, cfg)
+    assert auto_runtime(model) == "torchscript"
+    render_repository(repo, tmp_path / "b", runtime="auto")
+    assert _rendered_runtime(tmp_path / "b") == "torchscript"
+
+    # Back to one size, but version 2 exported without ONNX (--no-onnx).
+    other.input_size = SIZE
+    other.artifacts = {"torchscript": "model.pt"}
+    other.write(model / "2" / "metadata.json")
+    (model / "2" / ONNX_FILE).unlink()
+    assert auto_runtime(model) == "torchscript"
+    cfg.version_policy.specific.versions[:] = [1]  # version 2 no longer served
+    write_config(model / CONFIG_FILE, cfg)
+    assert auto_runtime(model) == "onnx"
+
+
 def test_the_input_is_named_as_the_config_says(version):
     # The ONNX file's input and outputs carry the tensor names Triton's config gives.
     from training.export import check_onnx
@@ -173,14 +215,17 @@ def test_the_input_is_named_as_the_config_says(version):
     assert [i.name for i in sess.get_inputs()] == [INPUT_NAME]
 
 
+@pytest.mark.parametrize("runtime", ["onnx", None])
 def test_the_cli_serves_the_onnx_artifact(
-    version: Path, images: np.ndarray, tmp_path: Path
+    version: Path, images: np.ndarray, tmp_path: Path, runtime: str | None
 ) -> None:
-    """``python -m serving.triton --runtime onnx``: the state file says so (a promote
-    re-renders with it), the rendered config asks the backend for model.onnx, and it answers."""
+    """``python -m serving.triton --runtime onnx``, and without ``--runtime`` (``auto``: the
+    version has model.onnx): the state file says which (a promote re-renders with it), the
+    rendered config asks the backend for model.onnx, and it answers."""
+    flag = ["--runtime", runtime] if runtime else []
     cli = subprocess.Popen(
         [sys.executable, "-m", "serving.triton", "--repository", str(version.parents[1]),
-         "--cache-dir", str(tmp_path), "--runtime", "onnx", "--grpc-port", "0",
+         "--cache-dir", str(tmp_path), *flag, "--grpc-port", "0",
          "--http-port", "0", "--metrics-port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -189,9 +234,8 @@ def test_the_cli_serves_the_onnx_artifact(
         line = cli.stdout.readline()
         assert line.startswith("Triton ready"), line + cli.stdout.read()
         state = json.loads((tmp_path / STATE_FILE).read_text())
-        assert state["runtime"] == "onnx"
-        rendered = (Path(state["rendered"]) / version.parent.name / "config.pbtxt").read_text()
-        assert "RUNTIME" in rendered and "onnx" in rendered
+        assert state["runtime"] == (runtime or "auto")
+        assert _rendered_runtime(Path(state["rendered"])) == "onnx"
         probabilities, _ = _infer(state["grpc_url"], images[:4])
         assert probabilities.shape == (4, 7)
         assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
