@@ -40,6 +40,7 @@ from training.export.precision import (
     Split,
     accuracy_check,
     add_precision,
+    as_served,
     bf16_torchscript,
     int8_onnx,
     onnx_runner,
@@ -93,6 +94,9 @@ def candidates(folder: Path, int8: bytes, threads: int) -> dict[str, Runner]:
         "bf16 autocast, frozen TorchScript": _autocast(frozen),
         "bf16 model.bf16.pt (first 3 convolutions + map fp32)": torchscript_runner(
             bf16_torchscript(folder / "model.pt")
+        ),
+        "bf16 model.bf16.pt as served (optimize_for_inference)": torchscript_runner(
+            as_served(bf16_torchscript(folder / "model.pt"))
         ),
         "fp32 ONNX Runtime (model.onnx)": onnx_runner(folder / "model.onnx", threads),
         "int8 ONNX Runtime (QDQ conv+ReLU6)": onnx_runner(int8, threads),

@@ -32,6 +32,7 @@ from training.export.precision import (
     read_figures,
     read_images,
     torchscript_runner,
+    variant_runner,
 )
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -93,8 +94,8 @@ def test_triton_serves_the_bf16_copy_within_the_tolerance_of_fp32(bf16_triton, r
     assert probs.shape == (28, 7) and probs.dtype == np.float32 and score.shape == (28,)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        own = torchscript_runner(torch.jit.load(str(reduced / "model.bf16.pt")))(images)
-    assert np.abs(probs - own[0]).max() <= SAME  # what Triton ran is the bf16 file
+        own = variant_runner("bf16", (reduced / "model.bf16.pt").read_bytes())(images)
+    assert np.abs(probs - own[0]).max() <= SAME  # what Triton ran is the bf16 file, as served
     assert own[1] is not None and np.abs(score - own[1]).max() <= SAME
     fp32 = _fp32(reduced, images)
     assert np.abs(own[0] - fp32).max() > SAME  # so the first check tells the two files apart
