@@ -52,9 +52,10 @@ RUNTIMES: dict[str, str] = {
 }
 DEFAULT_RUNTIME = "torchscript"
 # Per model: ONNX Runtime where it can serve every served version (on the CPU, each lists
-# model.onnx, one input size), else TorchScript. On this CPU ONNX Runtime ran the gateway's
-# requests at 1.17x (concurrency 32) to 1.35x (concurrency 1) the throughput of the frozen
-# TorchScript, with 2.4e-7 between their probabilities (docs/benchmarks.md).
+# model.onnx, one input size), else TorchScript. On this CPU the gateway served 1.35x the
+# requests with ONNX Runtime behind it at concurrency 1, and 1.17-1.20x at 32, of what it
+# served with model.pt (as exported or frozen); the two differ by 2.4e-7 in the probabilities
+# (docs/benchmarks.md, "What the local Triton runs").
 AUTO_RUNTIME = "auto"
 RENDERED_HEADER = "# Rendered by serving.triton.render from model_repository/; do not edit.\n"
 
