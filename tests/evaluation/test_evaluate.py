@@ -87,6 +87,13 @@ def test_each_row_names_its_class_by_a_rule_chosen_on_validation(ev):
         assert sc.balanced_accuracy_argmax.estimate == pytest.approx(
             _ba(labels, v.test.argmax(1))
         ), key
+        # What the rule adds, paired: the difference of the two, with a bootstrap interval.
+        gain = sc.rule_gain
+        assert gain.estimate == pytest.approx(
+            _ba(labels, _named(v.test, rule.tau, priors)) - _ba(labels, v.test.argmax(1))
+        ), key
+        assert gain.n_resamples == ev.settings["n_resamples"] > 0, key
+        assert gain.low <= gain.high, key
 
 
 def test_the_argmax_option_names_the_most_probable_class(checkpoints):
@@ -95,6 +102,7 @@ def test_the_argmax_option_names_the_most_probable_class(checkpoints):
     for key, sc in plain.scores.items():
         assert plain.variants[key].decision.tau == 0.0
         assert sc.balanced_accuracy.estimate == sc.balanced_accuracy_argmax.estimate
+        assert sc.rule_gain.estimate == 0.0
 
 
 def test_calibration_lowers_validation_nll(ev):

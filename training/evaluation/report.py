@@ -41,6 +41,14 @@ def _diff(iv: Interval) -> str:
     return f"{iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]"
 
 
+def _gain(sc: scoring.Score) -> str:
+    """The decision rule's balanced accuracy minus the argmax's, paired (``-`` for argmax)."""
+    if sc.decision.rule == ARGMAX:
+        return "\N{EN DASH}"
+    iv = sc.rule_gain
+    return _diff(iv) if iv.n_resamples and not math.isnan(iv.low) else f"{iv.estimate:+.3f}"
+
+
 def _confidence_rule(settings: dict[str, Any]) -> str:
     confidence = settings.get("threshold_confidence")
     if not confidence:
@@ -135,6 +143,7 @@ def render(ev: Evaluation, figs: dict[str, Path]) -> str:
         "balanced accuracy [95% CI]",
         "decision rule",
         "balanced accuracy, argmax",
+        "rule minus argmax, paired [95% CI]",
         "mel sens., argmax",
         "mel sens. at op. point [95% CI]",
         "mel spec. at op. point",
@@ -150,6 +159,7 @@ def render(ev: Evaluation, figs: dict[str, Path]) -> str:
                 _ci(sc.balanced_accuracy),
                 _decision(ev.variants[key]),
                 _f(sc.balanced_accuracy_argmax.estimate),
+                _gain(sc),
                 _ci(sc.sensitivity_mel_argmax),
                 _ci(sc.sensitivity_mel_op),
                 _f(sc.specificity_mel_op),
@@ -321,6 +331,7 @@ def summary(ev: Evaluation) -> dict[str, Any]:
                 for k in (
                     "balanced_accuracy",
                     "balanced_accuracy_argmax",
+                    "rule_gain",
                     "sensitivity_mel_argmax",
                     "sensitivity_mel_op",
                 )

@@ -67,6 +67,9 @@ class Score:
     ece: float
     points: dict[str, th.OperatingPoint] = field(repr=False)
     decision: DecisionRule = field(default=ARGMAX_RULE, repr=False)
+    # balanced_accuracy minus balanced_accuracy_argmax, paired over the same lesion resamples
+    # (exactly 0 for the argmax rule): what the decision rule adds on this split.
+    rule_gain: bs.Interval = field(default_factory=lambda: bs.Interval(0.0, 0.0, 0.0, 0.95, 0))
 
     def metrics(self) -> dict[str, float]:
         """Flat point values, e.g. for W&B, ``metrics.json`` and the promotion gate."""
@@ -119,10 +122,16 @@ def score(  # noqa: PLR0913 (what the row brought: points and decision, chosen o
         t: th.rates(th.scores(probs, t), th.positives(labels, t), points[t].threshold)
         for t in th.TARGETS
     }
+    ruled, argmax = weighted["balanced_accuracy"], weighted["balanced_accuracy_argmax"]
+    if not n_resamples:
+        gain = _no_ci(lambda w: ruled(w) - argmax(w), len(labels))
+    else:
+        gain = bs.paired_bootstrap(argmax, ruled, groups, n_resamples, seed)
     auroc = auroc_per_class(labels, probs)
     return Score(
         name=name,
         **intervals,
+        rule_gain=gain,
         specificity_mel_op=rates["mel"][1],
         sensitivity_malignant_op=rates["malignant"][0],
         specificity_malignant_op=rates["malignant"][1],
