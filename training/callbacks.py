@@ -159,19 +159,13 @@ class Checkpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
-def ema_decay(decay: float, updates: int) -> float:
-    """The decay of the update that follows ``updates`` earlier ones: ``min(decay, (1 +
-    updates) / (10 + updates))``, TensorFlow's ``ExponentialMovingAverage(num_updates=...)``
-    rule. Early on the average follows the weights closely (the first epoch's weights, far
-    from the final ones, would otherwise weigh on it for thousands of steps); later it is a
-    long average."""
-    return min(decay, (1.0 + updates) / (10.0 + updates))
-
-
 class WeightEMA(EMAWeightAveraging):
     """An exponential moving average of the weights and batch-norm statistics, updated after
-    every optimizer step: ``average = d * average + (1 - d) * weights`` with ``d =``
-    :func:`ema_decay` ``(decay, updates so far)``; the first update copies the weights.
+    every optimizer step: ``average = d * average + (1 - d) * weights`` with ``d = min(decay,
+    (1 + n) / (10 + n))`` after ``n`` updates (TensorFlow's ``ExponentialMovingAverage(
+    num_updates=...)`` rule: early on the average follows the weights, whose first epochs, far
+    from the final ones, would otherwise weigh on it for thousands of steps; later it is a long
+    average); the first update copies the weights.
 
     Validation, ``best.ckpt``/``last.ckpt`` (their ``state_dict``), the test after fit, and so
     evaluation and export all use the average; the raw weights travel in the checkpoint's
@@ -195,8 +189,10 @@ class WeightEMA(EMAWeightAveraging):
             raise ValueError(f"decay must be in (0, 1), got {decay}")
 
         def average(averaged: torch.Tensor, current: torch.Tensor, updates: Any) -> torch.Tensor:
-            d = ema_decay(decay, int(updates))
-            return d * averaged + (1.0 - d) * current
+            # Tensor arithmetic on the parameter's device: no host sync per parameter on a GPU.
+            n = torch.as_tensor(updates, dtype=torch.float32, device=averaged.device)
+            d = ((1.0 + n) / (10.0 + n)).clamp(max=decay)
+            return averaged * d + current * (1.0 - d)
 
         # EMAWeightAveraging's own avg_fn (a fixed decay) is replaced by the warmed-up one.
         super().__init__(decay=decay)
