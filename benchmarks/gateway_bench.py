@@ -326,8 +326,6 @@ def run(  # noqa: PLR0913 (the benchmark's knobs, each with a default)
         "photos": f"{len(photos)} JPEGs from {folder.name} ({kib:.0f} KiB mean)",
         "requests_per_level": requests,
         "repeats": repeats,
-        "triton": f"{triton.instances} {triton.device.upper()} instance(s) x "
-        f"{triton.torch_threads} thread(s), {triton.runtime} runtime",
         "machine": machine(),
         "levels": [],
     }
@@ -341,15 +339,19 @@ def run(  # noqa: PLR0913 (the benchmark's knobs, each with a default)
             export_model(models.create_classifier(model).eval(), repo, size, batch)
         else:
             shutil.copytree(repository, repo / repository.name)
+        runtime = triton.runtime
+        if runtime == AUTO_RUNTIME:  # say what it chooses
+            runtime += ": " + ", ".join(auto_runtime(m, triton.device) for m in model_dirs(repo))
+        out["triton"] = (
+            f"{triton.instances} {triton.device.upper()} instance(s) x "
+            f"{triton.torch_threads} thread(s), {runtime} runtime"
+        )
         with (
             run_triton(repo, cache_dir=tmp / "triton", options=triton) as server,
             contextlib.ExitStack() as procs,
         ):
             grpc = server.grpc_url
             triton_pid = server.process.pid
-            if triton.runtime == AUTO_RUNTIME:  # say what it chose
-                chosen = ", ".join(auto_runtime(m, triton.device) for m in model_dirs(repo))
-                out["triton"] = out["triton"].replace("auto runtime", f"auto runtime: {chosen}")
             # target -> (load function, its arguments, the server processes it loads)
             jobs: dict[str, tuple[Any, tuple[Any, ...], dict[str, int]]] = {}
             if "gateway" in targets:

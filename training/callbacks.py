@@ -197,7 +197,6 @@ class WeightEMA(EMAWeightAveraging):
         # EMAWeightAveraging's own avg_fn (a fixed decay) is replaced by the warmed-up one.
         super().__init__(decay=decay)
         self._kwargs["avg_fn"] = average
-        self.decay = decay
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

@@ -24,7 +24,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from contracts.clinical import ClinicalEncodingError
-from contracts.metadata import METADATA_FILE, MetadataError, check_artifacts
+from contracts.metadata import METADATA_FILE, MetadataError, VersionMetadata, check_artifacts
 from contracts.repository import model_dirs, versions
 from contracts.triton_config import (
     ARTIFACT_FILES,
@@ -98,18 +98,17 @@ def cpu_config(
     return cpu
 
 
-def _served_config(source: Path, runtime: str) -> mc.ModelConfig:
-    """The model's config for ``runtime``, once its served versions have their model files.
+def _served(source: Path) -> tuple[mc.ModelConfig, dict[int, VersionMetadata]]:
+    """The model's production config and the ``metadata.json`` of each served version.
 
     Raises:
         ConfigFileError: the config is unreadable, a served version lacks a file its
-            ``metadata.json`` lists or the runtime's model file (the message names it), or
-            takes the clinical metadata in another encoding than this code's (both named).
+            ``metadata.json`` lists (the message names it), or takes the clinical metadata in
+            another encoding than this code's (both named).
     """
     cfg = read_config(source / CONFIG_FILE)
-    served = [v for v in served_versions(cfg) if v in versions(source)]
-    sizes = []
-    for version in served:
+    found = {}
+    for version in (v for v in served_versions(cfg) if v in versions(source)):
         try:
             metadata = check_artifacts(source / str(version))
             metadata.check_clinical()
@@ -117,6 +116,38 @@ def _served_config(source: Path, runtime: str) -> mc.ModelConfig:
             raise ConfigFileError(
                 f"cannot serve version {version} of {source.name}: {exc}"
             ) from None
+        found[version] = metadata
+    return cfg, found
+
+
+def _choose(found: dict[int, VersionMetadata], device: str) -> str:
+    """:data:`AUTO_RUNTIME`'s choice for these served versions (:func:`auto_runtime`)."""
+    onnx = all("onnx" in m.artifact_files() for m in found.values())
+    sizes = {tuple(m.input_size) for m in found.values()}
+    return "onnx" if device == "cpu" and found and onnx and len(sizes) == 1 else DEFAULT_RUNTIME
+
+
+def auto_runtime(source: Path, device: str = "cpu") -> str:
+    """What :data:`AUTO_RUNTIME` runs for the model folder ``source``: ``"onnx"`` where every
+    served version lists ``model.onnx`` in its ``metadata.json`` and they share one input size
+    (ONNX Runtime's config declares one), on the CPU (the onnxruntime package here has no CUDA);
+    else ``"torchscript"``.
+
+    Raises:
+        ConfigFileError: as :func:`render_repository`, for a version that cannot be served.
+    """
+    return _choose(_served(source)[1], device)
+
+
+def _runtime_config(
+    source: Path, cfg: mc.ModelConfig, found: dict[int, VersionMetadata], runtime: str
+) -> mc.ModelConfig:
+    """The model's config for ``runtime``, once every served version has its model file.
+
+    Raises:
+        ConfigFileError: a served version lacks the runtime's model file (the message names it).
+    """
+    for version, metadata in found.items():
         if runtime != "torchscript" and runtime not in metadata.artifact_files():
             raise ConfigFileError(
                 f"cannot serve version {version} of {source.name} with the {runtime} runtime: "
@@ -129,29 +160,9 @@ def _served_config(source: Path, runtime: str) -> mc.ModelConfig:
                 + f"; its metadata.json lists {metadata.artifact_files()}). Serve it with the "
                 "torchscript runtime, or export the checkpoint again"
             )
-        sizes.append(metadata.input_size)
-    if runtime.startswith("onnx") and sizes:
-        return onnxruntime_config(cfg, sizes[0])
+    if runtime.startswith("onnx") and found:
+        return onnxruntime_config(cfg, next(iter(found.values())).input_size)
     return cfg
-
-
-def auto_runtime(source: Path, device: str = "cpu") -> str:
-    """What :data:`AUTO_RUNTIME` runs for the model folder ``source``: ``"onnx"`` where every
-    served version lists ``model.onnx`` in its ``metadata.json`` and they share one input size
-    (ONNX Runtime's config declares one), on the CPU (the onnxruntime package here has no CUDA);
-    else ``"torchscript"``. A version whose files are unreadable gets ``"torchscript"``, and
-    :func:`_served_config` then says what is wrong with it."""
-    if device != "cpu":
-        return DEFAULT_RUNTIME
-    try:
-        cfg = read_config(source / CONFIG_FILE)
-        served = [v for v in served_versions(cfg) if v in versions(source)]
-        found = [check_artifacts(source / str(v)) for v in served]
-    except (ConfigFileError, MetadataError, OSError):
-        return DEFAULT_RUNTIME
-    onnx = all("onnx" in m.artifact_files() for m in found)
-    sizes = {tuple(m.input_size) for m in found}
-    return "onnx" if found and onnx and len(sizes) == 1 else DEFAULT_RUNTIME
 
 
 def render_repository(  # noqa: PLR0913 (the rendering's knobs)
@@ -179,7 +190,7 @@ def render_repository(  # noqa: PLR0913 (the rendering's knobs)
 
     Raises:
         ConfigFileError: an unknown runtime, an unreadable config, or a served version that
-            lacks a model file (see :func:`_served_config`).
+            lacks a model file (see :func:`_served` and :func:`_runtime_config`).
     """
     if runtime not in RUNTIMES and runtime != AUTO_RUNTIME:
         raise ConfigFileError(
@@ -193,9 +204,10 @@ def render_repository(  # noqa: PLR0913 (the rendering's knobs)
     for stale in set(p.name for p in target.iterdir() if p.is_dir()) - {s.name for s in sources}:
         shutil.rmtree(target / stale)
     for source in sources:
-        chosen = auto_runtime(source, device) if runtime == AUTO_RUNTIME else runtime
+        production, found = _served(source)
+        chosen = _choose(found, device) if runtime == AUTO_RUNTIME else runtime
         cfg = cpu_config(
-            _served_config(source, chosen),
+            _runtime_config(source, production, found, chosen),
             instances,
             dynamic_batching,
             torch_threads,

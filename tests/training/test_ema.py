@@ -103,7 +103,7 @@ def test_checkpoints_hold_the_average_and_a_resume_carries_it_on(
         best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=False)
         assert (last["epoch"], last["global_step"]) == (1, 6)
         assert best["epoch"] == 0  # with 2 validation batches, balanced accuracy never moved
-        floats = {k for k in first[0]}
+        floats = set(first[0])
         average = {k: v for k, v in last["state_dict"].items() if k in floats}
         _assert_same(average, _ema(first))  # state_dict: the average, step by step
         _assert_same(last["current_model_state"], first[-1])  # the raw weights beside it
