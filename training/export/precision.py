@@ -338,11 +338,11 @@ def build_variant(version_dir: Path, precision: str, calibration: np.ndarray | N
 def as_served(model: Any) -> Any:
     """``model.bf16.pt`` as the local Triton runs it on the CPU
     (serving/triton/backend_model.py): ``torch.jit.optimize_for_inference``, which gives the
-    convolutions to oneDNN with their weights prepacked: 1.23x the loaded file at batch 32 on
-    one thread here, how Triton's instances run (1.41x against 1.15x of frozen fp32 in the same
-    run; no faster on two threads or at batch 1: docs/benchmarks.md, "Reduced precision"). The
-    result cannot be saved (its oneDNN constants do not serialise), so it is made at load,
-    and the gate checks this form."""
+    convolutions to oneDNN with their weights prepacked. At batch 32 on one thread here (how
+    Triton's instances run) it ran at 1.41x frozen fp32, the loaded file at 1.15x, in the same
+    run; no faster on two threads or at batch 1 (docs/benchmarks.md, "Reduced precision"). The
+    result cannot be saved (its oneDNN constants do not serialise), so it is made at load, and
+    the gate checks this form."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.optimize_for_inference(model)
