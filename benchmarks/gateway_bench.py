@@ -294,8 +294,10 @@ def run(  # noqa: PLR0913 (the benchmark's knobs, each with a default)
     ``triton``: how Triton runs the model; default two CPU instances of one thread each.
     ``repository``: a model's folder (``<repo>/skin_lesion``) to serve as it is, e.g. a trained
     version (benchmarks/gpu.py); default: ``model`` untrained, exported here. The eager
-    baseline always runs ``model`` untrained at the served input size. ``targets``: which of
-    :data:`TARGETS` to load; ``baseline``: the checkout the ``baseline`` target runs.
+    baseline always runs one network untrained at the served input size: the served one when
+    it is a registered model, else ``model`` (an exported TTA or ensemble is several).
+    ``targets``: which of :data:`TARGETS` to load; ``baseline``: the checkout the ``baseline``
+    target runs.
     """
     if baseline is not None and "baseline" not in targets:
         targets = (*targets, "baseline")
@@ -314,14 +316,16 @@ def run(  # noqa: PLR0913 (the benchmark's knobs, each with a default)
     size = models.get_spec(model).input_size
     if repository is not None:
         served = read_metadata(repository / str(served_version(repository)) / METADATA_FILE)
-        size, model = served.input_size, served.model_name or model
+        size = served.input_size
+        if served.model_name in models.list_models():  # not for tta(...), ensemble(...)
+            model = served.model_name
     folder = Path(images_dir or default_parity_dir())
     paths = sorted(folder.glob("*.jpg"))
     photos = [p.read_bytes() for p in paths]
     kib = np.mean([len(p) for p in photos]) / 1024
     resized = np.stack([eval_resize(read_image(str(p)), size) for p in paths])
     out: dict[str, Any] = {
-        "model": model,
+        "model": model if repository is None else f"{served.model_name} ({repository})",
         "input_size": list(size),
         "photos": f"{len(photos)} JPEGs from {folder.name} ({kib:.0f} KiB mean)",
         "requests_per_level": requests,
@@ -462,6 +466,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="repeats per level and target")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--model", default=MODEL, help="registered model to serve")
+    p.add_argument(
+        "--repository",
+        type=Path,
+        help="a model's folder (<repo>/skin_lesion) to serve as it is, its served version, "
+        "e.g. a trained ensemble; default: --model untrained, exported here",
+    )
     p.add_argument("--instances", type=int, default=2, help="Triton CPU instances")
     p.add_argument("--torch-threads", type=int, default=1, help="threads per Triton instance")
     p.add_argument(
@@ -498,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         TritonOptions(
             instances=args.instances, torch_threads=args.torch_threads, runtime=args.runtime
         ),
+        repository=args.repository,
         targets=tuple(args.targets),
         baseline=args.baseline,
         also=tuple(args.also),
