@@ -96,6 +96,32 @@ def test_each_row_names_its_class_by_a_rule_chosen_on_validation(ev):
         assert gain.low <= gain.high, key
 
 
+def test_hindsight_specificity_is_the_roc_at_the_target(ev):
+    """The specificity where the test split's own sensitivity first reaches the target, read
+    off sklearn's ROC curve; never below the operating point's where that one caught at least
+    as many."""
+    from sklearn.metrics import roc_curve
+
+    labels = ev.cases.labels
+    for key, v in ev.variants.items():
+        sc = ev.scores[key]
+        for target, hindsight, at_op in (
+            ("mel", sc.specificity_mel_hindsight, sc.specificity_mel_op),
+            ("malignant", sc.specificity_malignant_hindsight, sc.specificity_malignant_op),
+        ):
+            goal = v.points[target].target_sensitivity
+            fpr, tpr, _ = roc_curve(
+                th.positives(labels, target), th.scores(v.test, target), drop_intermediate=False
+            )
+            expected = 1.0 - fpr[np.argmax(tpr >= goal - 1e-12)]
+            assert hindsight == pytest.approx(expected), (key, target)
+            sens, _ = th.rates(
+                th.scores(v.test, target), th.positives(labels, target), v.points[target].threshold
+            )
+            if sens >= goal:
+                assert at_op <= hindsight, (key, target)
+
+
 def test_the_argmax_option_names_the_most_probable_class(checkpoints):
     config = EvaluationConfig(limit_per_class=5, n_resamples=0, balanced_decision=False)
     plain = evaluate(checkpoints[0], config)
@@ -146,6 +172,12 @@ def test_report_files_and_wandb_run(ev, tmp_path, monkeypatch):
     assert metrics["variants"]["cnn"]["thresholds"]["mel"]["threshold"] == pytest.approx(
         ev.variants["cnn"].points["mel"].threshold
     )
+    cnn = ev.scores["cnn"]
+    assert metrics["variants"]["cnn"]["metrics"]["specificity_mel_hindsight"] == pytest.approx(
+        cnn.specificity_mel_hindsight
+    )
+    row = f"| {cnn.name} | {cnn.specificity_mel_op:.3f} / {cnn.specificity_mel_hindsight:.3f} |"
+    assert row in text  # the confidence's cost, per variant
     saved = np.load(report.parent / "predictions.npz")
     np.testing.assert_allclose(saved["probs_cnn"], ev.variants["cnn"].test)
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")

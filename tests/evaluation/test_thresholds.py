@@ -112,3 +112,34 @@ def test_stored_points_round_trip_and_old_entries_read_as_the_exact_rule():
     assert th.points_from_metadata(th.thresholds_metadata(points)) == points
     old = {t: {"threshold": 0.2, "target_sensitivity": 0.95} for t in th.TARGETS}
     assert th.points_from_metadata(old)["mel"].rule == th.EXACT_RULE
+
+
+def test_score_reports_the_specificity_the_confidence_costs():
+    """``scoring.score``'s hindsight specificity: where these cases' own sensitivity first
+    reaches the target, read off sklearn's ROC (not this module's threshold search); with 200
+    melanomas it lies above the confident operating point's, which refers more."""
+    import pandas as pd
+    from sklearn.metrics import roc_curve
+
+    from contracts.labels import CLASSES
+    from training.evaluation.scoring import Cases, score
+
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.full(200, MEL), np.full(600, NV), np.full(100, BCC)]
+    logits = rng.normal(0.0, 1.0, (labels.size, 7))
+    logits[np.arange(labels.size), labels] += 2.0  # informative, far from perfect
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    points = th.operating_points(probs, labels)  # chosen on these cases, with confidence
+    frame = pd.DataFrame(
+        {"label": [CLASSES[i] for i in labels], "group": [f"g{i}" for i in range(labels.size)]}
+    )
+    sc = score("synthetic", probs, Cases(frame), points, n_resamples=0)
+    for target, hindsight, at_op in (
+        ("mel", sc.specificity_mel_hindsight, sc.specificity_mel_op),
+        ("malignant", sc.specificity_malignant_hindsight, sc.specificity_malignant_op),
+    ):
+        fpr, tpr, _ = roc_curve(
+            th.positives(labels, target), th.scores(probs, target), drop_intermediate=False
+        )
+        assert hindsight == pytest.approx(1.0 - fpr[np.argmax(tpr >= 0.95)]), target
+        assert at_op < hindsight, target

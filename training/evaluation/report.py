@@ -261,6 +261,7 @@ def _decisions(ev: Evaluation, figs: dict[str, Path]) -> list[str]:
         "",
         f"![operating point]({figs['operating_point'].name})",
         "",
+        *_confidence_cost(ev),
         "## Calibration",
         "",
         f"Temperature fitted on validation: **T = {ev.temperature:.3f}** (logits / T). ECE on "
@@ -271,6 +272,32 @@ def _decisions(ev: Evaluation, figs: dict[str, Path]) -> list[str]:
         f"![reliability]({figs['reliability'].name})",
         "",
         f"![confusion matrix]({figs['confusion'].name}) ![ROC]({figs['roc'].name})",
+        "",
+    ]
+
+
+def _confidence_cost(ev: Evaluation) -> list[str]:
+    """Per variant: specificity at the operating point against specificity where this split's
+    own sensitivity first reaches the target (hindsight, Score.specificity_*_hindsight)."""
+    rows = [
+        [
+            sc.name,
+            f"{_f(sc.specificity_mel_op)} / {_f(sc.specificity_mel_hindsight)}",
+            f"{_f(sc.specificity_malignant_op)} / {_f(sc.specificity_malignant_hindsight)}",
+        ]
+        for sc in ev.scores.values()
+    ]
+    target = ev.variants["cnn"].points["mel"].target_sensitivity
+    return [
+        f"What the confidence costs: specificity at the operating point (a threshold set on "
+        f"validation so that sensitivity {target:.2f} holds on new cases) against specificity "
+        f"where {ev.split}'s own sensitivity first reaches {target:.2f} (the ROC read in "
+        "hindsight: no threshold can be set there ahead of time).",
+        "",
+        _table(
+            ["model", "mel spec.: op. point / hindsight", "malignant spec.: op. point / hindsight"],
+            rows,
+        ),
         "",
     ]
 

@@ -9,6 +9,7 @@ lesion-level bootstrap intervals.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from contracts.decision import ARGMAX_RULE, DecisionRule
+from contracts.errors import DataError
 from contracts.labels import CLASS_INDEX, CLASSES, MELANOMA, NUM_CLASSES
 from contracts.metrics import (
     auroc_per_class,
@@ -70,6 +72,11 @@ class Score:
     # balanced_accuracy minus balanced_accuracy_argmax, paired over the same lesion resamples
     # (exactly 0 for the argmax rule): what the decision rule adds on this split.
     rule_gain: bs.Interval = field(default_factory=lambda: bs.Interval(0.0, 0.0, 0.0, 0.95, 0))
+    # Specificity at the threshold that reaches the operating point's target sensitivity on
+    # THIS split exactly (the ROC read in hindsight; no threshold can be set there ahead of
+    # time): against specificity_*_op, what choosing the threshold with confidence costs.
+    specificity_mel_hindsight: float = math.nan
+    specificity_malignant_hindsight: float = math.nan
 
     def metrics(self) -> dict[str, float]:
         """Flat point values, e.g. for W&B, ``metrics.json`` and the promotion gate."""
@@ -127,6 +134,10 @@ def score(  # noqa: PLR0913 (what the row brought: points and decision, chosen o
         gain = _no_ci(lambda w: ruled(w) - argmax(w), len(labels))
     else:
         gain = bs.paired_bootstrap(argmax, ruled, groups, n_resamples, seed)
+    hindsight = {
+        t: _hindsight_specificity(probs, labels, t, points[t].target_sensitivity)
+        for t in th.TARGETS
+    }
     auroc = auroc_per_class(labels, probs)
     return Score(
         name=name,
@@ -135,11 +146,27 @@ def score(  # noqa: PLR0913 (what the row brought: points and decision, chosen o
         specificity_mel_op=rates["mel"][1],
         sensitivity_malignant_op=rates["malignant"][0],
         specificity_malignant_op=rates["malignant"][1],
+        specificity_mel_hindsight=hindsight["mel"],
+        specificity_malignant_hindsight=hindsight["malignant"],
         auroc_macro=float(np.nanmean(auroc)) if not np.isnan(auroc).all() else float("nan"),
         ece=expected_calibration_error(probs, labels),
         points=points,
         decision=decision,
     )
+
+
+def _hindsight_specificity(
+    probs: np.ndarray, labels: np.ndarray, target: str, sensitivity: float
+) -> float:
+    """Specificity of ``target``'s score where these cases' own sensitivity first reaches
+    ``sensitivity`` (NaN without positives here)."""
+    try:
+        exact = th.choose_threshold(
+            th.scores(probs, target), th.positives(labels, target), sensitivity, None
+        )
+    except DataError:
+        return math.nan
+    return exact.val_specificity
 
 
 def _no_ci(metric: bs.WeightedMetric, n: int) -> bs.Interval:
