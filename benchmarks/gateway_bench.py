@@ -127,17 +127,26 @@ def load_http(
 
 
 def load_triton(
-    url: str, payload: list[bytes] | np.ndarray, size: list[int], concurrency: int, n: int
+    url: str,
+    payload: list[bytes] | np.ndarray,
+    size: list[int],
+    clinical: bool,
+    concurrency: int,
+    n: int,
 ) -> dict:
     """Load generator for Triton directly (own process): tensors, or JPEGs it decodes itself
-    with the gateway's ``prepare_image`` in a worker thread, as the gateway does."""
+    with the gateway's ``prepare_image`` in a worker thread, as the gateway does. ``clinical``:
+    the model is a fusion version, sent the encoding of no known field with each image, as the
+    gateway sends for an upload without patient metadata."""
     import anyio.to_thread
 
+    from contracts.clinical import UNKNOWN
     from contracts.images import prepare_image
     from serving.settings import Settings
     from serving.triton.client import AsyncTritonClassifier
 
     decode = isinstance(payload, list)
+    rows = UNKNOWN[None] if clinical else None
     max_pixels = Settings.model_fields["max_pixels"].default
 
     async def main() -> dict[str, float]:
@@ -150,7 +159,7 @@ def load_triton(
                         prepare_image, item, tuple(size), max_pixels
                     )
                     item = prepared.model_input
-                out = await client.predict(item[None])
+                out = await client.predict(item[None], clinical=rows)
                 return out.shape == (1, 7)
 
             return await _drive(send, concurrency, n, warmup=2 * concurrency)
@@ -314,9 +323,10 @@ def run(  # noqa: PLR0913 (the benchmark's knobs, each with a default)
 
     triton = triton or TritonOptions(instances=2, runtime=AUTO_RUNTIME)
     size = models.get_spec(model).input_size
+    clinical = False
     if repository is not None:
         served = read_metadata(repository / str(served_version(repository)) / METADATA_FILE)
-        size = served.input_size
+        size, clinical = served.input_size, served.has_clinical_input
         if served.model_name in models.list_models():  # not for tta(...), ensemble(...)
             model = served.model_name
     folder = Path(images_dir or default_parity_dir())
@@ -392,12 +402,12 @@ def run(  # noqa: PLR0913 (the benchmark's knobs, each with a default)
             everything = {
                 "direct_decode": (
                     load_triton,
-                    (grpc, photos, list(size)),
+                    (grpc, photos, list(size), clinical),
                     {"Triton": triton_pid},
                 ),
                 "direct_tensor": (
                     load_triton,
-                    (grpc, resized, list(size)),
+                    (grpc, resized, list(size), clinical),
                     {"Triton": triton_pid},
                 ),
             }
