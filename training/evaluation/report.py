@@ -289,8 +289,8 @@ def _confidence_cost(ev: Evaluation) -> list[str]:
     ]
     target = ev.variants["cnn"].points["mel"].target_sensitivity
     return [
-        f"What the confidence costs: specificity at the operating point (a threshold set on "
-        f"validation so that sensitivity {target:.2f} holds on new cases) against specificity "
+        f"What the threshold rule costs: specificity at the operating point (set on validation "
+        f"to reach sensitivity {target:.2f}{_confidence_rule(ev.settings)}) against specificity "
         f"where {ev.split}'s own sensitivity first reaches {target:.2f} (the ROC read in "
         "hindsight: no threshold can be set there ahead of time).",
         "",
