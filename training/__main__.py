@@ -17,6 +17,7 @@ EXTRA_COMMANDS = {
     "export": "training.export.cli",
     "evaluate": "training.evaluation.cli",
     "search": "training.search",
+    "ensemble": "training.ensemble_recipe",
 }
 
 
