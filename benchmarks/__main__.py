@@ -115,8 +115,9 @@ def assemble(command: str) -> str:
     out = [
         "# Benchmarks",
         "",
-        f"Machine: {machine()}.",
-        f"Command: `{command}` (page assembled {now}; each section says when it ran).",
+        f"Machine of the last run: {machine()}.",
+        f"Command: `{command}` (page assembled {now}; each section says when and on which "
+        "machine it ran: compare figures of one section, never across machines).",
         "All figures are medians over repeated runs with the spread (min-max) where given;",
         "ratios compare alternatives measured in the same run on the same machine.",
         "",
@@ -151,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         took = time.perf_counter() - start
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        (PARTS / f"{name}.md").write_text(f"{body}\n\n_Ran {stamp} in {took:.0f} s._\n")
+        # The machine with the time: the project's machine has changed between sessions (an
+        # Intel Xeon with AMX, then an AMD EPYC without), and sections are rerun one at a time.
+        (PARTS / f"{name}.md").write_text(
+            f"{body}\n\n_Ran {stamp} in {took:.0f} s on {machine()}._\n"
+        )
         print(body, flush=True)
     cmd = "make bench" if not args.only else f"python -m benchmarks --only {' '.join(args.only)}"
     (DOCS / "benchmarks.md").write_text(assemble(cmd))

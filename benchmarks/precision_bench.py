@@ -7,8 +7,10 @@ temporary repository, or an exported version folder given as ``PRECISION_BENCH_V
 
 - Speed: images/s at batch 32 and 1, one and two threads, every candidate in the same time
   boxes, interleaved (round-robin, median of :data:`ROUNDS` rounds): ``model.pt`` as served,
-  the same frozen (the reference), frozen under ``torch.autocast`` bf16, ``model.bf16.pt``
-  (``training.export.precision``), ONNX Runtime on ``model.onnx`` and on its int8 copy.
+  the same frozen (the reference), the same with its convolutions fused as ``model.bf16.pt``'s
+  are (what the fusion is worth without bf16), frozen under ``torch.autocast`` bf16,
+  ``model.bf16.pt`` (``training.export.precision``) without the fusion (as before) and with it,
+  ONNX Runtime on ``model.onnx`` and on its int8 copy.
 - Accuracy: on the checkpoint's lesion-grouped TEST split (the split of docs/results.md), each
   candidate's argmax against the fp32 reference's: top-1 agreement, balanced accuracy of both,
   the largest probability difference, the out-of-distribution score's largest relative
@@ -42,6 +44,7 @@ from training.export.precision import (
     add_precision,
     as_served,
     bf16_torchscript,
+    fuse_convolutions,
     int8_onnx,
     onnx_runner,
     read_images,
@@ -73,6 +76,14 @@ def _load(path: Path, freeze: bool) -> Any:
     return torch.jit.freeze(model) if freeze else model
 
 
+def _fused_fp32(path: Path) -> Any:
+    """The frozen fp32 model with its convolutions fused as model.bf16.pt's are: what the
+    fusion alone is worth, without bfloat16."""
+    model = _load(path, True)
+    fuse_convolutions(model, dtypes=(torch.float32,))
+    return model
+
+
 def _autocast(model: Any) -> Runner:
     run = torchscript_runner(model)
 
@@ -92,6 +103,12 @@ def candidates(folder: Path, int8: bytes, threads: int) -> dict[str, Runner]:
             _load(folder / "model.pt", False)
         ),
         "bf16 autocast, frozen TorchScript": _autocast(frozen),
+        "fp32 frozen, convolutions fused (oneDNN pointwise)": torchscript_runner(
+            _fused_fp32(folder / "model.pt")
+        ),
+        "bf16 model.bf16.pt unfused, as served (before)": torchscript_runner(
+            as_served(bf16_torchscript(folder / "model.pt", fuse=False))
+        ),
         "bf16 model.bf16.pt (first 3 convolutions + map fp32)": torchscript_runner(
             bf16_torchscript(folder / "model.pt")
         ),

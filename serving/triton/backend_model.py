@@ -110,10 +110,16 @@ class TritonPythonModel:
             # A GPU instance keeps the file as it is.
             if self.device == "cpu" and self.runtime == "torchscript":
                 model = torch.jit.freeze(model)
-            # model.bf16.pt's convolutions go to oneDNN with prepacked weights: what
+            # model.bf16.pt's float32 convolutions go to oneDNN with prepacked weights: what
             # training.export.precision.as_served makes and its accuracy gate checks. It
-            # cannot be saved in that form, so it is made here.
-            if self.device == "cpu" and self.runtime == "torchscript_bf16":
+            # cannot be saved in that form, so it is made here. Its bfloat16 convolutions are
+            # oneDNN's CPU ones already (training.export.precision.fuse_convolutions).
+            if self.runtime == "torchscript_bf16":
+                if self.device != "cpu":
+                    raise ValueError(
+                        f"{path} runs oneDNN's CPU convolutions (for the CPU's AMX units): "
+                        "serve model.pt (--runtime torchscript) on a GPU"
+                    )
                 model = torch.jit.optimize_for_inference(model)
             self.model = model
         self.run = self._run_torchscript

@@ -26,6 +26,7 @@ from training.export.precision import (
     Split,
     accuracy_check,
     add_precision,
+    as_served,
     bf16_torchscript,
     build_variant,
     gate_failure,
@@ -58,9 +59,34 @@ def _numbered(model_dir: Path) -> list[str]:
     return sorted(p.name for p in model_dir.iterdir() if not p.name.startswith(".lock"))
 
 
+CONVOLUTIONS = ("aten::_convolution", "mkldnn::_convolution_pointwise")
+
+
 def _conv_weight_dtypes(model: torch.jit.ScriptModule) -> list[torch.dtype]:
-    convs = [n for n in model.graph.nodes() if n.kind() == "aten::_convolution"]
+    convs = [n for n in model.graph.nodes() if n.kind() in CONVOLUTIONS]
     return [n.inputsAt(1).toIValue().dtype for n in convs]
+
+
+def test_the_fused_bf16_convolutions_compute_what_the_unfused_ones_do(version, split):
+    fused = bf16_torchscript(version / "model.pt")
+    plain = bf16_torchscript(version / "model.pt", fuse=False)
+    kinds = [n.kind() for n in fused.graph.nodes()]
+    bf16_convs = sum(d == torch.bfloat16 for d in _conv_weight_dtypes(plain))
+    assert kinds.count("mkldnn::_convolution_pointwise") == bf16_convs > 0
+
+    # the activations that alone read a bfloat16 convolution went into it
+    def activations(kinds: list[str]) -> int:
+        return sum(k.rstrip("_") in ("aten::hardtanh", "aten::relu") for k in kinds)
+
+    assert activations(kinds) < activations([n.kind() for n in plain.graph.nodes()])
+    a, b = torchscript_runner(fused)(split.val_images), torchscript_runner(plain)(split.val_images)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+    assert (a[0].argmax(1) == b[0].argmax(1)).all()
+    if a[1] is not None:
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-5)
+    # optimize_for_inference (how Triton loads it) takes the rewritten graph as it is, in memory
+    served = torchscript_runner(as_served(bf16_torchscript(version / "model.pt")))
+    np.testing.assert_allclose(served(split.val_images)[0], a[0], atol=1e-3)
 
 
 def test_the_bf16_graph_runs_every_convolution_but_the_first_and_last_in_bf16(version):
