@@ -21,7 +21,10 @@ Triton runs the reduced file with ``python -m serving.triton --runtime torchscri
   make run's model, test-split agreement with fp32 was 98.79 % with the stem alone in fp32,
   99.17 % with the first three, 99.70 % with six; the speed-up over frozen fp32 TorchScript
   (batch 32, one thread, the idle CPU) 1.53x, 1.53x and 1.22x; all but the depthwise
-  convolutions reduced: 99.24 % at 1.12x (docs/benchmarks.md, "Reduced precision").
+  convolutions reduced: 99.24 % at 1.12x (docs/benchmarks.md, "Reduced precision"). The
+  bfloat16 convolutions are then oneDNN's fused ones, each with its ReLU6
+  (:func:`fuse_convolutions`): the same outputs, 1.74x frozen fp32 instead of 1.47x in the same
+  run; the file runs on the CPU only.
 - ``int8``: ``model.int8.onnx``, ONNX Runtime's static quantisation of ``model.onnx`` (QDQ,
   per-channel int8 weights, uint8 activations, MinMax calibration on ``--calibration``
   training images of the checkpoint's split, stratified and seeded); the convolutions and
@@ -395,11 +398,12 @@ def build_variant(version_dir: Path, precision: str, calibration: np.ndarray | N
 def as_served(model: Any) -> Any:
     """``model.bf16.pt`` as the local Triton runs it on the CPU
     (serving/triton/backend_model.py): ``torch.jit.optimize_for_inference``, which gives the
-    convolutions to oneDNN with their weights prepacked. At batch 32 on one thread here (how
-    Triton's instances run) it ran at 1.41x frozen fp32, the loaded file at 1.15x, in the same
-    run; no faster on two threads or at batch 1 (docs/benchmarks.md, "Reduced precision"). The
-    result cannot be saved (its oneDNN constants do not serialise), so it is made at load, and
-    the gate checks this form."""
+    float32 convolutions to oneDNN with their weights prepacked (the bfloat16 ones are oneDNN's
+    already: :func:`fuse_convolutions`). Before the fusion it made the file 1.41x frozen fp32
+    against 1.15x as loaded (batch 32, one thread, how Triton's instances run); with it, the
+    loaded and the served forms run alike (1.73x and 1.74x, docs/benchmarks.md, "Reduced
+    precision"). The result cannot be saved (its oneDNN constants do not serialise), so it is
+    made at load, and the gate checks this form."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.optimize_for_inference(model)
