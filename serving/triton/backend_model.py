@@ -117,7 +117,7 @@ class TritonPythonModel:
             if self.runtime == "torchscript_bf16":
                 if self.device != "cpu":
                     raise ValueError(
-                        f"{path} runs oneDNN's CPU convolutions (for the CPU's AMX units): "
+                        f"{path} runs oneDNN's CPU convolutions (AMX or AVX-512 bf16): "
                         "serve model.pt (--runtime torchscript) on a GPU"
                     )
                 model = torch.jit.optimize_for_inference(model)
