@@ -121,6 +121,15 @@ class TritonPythonModel:
                         "serve model.pt (--runtime torchscript) on a GPU"
                     )
                 model = torch.jit.optimize_for_inference(model)
+                if not _bf16_units(torch):
+                    # training.export.precision.bf16_speed_warning, said where operators look.
+                    print(
+                        f"warning: {path}: this CPU has neither AMX nor AVX-512 bf16: oneDNN "
+                        "emulates bfloat16 here and model.bf16.pt runs at about 0.58x the "
+                        "fp32 model.pt (docs/benchmarks.md); serve the fp32 version here "
+                        "(--runtime onnx or torchscript)",
+                        flush=True,
+                    )
             self.model = model
         self.run = self._run_torchscript
 
@@ -338,6 +347,19 @@ def _onnx_mismatch(
         if got_out.get(name) != want:
             return f"outputs {got_out}; the config wants {name!r} as {want}"
     return None
+
+
+def _bf16_units(torch: Any) -> bool:
+    """Whether this CPU has AMX or AVX-512 bf16 (training.export.precision.bf16_units)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # torch's private probes moved: the kernel's flags
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = next((line for line in f if line.startswith("flags")), "").split()
+        except OSError:
+            return False
+        return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def _input_order(tensor: dict[str, Any]) -> int:

@@ -19,6 +19,7 @@ import torch
 from contracts.errors import ConfigError
 from contracts.labels import CLASS_INDEX
 from contracts.metadata import check_artifacts, read_metadata
+from tests.cpu import cpu_bf16_units
 from training.export.precision import (
     KEEP_FIRST,
     MAX_BA_DROP,
@@ -27,7 +28,9 @@ from training.export.precision import (
     accuracy_check,
     add_precision,
     as_served,
+    bf16_speed_warning,
     bf16_torchscript,
+    bf16_units,
     build_variant,
     gate_failure,
     read_figures,
@@ -121,6 +124,7 @@ def test_a_good_bf16_copy_passes_the_gate_and_becomes_the_next_version(version, 
     }
     figures = read_figures(folder, "bf16")
     assert figures["images"] == 28 and figures["source_version"] == 1
+    assert figures["cpu_bf16_units"] == cpu_bf16_units()  # the gate's CPU, as the kernel says
     assert figures["agreement"] >= MIN_AGREEMENT
     assert figures["balanced_accuracy_drop"] <= MAX_BA_DROP
     # What was recorded is what the written file does on the same images.
@@ -214,3 +218,18 @@ def test_a_fusion_version_is_refused_with_nothing_written(tmp_path, real_lesions
     with pytest.raises(ConfigError, match=r"fusion version .*clinical__1"):
         add_precision(fusion, "bf16", split)
     assert _numbered(fusion.parent) == before
+
+
+def test_this_cpus_bf16_units_are_the_kernels_with_or_without_torchs_probes(monkeypatch):
+    """torch's private probes and, where they are gone, /proc/cpuinfo: the same answer."""
+    assert bf16_units() == cpu_bf16_units()
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert bf16_units() == cpu_bf16_units()
+
+
+def test_a_cpu_without_bf16_units_is_told_to_serve_fp32():
+    assert bf16_speed_warning(["AMX"]) is None
+    assert bf16_speed_warning(["AVX-512 bf16"]) is None
+    message = bf16_speed_warning([]) or ""
+    assert "neither AMX nor AVX-512 bf16" in message
+    assert "--runtime onnx or torchscript" in message

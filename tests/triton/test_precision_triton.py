@@ -23,6 +23,7 @@ from contracts.triton_config import ConfigFileError
 from serving.triton.client import TritonClassifier
 from serving.triton.render import render_repository
 from serving.triton.server import TritonOptions, TritonServer
+from tests.cpu import cpu_bf16_units
 from tests.factories import smoke_repository
 from training.export.precision import (
     MIN_AGREEMENT,
@@ -102,6 +103,13 @@ def test_triton_serves_the_bf16_copy_within_the_tolerance_of_fp32(bf16_triton, r
     assert float((probs.argmax(1) == fp32.argmax(1)).mean()) >= MIN_AGREEMENT
     assert np.abs(probs - fp32).max() <= BF16_MAX_ABS_DIFF
     assert read_figures(reduced, "bf16")["agreement"] >= MIN_AGREEMENT
+
+
+def test_triton_warns_when_this_cpu_would_emulate_bf16(bf16_triton):
+    """The backend's load says so in Triton's log exactly when the CPU has neither AMX nor
+    AVX-512 bf16 (the kernel's flags, read here), where model.bf16.pt runs slower than fp32."""
+    log = bf16_triton.log_path.read_text(errors="replace")
+    assert ("neither AMX nor AVX-512 bf16" in log) == (not cpu_bf16_units())
 
 
 def test_triton_serves_the_int8_copy_as_onnx_runtime_runs_it(reduced, photos, tmp_path):

@@ -1,5 +1,7 @@
-"""Reduced-precision copies of an exported version for this CPU's AMX units, behind an accuracy
-gate; the fp32 files stay in the version as the reference.
+"""Reduced-precision copies of an exported version for CPUs with bfloat16 units (AMX, AVX-512
+bf16) or int8 ones (VNNI), behind an accuracy gate; the fp32 files stay in the version as the
+reference. On a CPU without bfloat16 units ``model.bf16.pt`` runs slower than fp32 (oneDNN
+emulates it): :func:`bf16_units` tells, the command and the Triton backend warn.
 
     python -m training.export.precision --repository model_repository --version 3 \
         --precision bf16|int8 [--calibration 200] [--checkpoint CKPT] [--data-dir DIR]
@@ -85,6 +87,44 @@ _PASS_THROUGH = frozenset(
 
 Outputs = tuple[np.ndarray, np.ndarray | None]  # probabilities [N, 7], score [N] or None
 Runner = Callable[[np.ndarray], Outputs]
+
+
+# --- the CPU they run on -------------------------------------------------------------------
+
+# What ``model.bf16.pt`` ran at, against frozen fp32 ``model.pt`` (batch 32, one thread), on a
+# CPU without bfloat16 units (docs/benchmarks.md, "Reduced precision": the Intel Xeon of
+# 2026-12-03, AVX-512 and VNNI but neither AMX nor AVX-512 bf16).
+EMULATED_BF16_SPEED = 0.58
+
+
+def bf16_units() -> list[str]:
+    """The bfloat16 units of this CPU that oneDNN runs ``model.bf16.pt``'s convolutions on:
+    ``"AMX"`` and/or ``"AVX-512 bf16"``. Empty: oneDNN emulates bfloat16 with float32
+    instructions and the file runs slower than the fp32 one it was made from
+    (:data:`EMULATED_BF16_SPEED`); the accuracy gate still applies to what it computes."""
+    try:
+        amx = bool(torch.cpu._is_amx_tile_supported())
+        avx512 = bool(torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # torch's private probes moved: read the kernel's flags instead
+        try:
+            lines = Path("/proc/cpuinfo").read_text().splitlines()
+        except OSError:
+            return []
+        flags = next((line for line in lines if line.startswith("flags")), "").split()
+        amx, avx512 = "amx_bf16" in flags, "avx512_bf16" in flags
+    return [name for name, has in (("AMX", amx), ("AVX-512 bf16", avx512)) if has]
+
+
+def bf16_speed_warning(units: Sequence[str]) -> str | None:
+    """What to tell an operator about ``model.bf16.pt`` on a CPU with these bf16 units."""
+    if units:
+        return None
+    return (
+        "this CPU has neither AMX nor AVX-512 bf16: oneDNN emulates bfloat16 here and "
+        f"model.bf16.pt runs at about {EMULATED_BF16_SPEED}x the fp32 model.pt "
+        "(docs/benchmarks.md); serve the fp32 version here (--runtime onnx or torchscript), "
+        "and model.bf16.pt on a CPU with AMX or AVX-512 bf16"
+    )
 
 
 # --- the reduced models -------------------------------------------------------------------
@@ -499,6 +539,8 @@ def add_precision(
                         if split.calibration is None or precision != "int8"
                         else len(split.calibration)
                     ),
+                    # The gate's CPU: without bf16 units its figures are oneDNN's emulation.
+                    **({"cpu_bf16_units": bf16_units()} if precision == "bf16" else {}),
                     **figures,
                 }
             },
@@ -549,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"with `python -m serving.versions promote {folder.name}` and "
         f"`python -m serving.triton --runtime {PRECISIONS[args.precision][0]}`"
     )
+    warning = bf16_speed_warning(bf16_units()) if args.precision == "bf16" else None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
